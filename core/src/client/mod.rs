@@ -1,0 +1,728 @@
+//! The peer's side: a [`Client`] keeps one connection to a router, registers,
+//! numbers and sends messages, and turns the router's frames into
+//! [`ClientEvent`]s for the application.
+//!
+//! Guarantees, across reconnects:
+//! - every message and group request stays queued, in the order issued,
+//!   until the router answers it; after a reconnect the queue is sent again
+//!   in order, and the router's deduplication by `(sender, seq)` makes the
+//!   resend harmless;
+//! - a message is numbered only once the first registration tells the client
+//!   where its sequence continues, so a restarted client never reuses a
+//!   number the router has seen;
+//! - [`ClientEvent::Received`] is emitted at most once per message ID, and
+//!   only in per-sender order; [`ClientEvent::Sent`] and
+//!   [`ClientEvent::Delivered`] at most once per message (and recipient), and
+//!   Sent always before Delivered.
+//!
+//! The client reconnects by itself, trying its routers in turn with seeded,
+//! jittered exponential backoff, and treats a connection that has been
+//! silent for [`ClientConfig::dead_after`] as dead (it pings every
+//! [`ClientConfig::ping_interval`] so a healthy one never is).
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::ids::{DeliveryId, GroupName, MsgId, PeerId, ReqId, Secret, Seq, Target};
+use crate::machine::Machine;
+use crate::wire::{ClientFrame, ErrorCode, FrameError, ServerFrame, MAX_IN_FLIGHT};
+
+/// Tunables of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The peer ID to register as.
+    pub peer: PeerId,
+    /// The peer's secret.
+    pub secret: Secret,
+    /// Router addresses, tried in turn. Must not be empty.
+    pub routers: Vec<String>,
+    /// How often an idle connection is pinged. Default 10 s.
+    pub ping_interval: Duration,
+    /// A connection on which nothing arrives for this long is dropped and
+    /// replaced. Default 30 s.
+    pub dead_after: Duration,
+    /// The first reconnect delay, doubled after each failure. Default 100 ms.
+    pub reconnect_min: Duration,
+    /// The longest reconnect delay. Default 5 s.
+    pub reconnect_max: Duration,
+    /// The most messages waiting for their Sent. Further sends are refused
+    /// with `outbox_full`. At most [`MAX_IN_FLIGHT`], the default.
+    pub outbox_limit: usize,
+}
+
+impl ClientConfig {
+    /// The documented defaults for `peer`, `secret` and `routers`.
+    pub fn new(peer: PeerId, secret: Secret, routers: Vec<String>) -> Self {
+        Self {
+            peer,
+            secret,
+            routers,
+            ping_interval: Duration::from_secs(10),
+            dead_after: Duration::from_secs(30),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            outbox_limit: MAX_IN_FLIGHT as usize,
+        }
+    }
+}
+
+/// A group request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupOp {
+    /// Create the group, with this peer as its first member.
+    Create,
+    /// Join the group.
+    Join,
+    /// Leave the group.
+    Leave,
+}
+
+/// What the application asks the client to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Register (and keep re-registering after reconnects).
+    Register,
+    /// Send a message to a peer or group.
+    Send {
+        /// The addressee.
+        to: Target,
+        /// The message text.
+        body: String,
+    },
+    /// Create, join or leave a group.
+    Group(GroupOp, GroupName),
+}
+
+/// What a [`Client`] reacts to.
+#[derive(Debug, Clone)]
+pub enum ClientInput {
+    /// A command from the application.
+    Command(Command),
+    /// Connection attempt `attempt` succeeded.
+    Connected {
+        /// The attempt, as named by [`ClientOutput::Connect`].
+        attempt: u64,
+    },
+    /// Connection attempt `attempt` failed.
+    ConnectFailed {
+        /// The attempt, as named by [`ClientOutput::Connect`].
+        attempt: u64,
+        /// Why, for the application.
+        reason: String,
+    },
+    /// The connection from attempt `attempt` is gone.
+    Disconnected {
+        /// The attempt, as named by [`ClientOutput::Connect`].
+        attempt: u64,
+        /// Why, for the application.
+        reason: String,
+    },
+    /// A frame arrived on the current connection.
+    Frame(ServerFrame),
+    /// A line arrived on the current connection that is not a valid frame.
+    Malformed(FrameError),
+}
+
+/// What a [`Client`] asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOutput {
+    /// Drop any current connection and connect to `router`. Report the
+    /// outcome, and later the connection's loss, with the same `attempt`.
+    Connect {
+        /// Numbers this attempt.
+        attempt: u64,
+        /// The router's address, one of [`ClientConfig::routers`].
+        router: String,
+    },
+    /// Drop the current connection without reporting it.
+    Disconnect,
+    /// Write a frame to the current connection.
+    Transmit(ClientFrame),
+    /// Tell the application something.
+    Event(ClientEvent),
+}
+
+/// What the application is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Connected to a router.
+    Connected {
+        /// Its address.
+        router: String,
+    },
+    /// The connection was lost; the client will reconnect by itself.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// Registered; messages continue from `next_seq`.
+    Registered {
+        /// This peer.
+        peer: PeerId,
+        /// The next sequence number the router expects.
+        next_seq: Seq,
+    },
+    /// Registration was refused; the client stops trying.
+    RegisterFailed {
+        /// Why, machine-readable.
+        code: ErrorCode,
+        /// Why, for a person.
+        message: String,
+    },
+    /// The router accepted the message.
+    Sent {
+        /// The message.
+        id: MsgId,
+        /// Its addressee.
+        to: Target,
+    },
+    /// Recipient `by` has the message.
+    Delivered {
+        /// The message.
+        id: MsgId,
+        /// Its addressee (`by`, or a group `by` is in).
+        to: Target,
+        /// The recipient that acknowledged it.
+        by: PeerId,
+    },
+    /// The message was refused and will not be delivered.
+    Failed {
+        /// The message, if it had been numbered.
+        id: Option<MsgId>,
+        /// Its addressee.
+        to: Target,
+        /// Why, machine-readable.
+        code: ErrorCode,
+        /// Why, for a person.
+        message: String,
+    },
+    /// A message for the application, seen for the first time.
+    Received {
+        /// The message.
+        id: MsgId,
+        /// Its addressee: this peer, or a group.
+        to: Target,
+        /// The text.
+        body: String,
+    },
+    /// A group request succeeded.
+    GroupDone {
+        /// Which request.
+        op: GroupOp,
+        /// The group.
+        group: GroupName,
+    },
+    /// A group request was refused.
+    GroupFailed {
+        /// Which request.
+        op: GroupOp,
+        /// The group.
+        group: GroupName,
+        /// Why, machine-readable.
+        code: ErrorCode,
+        /// Why, for a person.
+        message: String,
+    },
+    /// The router reported an error not tied to a request of ours.
+    Error {
+        /// Why, machine-readable.
+        code: ErrorCode,
+        /// Why, for a person.
+        message: String,
+    },
+    /// The router ended the session for good (a newer session replaced it).
+    /// The client stops.
+    Closed {
+        /// Why, machine-readable.
+        code: ErrorCode,
+        /// Why, for a person.
+        message: String,
+    },
+}
+
+/// An operation queued until the router answers it.
+#[derive(Debug, Clone)]
+enum Op {
+    Message {
+        /// Assigned at the first registration.
+        seq: Option<Seq>,
+        to: Target,
+        body: String,
+    },
+    Group(GroupOp, GroupName),
+}
+
+/// What a request in flight on the current connection was for.
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    Register,
+    Op(u64),
+    Ping,
+}
+
+#[derive(Debug)]
+enum Link {
+    /// No connection; the next attempt is due at `retry_at`.
+    Idle { retry_at: Instant },
+    /// Waiting for the outcome of an attempt.
+    Connecting,
+    /// Connected.
+    Up {
+        registered: bool,
+        last_rx: Instant,
+        next_ping: Instant,
+    },
+    /// Replaced by a newer session: the client does nothing more.
+    Stopped,
+}
+
+/// The client state machine. See the module docs for its guarantees and
+/// [`Machine`] for its calling contract.
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    rng: ChaCha8Rng,
+    link: Link,
+    attempt: u64,
+    router_index: usize,
+    failures: u32,
+    wants_register: bool,
+    registered_once: bool,
+    next_seq: Seq,
+    next_req: ReqId,
+    /// Operations in the order issued, keyed by a local counter.
+    queue: BTreeMap<u64, Op>,
+    next_op: u64,
+    queued_messages: usize,
+    pending: BTreeMap<ReqId, Pending>,
+    /// The highest sequence number received from each sender.
+    received: BTreeMap<PeerId, Seq>,
+    /// The highest sequence number each recipient has confirmed.
+    delivered: BTreeMap<PeerId, Seq>,
+    outputs: VecDeque<ClientOutput>,
+}
+
+impl Client {
+    /// A client that will connect to its first router at once. `seed`
+    /// drives the reconnect jitter.
+    ///
+    /// # Panics
+    /// If `config.routers` is empty or `config.outbox_limit` exceeds
+    /// [`MAX_IN_FLIGHT`]: both are programming errors of the caller.
+    pub fn new(config: ClientConfig, seed: u64, now: Instant) -> Self {
+        assert!(!config.routers.is_empty(), "a client needs at least one router");
+        assert!(config.outbox_limit as u64 <= MAX_IN_FLIGHT);
+        Self {
+            config,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            link: Link::Idle { retry_at: now },
+            attempt: 0,
+            router_index: 0,
+            failures: 0,
+            wants_register: false,
+            registered_once: false,
+            next_seq: Seq(1),
+            next_req: ReqId(0),
+            queue: BTreeMap::new(),
+            next_op: 0,
+            queued_messages: 0,
+            pending: BTreeMap::new(),
+            received: BTreeMap::new(),
+            delivered: BTreeMap::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// The peer this client registers as.
+    pub fn peer(&self) -> &PeerId {
+        &self.config.peer
+    }
+
+    /// How many messages wait for their Sent (or failure).
+    pub fn outbox_len(&self) -> usize {
+        self.queued_messages
+    }
+
+    /// How many commands the router has not answered yet: queued messages
+    /// and group requests, plus a registration in progress.
+    pub fn outstanding(&self) -> usize {
+        let registering = self.wants_register && !self.is_registered();
+        self.queue.len() + usize::from(registering)
+    }
+
+    /// Whether the current connection is registered.
+    pub fn is_registered(&self) -> bool {
+        matches!(self.link, Link::Up { registered: true, .. })
+    }
+
+    /// Whether the router ended this client's session for good.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.link, Link::Stopped)
+    }
+
+    fn emit(&mut self, event: ClientEvent) {
+        self.outputs.push_back(ClientOutput::Event(event));
+    }
+
+    fn transmit(&mut self, frame: ClientFrame) {
+        self.outputs.push_back(ClientOutput::Transmit(frame));
+    }
+
+    fn request(&mut self, pending: Pending) -> ReqId {
+        self.next_req = self.next_req.next();
+        self.pending.insert(self.next_req, pending);
+        self.next_req
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Register => {
+                self.wants_register = true;
+                let waiting = self.pending.values().any(|p| matches!(p, Pending::Register));
+                if matches!(self.link, Link::Up { registered: false, .. }) && !waiting {
+                    self.send_register();
+                }
+            }
+            Command::Send { to, body } => {
+                if !self.wants_register {
+                    let message = "register first (REGISTER)".to_owned();
+                    let code = ErrorCode::NotRegistered;
+                    self.emit(ClientEvent::Failed { id: None, to, code, message });
+                    return;
+                }
+                if self.queued_messages >= self.config.outbox_limit {
+                    let message = format!("{} messages already wait for Sent", self.queued_messages);
+                    let code = ErrorCode::OutboxFull;
+                    self.emit(ClientEvent::Failed { id: None, to, code, message });
+                    return;
+                }
+                let seq = self.registered_once.then(|| self.take_seq());
+                self.queued_messages += 1;
+                self.enqueue(Op::Message { seq, to, body });
+            }
+            Command::Group(op, group) => {
+                if !self.wants_register {
+                    let message = "register first (REGISTER)".to_owned();
+                    let code = ErrorCode::NotRegistered;
+                    self.emit(ClientEvent::GroupFailed { op, group, code, message });
+                    return;
+                }
+                self.enqueue(Op::Group(op, group));
+            }
+        }
+    }
+
+    fn take_seq(&mut self) -> Seq {
+        let seq = self.next_seq;
+        self.next_seq = seq.next();
+        seq
+    }
+
+    fn enqueue(&mut self, op: Op) {
+        let id = self.next_op;
+        self.next_op += 1;
+        self.queue.insert(id, op);
+        if self.is_registered() {
+            self.transmit_op(id);
+        }
+    }
+
+    fn transmit_op(&mut self, id: u64) {
+        let req = self.request(Pending::Op(id));
+        let frame = match &self.queue[&id] {
+            Op::Message { seq, to, body } => ClientFrame::Send {
+                req,
+                seq: seq.expect("messages are numbered before they are sent"),
+                to: to.clone(),
+                body: body.clone(),
+            },
+            Op::Group(op, group) => {
+                let group = group.clone();
+                match op {
+                    GroupOp::Create => ClientFrame::CreateGroup { req, group },
+                    GroupOp::Join => ClientFrame::JoinGroup { req, group },
+                    GroupOp::Leave => ClientFrame::LeaveGroup { req, group },
+                }
+            }
+        };
+        self.transmit(frame);
+    }
+
+    fn send_register(&mut self) {
+        let req = self.request(Pending::Register);
+        self.transmit(ClientFrame::Register {
+            req,
+            peer: self.config.peer.clone(),
+            secret: self.config.secret.clone(),
+        });
+    }
+
+    fn connect(&mut self) {
+        self.attempt += 1;
+        self.link = Link::Connecting;
+        let router = self.config.routers[self.router_index].clone();
+        self.outputs.push_back(ClientOutput::Connect {
+            attempt: self.attempt,
+            router,
+        });
+    }
+
+    /// Leaves the current connection (or attempt) and schedules the next.
+    fn lose_link(&mut self, now: Instant, reason: String) {
+        if matches!(self.link, Link::Up { .. }) {
+            self.emit(ClientEvent::Disconnected { reason });
+        }
+        self.pending.clear();
+        self.failures = self.failures.saturating_add(1);
+        self.router_index = (self.router_index + 1) % self.config.routers.len();
+        let ceiling = self
+            .config
+            .reconnect_min
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(self.config.reconnect_max);
+        let delay = ceiling.mul_f64(self.rng.random_range(0.5..=1.0));
+        self.link = Link::Idle {
+            retry_at: now + delay,
+        };
+    }
+
+    fn handle_frame(&mut self, now: Instant, frame: ServerFrame) {
+        if let Link::Up { last_rx, .. } = &mut self.link {
+            *last_rx = now;
+        }
+        match frame {
+            ServerFrame::Registered { req, peer, next_seq } => self.on_registered(req, peer, next_seq),
+            ServerFrame::Sent { req, .. } => {
+                if let Some(Pending::Op(id)) = self.pending.remove(&req) {
+                    self.complete_message(id);
+                }
+            }
+            ServerFrame::Ok { req } => {
+                if let Some(Pending::Op(id)) = self.pending.remove(&req) {
+                    if let Some(Op::Group(op, group)) = self.queue.remove(&id) {
+                        self.emit(ClientEvent::GroupDone { op, group });
+                    }
+                }
+            }
+            ServerFrame::Pong { req } => {
+                self.pending.remove(&req);
+            }
+            ServerFrame::Error { req, code, message } => self.on_error(req, code, message),
+            ServerFrame::Message {
+                delivery,
+                from,
+                seq,
+                to,
+                body,
+            } => self.on_message(delivery, from, seq, to, body),
+            ServerFrame::Delivered {
+                delivery,
+                seq,
+                to,
+                by,
+            } => self.on_receipt(delivery, seq, to, by),
+            ServerFrame::Closing { code, message } => {
+                if code == ErrorCode::Replaced {
+                    self.pending.clear();
+                    self.link = Link::Stopped;
+                    self.outputs.push_back(ClientOutput::Disconnect);
+                    self.emit(ClientEvent::Closed { code, message });
+                } else {
+                    self.outputs.push_back(ClientOutput::Disconnect);
+                    self.lose_link(now, format!("router closed the connection: {code}: {message}"));
+                }
+            }
+        }
+    }
+
+    fn on_registered(&mut self, req: ReqId, peer: PeerId, next_seq: Seq) {
+        if !matches!(self.pending.remove(&req), Some(Pending::Register)) {
+            return;
+        }
+        let Link::Up { registered, .. } = &mut self.link else {
+            return;
+        };
+        *registered = true;
+        self.failures = 0;
+        self.next_seq = self.next_seq.max(next_seq);
+        if !self.registered_once {
+            self.registered_once = true;
+            let ids: Vec<u64> = self.queue.keys().copied().collect();
+            for id in ids {
+                if matches!(self.queue[&id], Op::Message { seq: None, .. }) {
+                    let next = self.take_seq();
+                    if let Some(Op::Message { seq, .. }) = self.queue.get_mut(&id) {
+                        *seq = Some(next);
+                    }
+                }
+            }
+        }
+        self.emit(ClientEvent::Registered {
+            peer,
+            next_seq: self.next_seq,
+        });
+        let ids: Vec<u64> = self.queue.keys().copied().collect();
+        for id in ids {
+            self.transmit_op(id);
+        }
+    }
+
+    /// Removes a message from the queue and reports it Sent.
+    fn complete_message(&mut self, id: u64) {
+        if let Some(Op::Message { seq: Some(seq), to, .. }) = self.queue.remove(&id) {
+            self.queued_messages -= 1;
+            let id = MsgId {
+                from: self.config.peer.clone(),
+                seq,
+            };
+            self.emit(ClientEvent::Sent { id, to });
+        }
+    }
+
+    fn on_error(&mut self, req: Option<ReqId>, code: ErrorCode, message: String) {
+        let pending = req.and_then(|r| self.pending.remove(&r));
+        match pending {
+            Some(Pending::Register) => {
+                self.wants_register = false;
+                self.emit(ClientEvent::RegisterFailed {
+                    code,
+                    message: message.clone(),
+                });
+                if !self.registered_once {
+                    let ids: Vec<u64> = self.queue.keys().copied().collect();
+                    for id in ids {
+                        self.fail_op(id, code, &message);
+                    }
+                }
+            }
+            Some(Pending::Op(id)) => self.fail_op(id, code, &message),
+            Some(Pending::Ping) | None => self.emit(ClientEvent::Error { code, message }),
+        }
+    }
+
+    fn fail_op(&mut self, id: u64, code: ErrorCode, message: &str) {
+        let message = message.to_owned();
+        match self.queue.remove(&id) {
+            Some(Op::Message { seq, to, .. }) => {
+                self.queued_messages -= 1;
+                let id = seq.map(|seq| MsgId {
+                    from: self.config.peer.clone(),
+                    seq,
+                });
+                self.emit(ClientEvent::Failed { id, to, code, message });
+            }
+            Some(Op::Group(op, group)) => {
+                self.emit(ClientEvent::GroupFailed { op, group, code, message });
+            }
+            None => {}
+        }
+    }
+
+    fn on_message(&mut self, delivery: DeliveryId, from: PeerId, seq: Seq, to: Target, body: String) {
+        let newest = self.received.get(&from).copied().unwrap_or(Seq(0));
+        if seq > newest {
+            self.received.insert(from.clone(), seq);
+            let id = MsgId { from, seq };
+            self.emit(ClientEvent::Received { id, to, body });
+        }
+        self.transmit(ClientFrame::Ack { delivery });
+    }
+
+    fn on_receipt(&mut self, delivery: DeliveryId, seq: Seq, to: Target, by: PeerId) {
+        let newest = self.delivered.get(&by).copied().unwrap_or(Seq(0));
+        if seq > newest {
+            self.delivered.insert(by.clone(), seq);
+            let queued = self
+                .queue
+                .iter()
+                .find(|(_, op)| matches!(op, Op::Message { seq: Some(s), .. } if *s == seq))
+                .map(|(id, _)| *id);
+            if let Some(id) = queued {
+                self.complete_message(id);
+            }
+            let id = MsgId {
+                from: self.config.peer.clone(),
+                seq,
+            };
+            self.emit(ClientEvent::Delivered { id, to, by });
+        }
+        self.transmit(ClientFrame::Ack { delivery });
+    }
+}
+
+impl Machine for Client {
+    type Input = ClientInput;
+    type Output = ClientOutput;
+
+    fn handle(&mut self, now: Instant, input: ClientInput) {
+        match input {
+            ClientInput::Command(command) => self.handle_command(command),
+            ClientInput::Connected { attempt } => {
+                if attempt != self.attempt || !matches!(self.link, Link::Connecting) {
+                    return;
+                }
+                self.link = Link::Up {
+                    registered: false,
+                    last_rx: now,
+                    next_ping: now + self.config.ping_interval,
+                };
+                let router = self.config.routers[self.router_index].clone();
+                self.emit(ClientEvent::Connected { router });
+                if self.wants_register {
+                    self.send_register();
+                }
+            }
+            ClientInput::ConnectFailed { attempt, reason } | ClientInput::Disconnected { attempt, reason } => {
+                if attempt == self.attempt && matches!(self.link, Link::Connecting | Link::Up { .. }) {
+                    self.lose_link(now, reason);
+                }
+            }
+            ClientInput::Frame(frame) => {
+                if matches!(self.link, Link::Up { .. }) {
+                    self.handle_frame(now, frame);
+                }
+            }
+            ClientInput::Malformed(error) => self.emit(ClientEvent::Error {
+                code: error.code,
+                message: error.message,
+            }),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        match &mut self.link {
+            Link::Idle { retry_at } if *retry_at <= now => self.connect(),
+            Link::Up { last_rx, .. } if *last_rx + self.config.dead_after <= now => {
+                let silence = self.config.dead_after.as_secs_f64();
+                self.outputs.push_back(ClientOutput::Disconnect);
+                self.lose_link(now, format!("no answer from the router for {silence} s"));
+            }
+            Link::Up { next_ping, .. } if *next_ping <= now => {
+                *next_ping = now + self.config.ping_interval;
+                let req = self.request(Pending::Ping);
+                self.transmit(ClientFrame::Ping { req });
+            }
+            _ => {}
+        }
+    }
+
+    fn poll_output(&mut self) -> Option<ClientOutput> {
+        self.outputs.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match &self.link {
+            Link::Idle { retry_at } => Some(*retry_at),
+            Link::Up {
+                last_rx, next_ping, ..
+            } => Some((*last_rx + self.config.dead_after).min(*next_ping)),
+            Link::Connecting | Link::Stopped => None,
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The router's durable state and the changes that move it.
+//!
+//! Everything a router must not forget — registrations, groups, mailboxes,
+//! per-sender sequence numbers — lives in [`State`], and [`State::apply`] is
+//! the only way to change it. The router validates a request first and then
+//! applies a [`Change`], so the same sequence of changes always rebuilds the
+//! same state: that is what a log shipped to backups replays.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::ids::{DeliveryId, GroupName, PeerId, Secret, Seq, Target};
+use crate::wire::{ErrorCode, MAX_IN_FLIGHT};
+
+/// An item waiting in a peer's mailbox until the peer acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Item {
+    /// A message addressed to the mailbox's owner (directly or via a group).
+    Message {
+        from: PeerId,
+        seq: Seq,
+        to: Target,
+        body: Arc<str>,
+    },
+    /// A receipt for a message the mailbox's owner sent: `by` has it.
+    Receipt { seq: Seq, to: Target, by: PeerId },
+}
+
+/// A registered peer.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerRecord {
+    salt: [u8; 16],
+    secret_hash: [u8; 32],
+    /// The highest sequence number accepted or rejected from this peer.
+    pub(crate) last_seq: Seq,
+    /// Recent rejections, so a resent rejected message is refused again
+    /// rather than reported Sent. Holds at most [`MAX_IN_FLIGHT`] entries.
+    pub(crate) rejected: BTreeMap<Seq, ErrorCode>,
+    /// Messages and receipts not yet acknowledged, in the order stored.
+    pub(crate) mailbox: BTreeMap<DeliveryId, Item>,
+    next_delivery: DeliveryId,
+    /// How many of the mailbox items are messages (receipts are not counted
+    /// against the mailbox limit).
+    pub(crate) queued_messages: usize,
+}
+
+impl PeerRecord {
+    /// Whether `secret` is the one this peer registered with.
+    pub(crate) fn verify(&self, secret: &Secret) -> bool {
+        hash_secret(&self.salt, secret) == self.secret_hash
+    }
+
+    fn store(&mut self, item: Item) {
+        if matches!(item, Item::Message { .. }) {
+            self.queued_messages += 1;
+        }
+        self.next_delivery = self.next_delivery.next();
+        self.mailbox.insert(self.next_delivery, item);
+    }
+}
+
+/// A group and its members.
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    pub(crate) creator: PeerId,
+    pub(crate) members: BTreeSet<PeerId>,
+}
+
+/// One change to the router's state. Changes are produced only for requests
+/// that have been validated, and applying them cannot fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// A new peer claims its ID.
+    Registered {
+        peer: PeerId,
+        salt: [u8; 16],
+        secret_hash: [u8; 32],
+    },
+    /// A message is accepted and stored in each recipient's mailbox.
+    Accepted {
+        from: PeerId,
+        seq: Seq,
+        to: Target,
+        recipients: Vec<PeerId>,
+        body: Arc<str>,
+    },
+    /// A message is refused for good; resending it gets the same answer.
+    Rejected {
+        from: PeerId,
+        seq: Seq,
+        code: ErrorCode,
+    },
+    /// `peer` acknowledged a mailbox item; a message turns into a receipt
+    /// in its sender's mailbox.
+    Acked { peer: PeerId, delivery: DeliveryId },
+    /// A group is created with its creator as the only member.
+    GroupCreated { group: GroupName, creator: PeerId },
+    /// `peer` joins `group`.
+    Joined { group: GroupName, peer: PeerId },
+    /// `peer` leaves `group`.
+    Left { group: GroupName, peer: PeerId },
+}
+
+/// The router's durable state. See the module docs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct State {
+    pub(crate) peers: BTreeMap<PeerId, PeerRecord>,
+    pub(crate) groups: BTreeMap<GroupName, Group>,
+}
+
+impl State {
+    /// Applies one validated change.
+    pub(crate) fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Registered {
+                peer,
+                salt,
+                secret_hash,
+            } => {
+                debug_assert!(!self.peers.contains_key(peer));
+                self.peers.insert(
+                    peer.clone(),
+                    PeerRecord {
+                        salt: *salt,
+                        secret_hash: *secret_hash,
+                        last_seq: Seq(0),
+                        rejected: BTreeMap::new(),
+                        mailbox: BTreeMap::new(),
+                        next_delivery: DeliveryId(0),
+                        queued_messages: 0,
+                    },
+                );
+            }
+            Change::Accepted {
+                from,
+                seq,
+                to,
+                recipients,
+                body,
+            } => {
+                self.advance_seq(from, *seq);
+                for recipient in recipients {
+                    let record = self.peer_mut(recipient);
+                    record.store(Item::Message {
+                        from: from.clone(),
+                        seq: *seq,
+                        to: to.clone(),
+                        body: Arc::clone(body),
+                    });
+                }
+            }
+            Change::Rejected { from, seq, code } => {
+                self.advance_seq(from, *seq);
+                let record = self.peer_mut(from);
+                record.rejected.insert(*seq, *code);
+                while record.rejected.len() as u64 > MAX_IN_FLIGHT {
+                    record.rejected.pop_first();
+                }
+            }
+            Change::Acked { peer, delivery } => {
+                let record = self.peer_mut(peer);
+                let Some(item) = record.mailbox.remove(delivery) else {
+                    debug_assert!(false, "acked an item that is not in the mailbox");
+                    return;
+                };
+                if let Item::Message { from, seq, to, .. } = item {
+                    record.queued_messages -= 1;
+                    if let Some(sender) = self.peers.get_mut(&from) {
+                        sender.store(Item::Receipt {
+                            seq,
+                            to,
+                            by: peer.clone(),
+                        });
+                    }
+                }
+            }
+            Change::GroupCreated { group, creator } => {
+                debug_assert!(!self.groups.contains_key(group));
+                self.groups.insert(
+                    group.clone(),
+                    Group {
+                        creator: creator.clone(),
+                        members: BTreeSet::from([creator.clone()]),
+                    },
+                );
+            }
+            Change::Joined { group, peer } => {
+                if let Some(g) = self.groups.get_mut(group) {
+                    g.members.insert(peer.clone());
+                }
+            }
+            Change::Left { group, peer } => {
+                if let Some(g) = self.groups.get_mut(group) {
+                    g.members.remove(peer);
+                }
+            }
+        }
+    }
+
+    fn advance_seq(&mut self, from: &PeerId, seq: Seq) {
+        let record = self.peer_mut(from);
+        record.last_seq = record.last_seq.max(seq);
+    }
+
+    fn peer_mut(&mut self, peer: &PeerId) -> &mut PeerRecord {
+        self.peers
+            .get_mut(peer)
+            .expect("changes only name registered peers")
+    }
+}
+
+/// The salted hash the router stores instead of a secret.
+pub(crate) fn hash_secret(salt: &[u8; 16], secret: &Secret) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(salt);
+    hasher.update(secret.as_bytes());
+    hasher.finalize().into()
+}

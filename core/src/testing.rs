@@ -1,0 +1,1 @@
+//! Helpers for driving machines in tests.

@@ -1,0 +1,563 @@
+//! The wire protocol: newline-delimited JSON frames and their codec.
+//!
+//! Every frame is one JSON object on one line, with a `"type"` field naming
+//! it. Requests carry a `req` that the reply echoes. `docs/protocol.md`
+//! documents each frame with examples. Decoding never panics: every way a
+//! line can be wrong maps to a [`FrameError`] with a stable [`ErrorCode`].
+
+use std::fmt;
+
+use bytes::{BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{DeliveryId, GroupName, NameError, PeerId, ReqId, Secret, Seq, Target};
+
+/// The default maximum frame size in bytes, newline included: 1 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: usize = 1024 * 1024;
+
+/// The most messages a client may have sent and not yet seen answered.
+/// The router remembers the outcome of a sender's last `MAX_IN_FLIGHT`
+/// sequence numbers, so a resend within that window is answered exactly as
+/// the first attempt was; an older one gets [`ErrorCode::InvalidSeq`].
+pub const MAX_IN_FLIGHT: u64 = 1024;
+
+/// Room reserved in a frame for everything but a message body: the frame
+/// type, names (at most 64 bytes each), numbers and JSON punctuation.
+pub const FRAME_OVERHEAD: usize = 512;
+
+/// A frame a client sends to a router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Claims `peer` with `secret`, or proves ownership of it, and starts a
+    /// session on this connection.
+    Register {
+        /// Request ID echoed in the reply.
+        req: ReqId,
+        /// The peer ID to register.
+        peer: PeerId,
+        /// The peer's secret.
+        secret: Secret,
+    },
+    /// Sends `body` to a peer or group as message `(registered peer, seq)`.
+    Send {
+        /// Request ID echoed in the reply.
+        req: ReqId,
+        /// The sender's sequence number for this message.
+        seq: Seq,
+        /// The addressee: a peer ID or a group name.
+        to: Target,
+        /// The message text.
+        body: String,
+    },
+    /// Creates a group with the sender as its first member.
+    CreateGroup {
+        /// Request ID echoed in the reply.
+        req: ReqId,
+        /// The group to create.
+        group: GroupName,
+    },
+    /// Joins a group.
+    JoinGroup {
+        /// Request ID echoed in the reply.
+        req: ReqId,
+        /// The group to join.
+        group: GroupName,
+    },
+    /// Leaves a group.
+    LeaveGroup {
+        /// Request ID echoed in the reply.
+        req: ReqId,
+        /// The group to leave.
+        group: GroupName,
+    },
+    /// Confirms that the client has a mailbox item, which the router may now
+    /// forget. Acknowledging a message is what makes it Delivered.
+    Ack {
+        /// The mailbox item received.
+        delivery: DeliveryId,
+    },
+    /// Keeps an idle connection alive; answered by `pong`.
+    Ping {
+        /// Request ID echoed in the reply.
+        req: ReqId,
+    },
+}
+
+impl ClientFrame {
+    /// The request ID this frame carries, if it is a request.
+    pub fn req(&self) -> Option<ReqId> {
+        match self {
+            ClientFrame::Register { req, .. }
+            | ClientFrame::Send { req, .. }
+            | ClientFrame::CreateGroup { req, .. }
+            | ClientFrame::JoinGroup { req, .. }
+            | ClientFrame::LeaveGroup { req, .. }
+            | ClientFrame::Ping { req } => Some(*req),
+            ClientFrame::Ack { .. } => None,
+        }
+    }
+}
+
+/// A frame a router sends to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerFrame {
+    /// The session is registered. The next message should use `next_seq`.
+    Registered {
+        /// The request answered.
+        req: ReqId,
+        /// The registered peer.
+        peer: PeerId,
+        /// One more than the highest sequence number the router has seen
+        /// from this peer: a restarted client continues from here.
+        next_seq: Seq,
+    },
+    /// Message `seq` is accepted (state Sent).
+    Sent {
+        /// The request answered.
+        req: ReqId,
+        /// The message's sequence number.
+        seq: Seq,
+        /// Its addressee.
+        to: Target,
+    },
+    /// A group request succeeded.
+    Ok {
+        /// The request answered.
+        req: ReqId,
+    },
+    /// The answer to a `ping`.
+    Pong {
+        /// The request answered.
+        req: ReqId,
+    },
+    /// A request or frame was refused; nothing changed.
+    Error {
+        /// The request refused, when the frame could be read far enough to
+        /// know it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<ReqId>,
+        /// Stable machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// A message from the mailbox. Acknowledge it with `ack`.
+    Message {
+        /// The mailbox item to acknowledge.
+        delivery: DeliveryId,
+        /// The sender.
+        from: PeerId,
+        /// The sender's sequence number: `(from, seq)` identifies the message.
+        seq: Seq,
+        /// The addressee: this peer, or the group the message was sent to.
+        to: Target,
+        /// The message text.
+        body: String,
+    },
+    /// A receipt: recipient `by` has message `seq` sent by this peer (state
+    /// Delivered). Acknowledge it with `ack`.
+    Delivered {
+        /// The mailbox item to acknowledge.
+        delivery: DeliveryId,
+        /// The message's sequence number.
+        seq: Seq,
+        /// The message's addressee.
+        to: Target,
+        /// The recipient that acknowledged it.
+        by: PeerId,
+    },
+    /// The router is closing this connection, and says why.
+    Closing {
+        /// Stable machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+}
+
+/// Stable, machine-readable error codes. The wire form is the snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The line is not valid UTF-8.
+    BadUtf8,
+    /// The line is not a JSON object.
+    BadJson,
+    /// The frame type is unknown.
+    UnknownType,
+    /// A field is missing, unexpected or of the wrong type.
+    BadFrame,
+    /// The line is longer than the maximum frame size.
+    FrameTooLarge,
+    /// A peer ID, group name or secret is malformed.
+    InvalidName,
+    /// The secret does not match the one the ID was registered with.
+    WrongSecret,
+    /// The name is taken (by a peer or group).
+    NameTaken,
+    /// The request needs a registered session.
+    NotRegistered,
+    /// This connection is already registered as another peer.
+    AlreadyRegistered,
+    /// The addressee is neither a registered peer nor a group.
+    UnknownRecipient,
+    /// The group does not exist.
+    UnknownGroup,
+    /// The sender is not a member of the group.
+    NotAMember,
+    /// A recipient's mailbox is full; the message was not accepted.
+    MailboxFull,
+    /// The message body is too large to forward in one frame.
+    BodyTooLarge,
+    /// The sequence number is 0, or too far behind the newest to judge.
+    InvalidSeq,
+    /// The client's outbox is full (reported by the client machine only).
+    OutboxFull,
+    /// The connection sent nothing for too long.
+    IdleTimeout,
+    /// A newer session for the same peer replaced this one.
+    Replaced,
+}
+
+impl ErrorCode {
+    /// The code's wire name, e.g. `"wrong_secret"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadUtf8 => "bad_utf8",
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::WrongSecret => "wrong_secret",
+            ErrorCode::NameTaken => "name_taken",
+            ErrorCode::NotRegistered => "not_registered",
+            ErrorCode::AlreadyRegistered => "already_registered",
+            ErrorCode::UnknownRecipient => "unknown_recipient",
+            ErrorCode::UnknownGroup => "unknown_group",
+            ErrorCode::NotAMember => "not_a_member",
+            ErrorCode::MailboxFull => "mailbox_full",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::InvalidSeq => "invalid_seq",
+            ErrorCode::OutboxFull => "outbox_full",
+            ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::Replaced => "replaced",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A line that could not be turned into a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct FrameError {
+    /// The request ID, if the line was readable far enough to find one.
+    pub req: Option<ReqId>,
+    /// Why the line was refused.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+impl FrameError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            req: None,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The error frame a router answers this error with.
+    pub fn to_frame(&self) -> ServerFrame {
+        ServerFrame::Error {
+            req: self.req,
+            code: self.code,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// Splits a byte stream into lines of at most `max_len` bytes (newline
+/// included). An oversized line yields one [`ErrorCode::FrameTooLarge`]
+/// error and is skipped up to its newline without being buffered, so a
+/// hostile peer cannot make the decoder hold more than `max_len` bytes.
+/// Blank lines are skipped.
+#[derive(Debug)]
+pub struct LineDecoder {
+    max_len: usize,
+    /// How far the buffer has been searched for a newline already.
+    scanned: usize,
+    /// True while skipping the rest of an oversized line.
+    discarding: bool,
+}
+
+impl LineDecoder {
+    /// A decoder for lines of at most `max_len` bytes.
+    pub fn new(max_len: usize) -> Self {
+        Self {
+            max_len,
+            scanned: 0,
+            discarding: false,
+        }
+    }
+
+    /// Takes the next complete line out of `buf`, without its newline (or
+    /// `\r\n`). Returns `None` when `buf` holds no complete line yet; call
+    /// again after appending more bytes.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Result<BytesMut, FrameError>> {
+        loop {
+            let newline = buf[self.scanned..].iter().position(|b| *b == b'\n');
+            let Some(offset) = newline else {
+                if buf.len() >= self.max_len {
+                    let _ = buf.split();
+                    self.scanned = 0;
+                    if !self.discarding {
+                        self.discarding = true;
+                        return Some(Err(self.too_large()));
+                    }
+                } else {
+                    self.scanned = buf.len();
+                }
+                return None;
+            };
+            let end = self.scanned + offset;
+            self.scanned = 0;
+            let mut line = buf.split_to(end + 1);
+            if self.discarding {
+                self.discarding = false;
+                continue;
+            }
+            if line.len() > self.max_len {
+                return Some(Err(self.too_large()));
+            }
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Some(Ok(line));
+        }
+    }
+
+    fn too_large(&self) -> FrameError {
+        FrameError::new(
+            ErrorCode::FrameTooLarge,
+            format!("frame longer than the limit of {} bytes", self.max_len),
+        )
+    }
+}
+
+/// Decodes one line (without its newline) as a [`ClientFrame`].
+pub fn decode_client_frame(line: &[u8]) -> Result<ClientFrame, FrameError> {
+    decode_frame(line)
+}
+
+/// Decodes one line (without its newline) as a [`ServerFrame`].
+pub fn decode_server_frame(line: &[u8]) -> Result<ServerFrame, FrameError> {
+    decode_frame(line)
+}
+
+fn decode_frame<T: serde::de::DeserializeOwned>(line: &[u8]) -> Result<T, FrameError> {
+    // The fast path parses once; only a failure pays for the diagnosis.
+    if let Ok(frame) = serde_json::from_slice::<T>(line) {
+        return Ok(frame);
+    }
+    let text = std::str::from_utf8(line)
+        .map_err(|e| FrameError::new(ErrorCode::BadUtf8, format!("frame is not UTF-8: {e}")))?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| FrameError::new(ErrorCode::BadJson, format!("frame is not JSON: {e}")))?;
+    let Some(object) = value.as_object() else {
+        return Err(FrameError::new(
+            ErrorCode::BadJson,
+            "frame must be a JSON object",
+        ));
+    };
+    let req = object
+        .get("req")
+        .and_then(serde_json::Value::as_u64)
+        .map(ReqId);
+    let Some(kind) = object.get("type").and_then(serde_json::Value::as_str) else {
+        return Err(FrameError {
+            req,
+            ..FrameError::new(ErrorCode::BadFrame, "frame has no string field \"type\"")
+        });
+    };
+    let kind = kind.to_owned();
+    match serde_json::from_value::<T>(value) {
+        Ok(frame) => Ok(frame),
+        Err(e) => {
+            let message = e.to_string();
+            let code = if message.starts_with("unknown variant") {
+                ErrorCode::UnknownType
+            } else if message.starts_with(NameError::PREFIX) {
+                ErrorCode::InvalidName
+            } else {
+                ErrorCode::BadFrame
+            };
+            Err(FrameError {
+                req,
+                code,
+                message: format!("bad {kind:?} frame: {message}"),
+            })
+        }
+    }
+}
+
+/// Appends `frame` as one JSON line to `buf`.
+pub fn encode_frame<T: Serialize>(frame: &T, buf: &mut BytesMut) {
+    let mut writer = buf.writer();
+    serde_json::to_writer(&mut writer, frame).expect("frames always serialize");
+    writer.into_inner().put_u8(b'\n');
+}
+
+/// The number of bytes `s` takes as a JSON string, quotes included.
+pub fn json_string_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(decoder: &mut LineDecoder, buf: &mut BytesMut) -> Vec<Result<Vec<u8>, ErrorCode>> {
+        std::iter::from_fn(|| decoder.decode(buf))
+            .map(|r| r.map(|l| l.to_vec()).map_err(|e| e.code))
+            .collect()
+    }
+
+    #[test]
+    fn splits_lines_across_reads() {
+        let mut d = LineDecoder::new(64);
+        let mut buf = BytesMut::from(&b"{\"a\":1}\n{\"b\""[..]);
+        assert_eq!(lines(&mut d, &mut buf), vec![Ok(b"{\"a\":1}".to_vec())]);
+        buf.extend_from_slice(b":2}\r\n\n  \n");
+        assert_eq!(lines(&mut d, &mut buf), vec![Ok(b"{\"b\":2}".to_vec())]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn oversized_line_is_reported_once_and_skipped() {
+        let mut d = LineDecoder::new(8);
+        let mut buf = BytesMut::from(&b"0123456789"[..]);
+        assert_eq!(lines(&mut d, &mut buf), vec![Err(ErrorCode::FrameTooLarge)]);
+        assert!(buf.is_empty(), "an oversized line is not buffered");
+        buf.extend_from_slice(b"0123456789abc");
+        assert_eq!(lines(&mut d, &mut buf), vec![]);
+        buf.extend_from_slice(b"def\nok\n");
+        assert_eq!(lines(&mut d, &mut buf), vec![Ok(b"ok".to_vec())]);
+    }
+
+    #[test]
+    fn oversized_complete_line_is_reported() {
+        let mut d = LineDecoder::new(4);
+        let mut buf = BytesMut::from(&b"abc\nabcdefgh\nxy\n"[..]);
+        assert_eq!(
+            lines(&mut d, &mut buf),
+            vec![Ok(b"abc".to_vec()), Err(ErrorCode::FrameTooLarge), Ok(b"xy".to_vec())]
+        );
+    }
+
+    fn code_of(line: &str) -> (Option<ReqId>, ErrorCode) {
+        let e = decode_client_frame(line.as_bytes()).unwrap_err();
+        (e.req, e.code)
+    }
+
+    #[test]
+    fn decode_errors_have_precise_codes() {
+        assert_eq!(decode_client_frame(b"\xff\xfe").unwrap_err().code, ErrorCode::BadUtf8);
+        assert_eq!(code_of("hello"), (None, ErrorCode::BadJson));
+        assert_eq!(code_of("[1,2]"), (None, ErrorCode::BadJson));
+        assert_eq!(code_of(r#"{"req":3}"#), (Some(ReqId(3)), ErrorCode::BadFrame));
+        assert_eq!(
+            code_of(r#"{"type":"fly","req":4}"#),
+            (Some(ReqId(4)), ErrorCode::UnknownType)
+        );
+        assert_eq!(
+            code_of(r#"{"type":"send","req":5,"seq":1,"to":"bob"}"#),
+            (Some(ReqId(5)), ErrorCode::BadFrame)
+        );
+        assert_eq!(
+            code_of(r#"{"type":"join_group","req":6,"group":"no spaces"}"#),
+            (Some(ReqId(6)), ErrorCode::InvalidName)
+        );
+        assert_eq!(
+            code_of(r#"{"type":"ping","req":7,"extra":1}"#),
+            (Some(ReqId(7)), ErrorCode::BadFrame)
+        );
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let frames = [
+            ClientFrame::Register {
+                req: ReqId(1),
+                peer: PeerId::new("alice").unwrap(),
+                secret: Secret::new("s").unwrap(),
+            },
+            ClientFrame::Send {
+                req: ReqId(2),
+                seq: Seq(1),
+                to: Target::new("bob").unwrap(),
+                body: "hi \"there\"\n".into(),
+            },
+            ClientFrame::Ack {
+                delivery: DeliveryId(9),
+            },
+        ];
+        for frame in frames {
+            let mut buf = BytesMut::new();
+            encode_frame(&frame, &mut buf);
+            assert_eq!(buf.last(), Some(&b'\n'));
+            let line = &buf[..buf.len() - 1];
+            assert_eq!(decode_client_frame(line).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn wire_form_is_the_documented_one() {
+        let frame = decode_client_frame(br#"{"type":"send","req":2,"seq":1,"to":"bob","body":"hi"}"#)
+            .unwrap();
+        assert!(matches!(frame, ClientFrame::Send { .. }));
+        let mut buf = BytesMut::new();
+        encode_frame(
+            &ServerFrame::Error {
+                req: None,
+                code: ErrorCode::WrongSecret,
+                message: "m".into(),
+            },
+            &mut buf,
+        );
+        assert_eq!(&buf[..], b"{\"type\":\"error\",\"code\":\"wrong_secret\",\"message\":\"m\"}\n");
+    }
+
+    #[test]
+    fn json_string_len_matches_serde() {
+        for s in ["", "plain", "quote\"back\\slash", "ctl\u{1}\u{1f}\n\t", "é漢"] {
+            assert_eq!(json_string_len(s), serde_json::to_string(s).unwrap().len(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn error_code_names_match_serde() {
+        for code in [ErrorCode::BadUtf8, ErrorCode::NotAMember, ErrorCode::InvalidSeq] {
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{code}\""));
+        }
+    }
+}
