@@ -377,15 +377,9 @@ fn decode_frame<T: serde::de::DeserializeOwned>(line: &[u8]) -> Result<T, FrameE
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| FrameError::new(ErrorCode::BadJson, format!("frame is not JSON: {e}")))?;
     let Some(object) = value.as_object() else {
-        return Err(FrameError::new(
-            ErrorCode::BadJson,
-            "frame must be a JSON object",
-        ));
+        return Err(FrameError::new(ErrorCode::BadJson, "frame must be a JSON object"));
     };
-    let req = object
-        .get("req")
-        .and_then(serde_json::Value::as_u64)
-        .map(ReqId);
+    let req = object.get("req").and_then(serde_json::Value::as_u64).map(ReqId);
     let Some(kind) = object.get("type").and_then(serde_json::Value::as_str) else {
         return Err(FrameError {
             req,
@@ -470,7 +464,11 @@ mod tests {
         let mut buf = BytesMut::from(&b"abc\nabcdefgh\nxy\n"[..]);
         assert_eq!(
             lines(&mut d, &mut buf),
-            vec![Ok(b"abc".to_vec()), Err(ErrorCode::FrameTooLarge), Ok(b"xy".to_vec())]
+            vec![
+                Ok(b"abc".to_vec()),
+                Err(ErrorCode::FrameTooLarge),
+                Ok(b"xy".to_vec())
+            ]
         );
     }
 
@@ -481,7 +479,10 @@ mod tests {
 
     #[test]
     fn decode_errors_have_precise_codes() {
-        assert_eq!(decode_client_frame(b"\xff\xfe").unwrap_err().code, ErrorCode::BadUtf8);
+        assert_eq!(
+            decode_client_frame(b"\xff\xfe").unwrap_err().code,
+            ErrorCode::BadUtf8
+        );
         assert_eq!(code_of("hello"), (None, ErrorCode::BadJson));
         assert_eq!(code_of("[1,2]"), (None, ErrorCode::BadJson));
         assert_eq!(code_of(r#"{"req":3}"#), (Some(ReqId(3)), ErrorCode::BadFrame));
@@ -532,8 +533,8 @@ mod tests {
 
     #[test]
     fn wire_form_is_the_documented_one() {
-        let frame = decode_client_frame(br#"{"type":"send","req":2,"seq":1,"to":"bob","body":"hi"}"#)
-            .unwrap();
+        let frame =
+            decode_client_frame(br#"{"type":"send","req":2,"seq":1,"to":"bob","body":"hi"}"#).unwrap();
         assert!(matches!(frame, ClientFrame::Send { .. }));
         let mut buf = BytesMut::new();
         encode_frame(
@@ -544,13 +545,20 @@ mod tests {
             },
             &mut buf,
         );
-        assert_eq!(&buf[..], b"{\"type\":\"error\",\"code\":\"wrong_secret\",\"message\":\"m\"}\n");
+        assert_eq!(
+            &buf[..],
+            b"{\"type\":\"error\",\"code\":\"wrong_secret\",\"message\":\"m\"}\n"
+        );
     }
 
     #[test]
     fn json_string_len_matches_serde() {
         for s in ["", "plain", "quote\"back\\slash", "ctl\u{1}\u{1f}\n\t", "é漢"] {
-            assert_eq!(json_string_len(s), serde_json::to_string(s).unwrap().len(), "{s:?}");
+            assert_eq!(
+                json_string_len(s),
+                serde_json::to_string(s).unwrap().len(),
+                "{s:?}"
+            );
         }
     }
 

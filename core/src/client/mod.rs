@@ -385,7 +385,14 @@ impl Client {
             Command::Register => {
                 self.wants_register = true;
                 let waiting = self.pending.values().any(|p| matches!(p, Pending::Register));
-                if matches!(self.link, Link::Up { registered: false, .. }) && !waiting {
+                if matches!(
+                    self.link,
+                    Link::Up {
+                        registered: false,
+                        ..
+                    }
+                ) && !waiting
+                {
                     self.send_register();
                 }
             }
@@ -393,13 +400,23 @@ impl Client {
                 if !self.wants_register {
                     let message = "register first (REGISTER)".to_owned();
                     let code = ErrorCode::NotRegistered;
-                    self.emit(ClientEvent::Failed { id: None, to, code, message });
+                    self.emit(ClientEvent::Failed {
+                        id: None,
+                        to,
+                        code,
+                        message,
+                    });
                     return;
                 }
                 if self.queued_messages >= self.config.outbox_limit {
                     let message = format!("{} messages already wait for Sent", self.queued_messages);
                     let code = ErrorCode::OutboxFull;
-                    self.emit(ClientEvent::Failed { id: None, to, code, message });
+                    self.emit(ClientEvent::Failed {
+                        id: None,
+                        to,
+                        code,
+                        message,
+                    });
                     return;
                 }
                 let seq = self.registered_once.then(|| self.take_seq());
@@ -410,7 +427,12 @@ impl Client {
                 if !self.wants_register {
                     let message = "register first (REGISTER)".to_owned();
                     let code = ErrorCode::NotRegistered;
-                    self.emit(ClientEvent::GroupFailed { op, group, code, message });
+                    self.emit(ClientEvent::GroupFailed {
+                        op,
+                        group,
+                        code,
+                        message,
+                    });
                     return;
                 }
                 self.enqueue(Op::Group(op, group));
@@ -575,7 +597,10 @@ impl Client {
 
     /// Removes a message from the queue and reports it Sent.
     fn complete_message(&mut self, id: u64) {
-        if let Some(Op::Message { seq: Some(seq), to, .. }) = self.queue.remove(&id) {
+        if let Some(Op::Message {
+            seq: Some(seq), to, ..
+        }) = self.queue.remove(&id)
+        {
             self.queued_messages -= 1;
             let id = MsgId {
                 from: self.config.peer.clone(),
@@ -615,10 +640,20 @@ impl Client {
                     from: self.config.peer.clone(),
                     seq,
                 });
-                self.emit(ClientEvent::Failed { id, to, code, message });
+                self.emit(ClientEvent::Failed {
+                    id,
+                    to,
+                    code,
+                    message,
+                });
             }
             Some(Op::Group(op, group)) => {
-                self.emit(ClientEvent::GroupFailed { op, group, code, message });
+                self.emit(ClientEvent::GroupFailed {
+                    op,
+                    group,
+                    code,
+                    message,
+                });
             }
             None => {}
         }
@@ -678,7 +713,8 @@ impl Machine for Client {
                     self.send_register();
                 }
             }
-            ClientInput::ConnectFailed { attempt, reason } | ClientInput::Disconnected { attempt, reason } => {
+            ClientInput::ConnectFailed { attempt, reason }
+            | ClientInput::Disconnected { attempt, reason } => {
                 if attempt == self.attempt && matches!(self.link, Link::Connecting | Link::Up { .. }) {
                     self.lose_link(now, reason);
                 }

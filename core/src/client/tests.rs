@@ -1,0 +1,373 @@
+use std::time::Duration;
+
+use super::*;
+use crate::testing::{drain, epoch};
+
+fn peer(s: &str) -> PeerId {
+    PeerId::new(s).unwrap()
+}
+
+fn target(s: &str) -> Target {
+    Target::new(s).unwrap()
+}
+
+struct Harness {
+    client: Client,
+    now: Instant,
+}
+
+impl Harness {
+    /// A client that has connected (attempt 1) and been asked to register.
+    fn connected() -> Self {
+        let now = epoch();
+        let config = ClientConfig::new(
+            peer("alice"),
+            Secret::new("s").unwrap(),
+            vec!["r1".into(), "r2".into()],
+        );
+        let mut client = Client::new(config, 1, now);
+        assert_eq!(client.poll_timeout(), Some(now));
+        client.handle_timeout(now);
+        assert_eq!(
+            drain(&mut client),
+            vec![ClientOutput::Connect {
+                attempt: 1,
+                router: "r1".into()
+            }]
+        );
+        client.handle(now, ClientInput::Connected { attempt: 1 });
+        client.handle(now, ClientInput::Command(Command::Register));
+        Self { client, now }
+    }
+
+    fn input(&mut self, input: ClientInput) -> Vec<ClientOutput> {
+        self.client.handle(self.now, input);
+        drain(&mut self.client)
+    }
+
+    fn frame(&mut self, frame: ServerFrame) -> Vec<ClientOutput> {
+        self.input(ClientInput::Frame(frame))
+    }
+
+    fn command(&mut self, command: Command) -> Vec<ClientOutput> {
+        self.input(ClientInput::Command(command))
+    }
+
+    fn send(&mut self, to: &str, body: &str) -> Vec<ClientOutput> {
+        self.command(Command::Send {
+            to: target(to),
+            body: body.into(),
+        })
+    }
+}
+
+/// The request ID of the last frame of the given kind among `outputs`.
+fn req_of(outputs: &[ClientOutput]) -> ReqId {
+    outputs
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            ClientOutput::Transmit(f) => f.req(),
+            _ => None,
+        })
+        .expect("a request was transmitted")
+}
+
+fn events(outputs: &[ClientOutput]) -> Vec<ClientEvent> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            ClientOutput::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sends(outputs: &[ClientOutput]) -> Vec<(ReqId, u64, String)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            ClientOutput::Transmit(ClientFrame::Send { req, seq, body, .. }) => {
+                Some((*req, seq.0, body.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn register_reply(h: &mut Harness, outputs: &[ClientOutput], next_seq: u64) -> Vec<ClientOutput> {
+    let req = req_of(outputs);
+    h.frame(ServerFrame::Registered {
+        req,
+        peer: peer("alice"),
+        next_seq: Seq(next_seq),
+    })
+}
+
+#[test]
+fn messages_wait_for_registration_and_continue_the_routers_sequence() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    assert!(matches!(
+        register[..],
+        [
+            ClientOutput::Event(ClientEvent::Connected { .. }),
+            ClientOutput::Transmit(ClientFrame::Register { .. })
+        ]
+    ));
+    assert!(
+        h.send("bob", "one").is_empty(),
+        "nothing is sent before registration"
+    );
+    let out = register_reply(&mut h, &register, 7);
+    assert_eq!(
+        sends(&out)
+            .iter()
+            .map(|s| (s.1, s.2.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(7, "one")]
+    );
+    assert_eq!(sends(&h.send("bob", "two"))[0].1, 8);
+}
+
+#[test]
+fn sending_before_register_is_refused() {
+    let now = epoch();
+    let config = ClientConfig::new(peer("alice"), Secret::new("s").unwrap(), vec!["r".into()]);
+    let mut client = Client::new(config, 1, now);
+    client.handle(
+        now,
+        ClientInput::Command(Command::Send {
+            to: target("bob"),
+            body: "x".into(),
+        }),
+    );
+    assert!(matches!(
+        &events(&drain(&mut client))[..],
+        [ClientEvent::Failed {
+            id: None,
+            code: ErrorCode::NotRegistered,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn the_outbox_is_resent_in_order_after_a_reconnect() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    register_reply(&mut h, &register, 1);
+    let first = sends(&h.send("bob", "a"));
+    h.send("bob", "b");
+    h.frame(ServerFrame::Sent {
+        req: first[0].0,
+        seq: Seq(1),
+        to: target("bob"),
+    });
+
+    let out = h.input(ClientInput::Disconnected {
+        attempt: 1,
+        reason: "test".into(),
+    });
+    assert!(matches!(&events(&out)[..], [ClientEvent::Disconnected { .. }]));
+    let retry = h.client.poll_timeout().unwrap();
+    assert!(
+        retry > h.now && retry <= h.now + Duration::from_millis(200),
+        "jittered first backoff"
+    );
+    h.now = retry;
+    h.client.handle_timeout(h.now);
+    assert_eq!(
+        drain(&mut h.client),
+        vec![ClientOutput::Connect {
+            attempt: 2,
+            router: "r2".into()
+        }]
+    );
+    let out = h.input(ClientInput::Connected { attempt: 2 });
+    let out = register_reply(&mut h, &out, 2);
+    assert_eq!(
+        sends(&out)
+            .iter()
+            .map(|s| (s.1, s.2.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(2, "b")]
+    );
+}
+
+#[test]
+fn stale_connection_reports_are_ignored() {
+    let mut h = Harness::connected();
+    drain(&mut h.client);
+    let out = h.input(ClientInput::Disconnected {
+        attempt: 0,
+        reason: "old".into(),
+    });
+    assert!(out.is_empty());
+    assert!(matches!(h.client.link, Link::Up { .. }));
+}
+
+#[test]
+fn received_messages_are_acknowledged_and_surfaced_once_in_order() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    register_reply(&mut h, &register, 1);
+    let msg = |delivery, seq| ServerFrame::Message {
+        delivery: DeliveryId(delivery),
+        from: peer("bob"),
+        seq: Seq(seq),
+        to: target("alice"),
+        body: format!("m{seq}"),
+    };
+    let out = h.frame(msg(1, 4));
+    assert!(matches!(&events(&out)[..], [ClientEvent::Received { .. }]));
+    assert!(out.contains(&ClientOutput::Transmit(ClientFrame::Ack {
+        delivery: DeliveryId(1)
+    })));
+    let again = h.frame(msg(2, 4));
+    assert!(
+        events(&again).is_empty(),
+        "a duplicate is acknowledged but not surfaced"
+    );
+    assert!(again.contains(&ClientOutput::Transmit(ClientFrame::Ack {
+        delivery: DeliveryId(2)
+    })));
+}
+
+#[test]
+fn a_receipt_before_the_sent_reply_reports_sent_first() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    register_reply(&mut h, &register, 1);
+    let req = sends(&h.send("bob", "a"))[0].0;
+    let receipt = ServerFrame::Delivered {
+        delivery: DeliveryId(1),
+        seq: Seq(1),
+        to: target("bob"),
+        by: peer("bob"),
+    };
+    let out = h.frame(receipt.clone());
+    let id = MsgId {
+        from: peer("alice"),
+        seq: Seq(1),
+    };
+    assert_eq!(
+        events(&out),
+        vec![
+            ClientEvent::Sent {
+                id: id.clone(),
+                to: target("bob")
+            },
+            ClientEvent::Delivered {
+                id,
+                to: target("bob"),
+                by: peer("bob")
+            },
+        ]
+    );
+    assert!(events(&h.frame(ServerFrame::Sent {
+        req,
+        seq: Seq(1),
+        to: target("bob")
+    }))
+    .is_empty());
+    assert!(
+        events(&h.frame(receipt)).is_empty(),
+        "a repeated receipt is not reported again"
+    );
+    assert_eq!(h.client.outstanding(), 0);
+}
+
+#[test]
+fn a_refused_message_fails_and_leaves_the_outbox() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    register_reply(&mut h, &register, 1);
+    let req = sends(&h.send("nobody", "a"))[0].0;
+    let out = h.frame(ServerFrame::Error {
+        req: Some(req),
+        code: ErrorCode::UnknownRecipient,
+        message: "no".into(),
+    });
+    assert!(matches!(
+        &events(&out)[..],
+        [ClientEvent::Failed {
+            id: Some(_),
+            code: ErrorCode::UnknownRecipient,
+            ..
+        }]
+    ));
+    assert_eq!(h.client.outbox_len(), 0);
+}
+
+#[test]
+fn a_wrong_secret_stops_registration_and_fails_waiting_messages() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    h.send("bob", "a");
+    let req = req_of(&register);
+    let out = h.frame(ServerFrame::Error {
+        req: Some(req),
+        code: ErrorCode::WrongSecret,
+        message: "no".into(),
+    });
+    assert!(matches!(
+        &events(&out)[..],
+        [
+            ClientEvent::RegisterFailed {
+                code: ErrorCode::WrongSecret,
+                ..
+            },
+            ClientEvent::Failed { id: None, .. }
+        ]
+    ));
+    assert_eq!(h.client.outstanding(), 0);
+}
+
+#[test]
+fn a_replaced_session_stops_the_client() {
+    let mut h = Harness::connected();
+    drain(&mut h.client);
+    let out = h.frame(ServerFrame::Closing {
+        code: ErrorCode::Replaced,
+        message: "newer".into(),
+    });
+    assert!(out.contains(&ClientOutput::Disconnect));
+    assert!(h.client.is_stopped());
+    assert_eq!(h.client.poll_timeout(), None);
+}
+
+#[test]
+fn a_silent_connection_is_pinged_then_dropped() {
+    let mut h = Harness::connected();
+    drain(&mut h.client);
+    h.now += Duration::from_secs(10);
+    assert_eq!(h.client.poll_timeout(), Some(h.now));
+    h.client.handle_timeout(h.now);
+    assert!(matches!(
+        drain(&mut h.client)[..],
+        [ClientOutput::Transmit(ClientFrame::Ping { .. })]
+    ));
+    h.now += Duration::from_secs(20);
+    h.client.handle_timeout(h.now);
+    let out = drain(&mut h.client);
+    assert_eq!(out[0], ClientOutput::Disconnect);
+    assert!(matches!(&events(&out)[..], [ClientEvent::Disconnected { .. }]));
+}
+
+#[test]
+fn the_outbox_is_bounded() {
+    let mut h = Harness::connected();
+    h.client.config.outbox_limit = 2;
+    h.send("bob", "1");
+    h.send("bob", "2");
+    let out = h.send("bob", "3");
+    assert!(matches!(
+        &events(&out)[..],
+        [ClientEvent::Failed {
+            code: ErrorCode::OutboxFull,
+            ..
+        }]
+    ));
+    assert_eq!(h.client.outbox_len(), 2);
+}

@@ -32,8 +32,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::ids::{ConnId, DeliveryId, GroupName, PeerId, ReqId, Secret, Seq, Target};
 use crate::machine::Machine;
 use crate::wire::{
-    json_string_len, ClientFrame, ErrorCode, FrameError, ServerFrame, DEFAULT_MAX_FRAME_LEN,
-    FRAME_OVERHEAD, MAX_IN_FLIGHT,
+    json_string_len, ClientFrame, ErrorCode, FrameError, ServerFrame, DEFAULT_MAX_FRAME_LEN, FRAME_OVERHEAD,
+    MAX_IN_FLIGHT,
 };
 use state::{hash_secret, Change, Item, State};
 
@@ -141,6 +141,12 @@ impl Router {
     /// How many messages wait in `peer`'s mailbox.
     pub fn queued_messages(&self, peer: &PeerId) -> usize {
         self.state.peers.get(peer).map_or(0, |r| r.queued_messages)
+    }
+
+    /// Whether every mailbox is empty: every message and receipt has been
+    /// acknowledged by its owner.
+    pub fn mailboxes_empty(&self) -> bool {
+        self.state.peers.values().all(|r| r.mailbox.is_empty())
     }
 
     /// Whether `peer` has a live session.
@@ -329,11 +335,17 @@ impl Router {
             vec![to.as_peer()]
         } else if let Some(group) = self.state.groups.get(to.as_str()) {
             if !group.members.contains(me) {
-                return Err((ErrorCode::NotAMember, format!("{me} is not a member of group {to}")));
+                return Err((
+                    ErrorCode::NotAMember,
+                    format!("{me} is not a member of group {to}"),
+                ));
             }
             group.members.iter().filter(|m| *m != me).cloned().collect()
         } else {
-            return Err((ErrorCode::UnknownRecipient, format!("no peer or group is named {to}")));
+            return Err((
+                ErrorCode::UnknownRecipient,
+                format!("no peer or group is named {to}"),
+            ));
         };
         for recipient in &recipients {
             if self.state.peers[recipient].queued_messages >= self.config.mailbox_limit {
@@ -366,7 +378,12 @@ impl Router {
 
     fn handle_join(&mut self, conn: ConnId, me: PeerId, req: ReqId, group: GroupName) {
         let Some(existing) = self.state.groups.get(&group) else {
-            self.error(conn, Some(req), ErrorCode::UnknownGroup, format!("no group is named {group}"));
+            self.error(
+                conn,
+                Some(req),
+                ErrorCode::UnknownGroup,
+                format!("no group is named {group}"),
+            );
             return;
         };
         if !existing.members.contains(&me) {
@@ -377,7 +394,12 @@ impl Router {
 
     fn handle_leave(&mut self, conn: ConnId, me: PeerId, req: ReqId, group: GroupName) {
         let Some(existing) = self.state.groups.get(&group) else {
-            self.error(conn, Some(req), ErrorCode::UnknownGroup, format!("no group is named {group}"));
+            self.error(
+                conn,
+                Some(req),
+                ErrorCode::UnknownGroup,
+                format!("no group is named {group}"),
+            );
             return;
         };
         if existing.members.contains(&me) {

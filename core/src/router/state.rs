@@ -87,11 +87,7 @@ pub(crate) enum Change {
         body: Arc<str>,
     },
     /// A message is refused for good; resending it gets the same answer.
-    Rejected {
-        from: PeerId,
-        seq: Seq,
-        code: ErrorCode,
-    },
+    Rejected { from: PeerId, seq: Seq, code: ErrorCode },
     /// `peer` acknowledged a mailbox item; a message turns into a receipt
     /// in its sender's mailbox.
     Acked { peer: PeerId, delivery: DeliveryId },

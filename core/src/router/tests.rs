@@ -1,0 +1,544 @@
+use std::time::Duration;
+
+use super::*;
+use crate::testing::{drain, epoch};
+
+fn peer(s: &str) -> PeerId {
+    PeerId::new(s).unwrap()
+}
+
+fn target(s: &str) -> Target {
+    Target::new(s).unwrap()
+}
+
+fn group(s: &str) -> GroupName {
+    GroupName::new(s).unwrap()
+}
+
+/// A router with helpers that feed it frames at a fixed time.
+struct Harness {
+    router: Router,
+    now: Instant,
+    req: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(RouterConfig::default())
+    }
+
+    fn with(config: RouterConfig) -> Self {
+        Self {
+            router: Router::new(config, 7),
+            now: epoch(),
+            req: 0,
+        }
+    }
+
+    fn connect(&mut self, conn: u64) {
+        self.router.handle(self.now, RouterInput::Connected(ConnId(conn)));
+    }
+
+    fn frame(&mut self, conn: u64, frame: ClientFrame) -> Vec<RouterOutput> {
+        self.router
+            .handle(self.now, RouterInput::Frame(ConnId(conn), frame));
+        drain(&mut self.router)
+    }
+
+    fn next_req(&mut self) -> ReqId {
+        self.req += 1;
+        ReqId(self.req)
+    }
+
+    fn register(&mut self, conn: u64, name: &str, secret: &str) -> Vec<RouterOutput> {
+        let req = self.next_req();
+        let secret = Secret::new(secret).unwrap();
+        self.frame(
+            conn,
+            ClientFrame::Register {
+                req,
+                peer: peer(name),
+                secret,
+            },
+        )
+    }
+
+    /// Connects and registers `name` on `conn`, returning what was pushed.
+    fn online(&mut self, conn: u64, name: &str) -> Vec<RouterOutput> {
+        self.connect(conn);
+        self.register(conn, name, &format!("{name}-secret"))
+    }
+
+    fn send(&mut self, conn: u64, seq: u64, to: &str, body: &str) -> Vec<RouterOutput> {
+        let req = self.next_req();
+        self.frame(
+            conn,
+            ClientFrame::Send {
+                req,
+                seq: Seq(seq),
+                to: target(to),
+                body: body.into(),
+            },
+        )
+    }
+
+    fn group_op(
+        &mut self,
+        conn: u64,
+        op: fn(ReqId, GroupName) -> ClientFrame,
+        name: &str,
+    ) -> Vec<RouterOutput> {
+        let req = self.next_req();
+        self.frame(conn, op(req, group(name)))
+    }
+}
+
+fn create(req: ReqId, group: GroupName) -> ClientFrame {
+    ClientFrame::CreateGroup { req, group }
+}
+
+fn join(req: ReqId, group: GroupName) -> ClientFrame {
+    ClientFrame::JoinGroup { req, group }
+}
+
+fn leave(req: ReqId, group: GroupName) -> ClientFrame {
+    ClientFrame::LeaveGroup { req, group }
+}
+
+fn ack(delivery: DeliveryId) -> ClientFrame {
+    ClientFrame::Ack { delivery }
+}
+
+/// The error codes among `outputs`.
+fn errors(outputs: &[RouterOutput]) -> Vec<ErrorCode> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            RouterOutput::Send(_, ServerFrame::Error { code, .. }) => Some(*code),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `(delivery, from, seq, body)` of messages pushed to `conn`.
+fn messages(outputs: &[RouterOutput], conn: u64) -> Vec<(DeliveryId, String, u64, String)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            RouterOutput::Send(
+                c,
+                ServerFrame::Message {
+                    delivery,
+                    from,
+                    seq,
+                    body,
+                    ..
+                },
+            ) if *c == ConnId(conn) => Some((*delivery, from.to_string(), seq.0, body.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `(delivery, seq, by)` of receipts pushed to `conn`.
+fn receipts(outputs: &[RouterOutput], conn: u64) -> Vec<(DeliveryId, u64, String)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            RouterOutput::Send(
+                c,
+                ServerFrame::Delivered {
+                    delivery, seq, by, ..
+                },
+            ) if *c == ConnId(conn) => Some((*delivery, seq.0, by.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent(outputs: &[RouterOutput]) -> Vec<u64> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            RouterOutput::Send(_, ServerFrame::Sent { seq, .. }) => Some(seq.0),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn first_registration_claims_the_id_and_later_ones_need_the_secret() {
+    let mut h = Harness::new();
+    h.connect(1);
+    let out = h.register(1, "alice", "right");
+    assert!(matches!(
+        &out[..],
+        [RouterOutput::Send(
+            ConnId(1),
+            ServerFrame::Registered { next_seq: Seq(1), .. }
+        )]
+    ));
+    h.connect(2);
+    assert_eq!(
+        errors(&h.register(2, "alice", "wrong")),
+        vec![ErrorCode::WrongSecret]
+    );
+    assert!(
+        h.router.is_online(&peer("alice")),
+        "a refused attempt leaves the session alone"
+    );
+    assert_eq!(h.router.peer_count(), 1);
+}
+
+#[test]
+fn a_newer_session_replaces_the_older_one_which_is_told_why() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.connect(2);
+    let out = h.register(2, "alice", "alice-secret");
+    assert!(matches!(
+        &out[..3],
+        [
+            RouterOutput::Send(
+                ConnId(1),
+                ServerFrame::Closing {
+                    code: ErrorCode::Replaced,
+                    ..
+                }
+            ),
+            RouterOutput::Close(ConnId(1)),
+            RouterOutput::Send(ConnId(2), ServerFrame::Registered { .. }),
+        ]
+    ));
+    // The old connection is forgotten: its frames and its loss change nothing.
+    assert!(h.send(1, 1, "alice", "x").is_empty());
+    h.router.handle(h.now, RouterInput::Disconnected(ConnId(1)));
+    assert!(h.router.is_online(&peer("alice")));
+}
+
+#[test]
+fn a_connection_cannot_switch_peers() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    assert_eq!(
+        errors(&h.register(1, "bob", "b")),
+        vec![ErrorCode::AlreadyRegistered]
+    );
+}
+
+#[test]
+fn requests_before_registration_are_refused() {
+    let mut h = Harness::new();
+    h.connect(1);
+    assert_eq!(errors(&h.send(1, 1, "bob", "hi")), vec![ErrorCode::NotRegistered]);
+    assert_eq!(
+        errors(&h.group_op(1, create, "g")),
+        vec![ErrorCode::NotRegistered]
+    );
+}
+
+#[test]
+fn a_direct_message_is_sent_then_delivered() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    let out = h.send(1, 1, "bob", "hello");
+    assert_eq!(sent(&out), vec![1]);
+    let pushed = messages(&out, 2);
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(
+        (pushed[0].1.as_str(), pushed[0].2, pushed[0].3.as_str()),
+        ("alice", 1, "hello")
+    );
+    assert!(
+        receipts(&out, 1).is_empty(),
+        "no Delivered before the recipient acknowledges"
+    );
+
+    let out = h.frame(2, ack(pushed[0].0));
+    assert_eq!(
+        receipts(&out, 1)
+            .iter()
+            .map(|r| (r.1, r.2.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(1, "bob")]
+    );
+    assert_eq!(h.router.queued_messages(&peer("bob")), 0);
+}
+
+#[test]
+fn an_offline_peer_gets_its_messages_in_order_and_the_sender_its_receipts_later() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    h.router.handle(h.now, RouterInput::Disconnected(ConnId(2)));
+    for seq in 1..=3 {
+        let out = h.send(1, seq, "bob", &format!("m{seq}"));
+        assert_eq!(sent(&out), vec![seq]);
+    }
+    h.router.handle(h.now, RouterInput::Disconnected(ConnId(1)));
+    assert_eq!(h.router.queued_messages(&peer("bob")), 3);
+
+    let out = h.online(3, "bob");
+    let pushed = messages(&out, 3);
+    assert_eq!(
+        pushed.iter().map(|m| m.3.as_str()).collect::<Vec<_>>(),
+        vec!["m1", "m2", "m3"]
+    );
+    for m in &pushed {
+        assert!(h.frame(3, ack(m.0)).is_empty(), "the sender is offline");
+    }
+    let out = h.online(4, "alice");
+    assert_eq!(
+        receipts(&out, 4).iter().map(|r| r.1).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+}
+
+#[test]
+fn a_resent_message_is_answered_again_but_stored_once() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    let first = h.send(1, 1, "bob", "once");
+    let again = h.send(1, 1, "bob", "once");
+    assert_eq!(sent(&again), vec![1]);
+    assert_eq!(messages(&first, 2).len() + messages(&again, 2).len(), 1);
+    assert_eq!(h.router.queued_messages(&peer("bob")), 1);
+}
+
+#[test]
+fn a_resent_refused_message_is_refused_again() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    assert_eq!(
+        errors(&h.send(1, 1, "nobody", "x")),
+        vec![ErrorCode::UnknownRecipient]
+    );
+    h.online(2, "nobody");
+    assert_eq!(
+        errors(&h.send(1, 1, "nobody", "x")),
+        vec![ErrorCode::UnknownRecipient]
+    );
+    assert_eq!(h.router.queued_messages(&peer("nobody")), 0);
+    let out = h.online(3, "alice");
+    assert!(matches!(
+        out.last(),
+        Some(RouterOutput::Send(
+            ConnId(3),
+            ServerFrame::Registered { next_seq: Seq(2), .. }
+        ))
+    ));
+}
+
+#[test]
+fn sequence_numbers_are_checked() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    assert_eq!(errors(&h.send(1, 0, "bob", "x")), vec![ErrorCode::InvalidSeq]);
+    assert_eq!(sent(&h.send(1, 5000, "bob", "x")), vec![5000]);
+    assert_eq!(errors(&h.send(1, 3000, "bob", "x")), vec![ErrorCode::InvalidSeq]);
+    assert_eq!(
+        sent(&h.send(1, 4000, "bob", "x")),
+        vec![4000],
+        "within the window: a duplicate"
+    );
+    assert_eq!(h.router.queued_messages(&peer("bob")), 1);
+}
+
+#[test]
+fn a_full_mailbox_refuses_the_message_instead_of_dropping_one() {
+    let mut h = Harness::with(RouterConfig {
+        mailbox_limit: 2,
+        ..RouterConfig::default()
+    });
+    h.online(1, "alice");
+    h.online(2, "bob");
+    h.router.handle(h.now, RouterInput::Disconnected(ConnId(2)));
+    assert_eq!(sent(&h.send(1, 1, "bob", "a")), vec![1]);
+    assert_eq!(sent(&h.send(1, 2, "bob", "b")), vec![2]);
+    assert_eq!(errors(&h.send(1, 3, "bob", "c")), vec![ErrorCode::MailboxFull]);
+    let out = h.online(3, "bob");
+    assert_eq!(
+        messages(&out, 3).iter().map(|m| m.3.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+}
+
+#[test]
+fn an_oversized_body_is_refused() {
+    let mut h = Harness::with(RouterConfig {
+        max_frame_len: FRAME_OVERHEAD + 10,
+        ..RouterConfig::default()
+    });
+    h.online(1, "alice");
+    h.online(2, "bob");
+    assert_eq!(sent(&h.send(1, 1, "bob", "12345678")), vec![1]);
+    assert_eq!(
+        errors(&h.send(1, 2, "bob", "123456789")),
+        vec![ErrorCode::BodyTooLarge]
+    );
+}
+
+#[test]
+fn group_messages_reach_the_members_at_accept_time_except_the_sender() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    h.online(3, "carol");
+    assert!(errors(&h.group_op(1, create, "g")).is_empty());
+    assert!(errors(&h.group_op(2, join, "g")).is_empty());
+    let out = h.send(1, 1, "g", "to bob");
+    assert_eq!(
+        (
+            messages(&out, 1).len(),
+            messages(&out, 2).len(),
+            messages(&out, 3).len()
+        ),
+        (0, 1, 0)
+    );
+
+    assert!(errors(&h.group_op(3, join, "g")).is_empty());
+    assert!(errors(&h.group_op(2, leave, "g")).is_empty());
+    let out = h.send(1, 2, "g", "to carol");
+    assert_eq!((messages(&out, 2).len(), messages(&out, 3).len()), (0, 1));
+
+    assert_eq!(errors(&h.send(2, 1, "g", "x")), vec![ErrorCode::NotAMember]);
+}
+
+#[test]
+fn each_group_member_confirms_delivery_separately() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    h.online(3, "carol");
+    h.group_op(1, create, "g");
+    h.group_op(2, join, "g");
+    h.group_op(3, join, "g");
+    let out = h.send(1, 1, "g", "hi");
+    let to_bob = messages(&out, 2)[0].0;
+    let to_carol = messages(&out, 3)[0].0;
+    let by_bob = h.frame(2, ack(to_bob));
+    let by_carol = h.frame(3, ack(to_carol));
+    assert_eq!(receipts(&by_bob, 1)[0].2, "bob");
+    assert_eq!(receipts(&by_carol, 1)[0].2, "carol");
+}
+
+#[test]
+fn peers_and_groups_share_one_namespace() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    assert_eq!(
+        errors(&h.group_op(1, create, "alice")),
+        vec![ErrorCode::NameTaken]
+    );
+    h.group_op(1, create, "g");
+    h.connect(2);
+    assert_eq!(errors(&h.register(2, "g", "s")), vec![ErrorCode::NameTaken]);
+    h.online(3, "bob");
+    assert_eq!(errors(&h.group_op(3, create, "g")), vec![ErrorCode::NameTaken]);
+    assert!(
+        errors(&h.group_op(1, create, "g")).is_empty(),
+        "creating again is a no-op for the creator"
+    );
+    assert_eq!(
+        errors(&h.group_op(3, join, "nope")),
+        vec![ErrorCode::UnknownGroup]
+    );
+    assert_eq!(
+        errors(&h.group_op(3, leave, "nope")),
+        vec![ErrorCode::UnknownGroup]
+    );
+}
+
+#[test]
+fn join_and_leave_are_idempotent() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    h.group_op(1, create, "g");
+    assert!(errors(&h.group_op(2, join, "g")).is_empty());
+    assert!(errors(&h.group_op(2, join, "g")).is_empty());
+    assert!(errors(&h.group_op(2, leave, "g")).is_empty());
+    assert!(errors(&h.group_op(2, leave, "g")).is_empty());
+    let out = h.send(1, 1, "g", "nobody else");
+    assert!(messages(&out, 2).is_empty());
+}
+
+#[test]
+fn pushes_stay_within_the_window_until_acknowledged() {
+    let mut h = Harness::with(RouterConfig {
+        push_window: 2,
+        ..RouterConfig::default()
+    });
+    h.online(1, "alice");
+    h.online(2, "bob");
+    let mut pushed = Vec::new();
+    for seq in 1..=5 {
+        pushed.extend(messages(&h.send(1, seq, "bob", &seq.to_string()), 2));
+    }
+    assert_eq!(pushed.len(), 2);
+    let more = messages(&h.frame(2, ack(pushed[0].0)), 2);
+    assert_eq!(more.iter().map(|m| m.2).collect::<Vec<_>>(), vec![3]);
+}
+
+#[test]
+fn a_dropped_connection_gets_unacknowledged_items_again() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    let first = messages(&h.send(1, 1, "bob", "a"), 2);
+    messages(&h.send(1, 2, "bob", "b"), 2);
+    h.frame(2, ack(first[0].0));
+    h.router.handle(h.now, RouterInput::Disconnected(ConnId(2)));
+    let again = messages(&h.online(3, "bob"), 3);
+    assert_eq!(again.iter().map(|m| m.3.as_str()).collect::<Vec<_>>(), vec!["b"]);
+}
+
+#[test]
+fn malformed_input_is_answered_and_changes_nothing() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    let error = crate::wire::decode_client_frame(b"garbage").unwrap_err();
+    h.router.handle(h.now, RouterInput::Malformed(ConnId(1), error));
+    let out = drain(&mut h.router);
+    assert_eq!(errors(&out), vec![ErrorCode::BadJson]);
+    assert!(h.router.is_online(&peer("alice")));
+}
+
+#[test]
+fn a_silent_connection_is_timed_out() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    let deadline = h.router.poll_timeout().unwrap();
+    assert_eq!(deadline, h.now + Duration::from_secs(60));
+    h.router.handle_timeout(deadline - Duration::from_millis(1));
+    assert!(drain(&mut h.router).is_empty());
+    h.router.handle_timeout(deadline);
+    let out = drain(&mut h.router);
+    assert!(matches!(
+        &out[..],
+        [
+            RouterOutput::Send(
+                ConnId(1),
+                ServerFrame::Closing {
+                    code: ErrorCode::IdleTimeout,
+                    ..
+                }
+            ),
+            RouterOutput::Close(ConnId(1)),
+        ]
+    ));
+    assert!(!h.router.is_online(&peer("alice")));
+    assert_eq!(h.router.poll_timeout(), None);
+}
+
+#[test]
+fn any_frame_keeps_a_connection_alive() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.now += Duration::from_secs(50);
+    h.frame(1, ClientFrame::Ping { req: ReqId(99) });
+    assert_eq!(h.router.poll_timeout(), Some(h.now + Duration::from_secs(60)));
+}

@@ -1,1 +1,0 @@
-//! Helpers for driving machines in tests.
