@@ -219,6 +219,8 @@ pub enum ErrorCode {
     IdleTimeout,
     /// A newer session for the same peer replaced this one.
     Replaced,
+    /// The router has too many connections; try again later.
+    Busy,
 }
 
 impl ErrorCode {
@@ -244,6 +246,7 @@ impl ErrorCode {
             ErrorCode::OutboxFull => "outbox_full",
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::Replaced => "replaced",
+            ErrorCode::Busy => "busy",
         }
     }
 }
