@@ -113,7 +113,10 @@ where
 
 /// Writes queued frames until the queue closes or a close is asked for.
 /// Fails, with the reason, when a write fails or stalls.
-async fn write_loop<W, O>(mut writer: W, mut queue: mpsc::UnboundedReceiver<Outbound<O>>) -> Result<(), String>
+async fn write_loop<W, O>(
+    mut writer: W,
+    mut queue: mpsc::UnboundedReceiver<Outbound<O>>,
+) -> Result<(), String>
 where
     W: tokio::io::AsyncWrite + Unpin,
     O: Serialize,

@@ -1,1 +1,66 @@
-fn main() {}
+//! `peerlink`: run a PeerLink router or client.
+//!
+//! `peerlink router` serves peers; `peerlink client` is a peer, interactive on
+//! a terminal and line-oriented in scripts. `peerlink --help` and
+//! `peerlink <command> --help` explain every flag.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A message router for peers that address each other by ID.
+#[derive(Debug, Parser)]
+#[command(name = "peerlink", version, about, long_about = None)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a router that peers connect to.
+    Router(cli::router::RouterArgs),
+    /// Connect to a router as a peer: register, send, join groups.
+    Client(cli::client::ClientArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let default_level = match args.command {
+        Command::Router(_) => "info",
+        Command::Client(_) => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("peerlink: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&runtime, async move {
+        match args.command {
+            Command::Router(args) => cli::router::run(args).await,
+            Command::Client(args) => cli::client::run(args).await,
+        }
+    });
+    // A read of standard input may still be blocked in a runtime thread;
+    // waiting for it would keep a finished client alive.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("peerlink: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

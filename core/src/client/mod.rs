@@ -161,11 +161,12 @@ pub enum ClientEvent {
         /// Why.
         reason: String,
     },
-    /// Registered; messages continue from `next_seq`.
+    /// Registered.
     Registered {
         /// This peer.
         peer: PeerId,
-        /// The next sequence number the router expects.
+        /// One more than the highest sequence number the router had seen
+        /// from this peer when it registered.
         next_seq: Seq,
     },
     /// Registration was refused; the client stops trying.
@@ -352,7 +353,7 @@ impl Client {
     /// How many commands the router has not answered yet: queued messages
     /// and group requests, plus a registration in progress.
     pub fn outstanding(&self) -> usize {
-        let registering = self.wants_register && !self.is_registered();
+        let registering = self.wants_register && !self.is_registered() && !self.is_stopped();
         self.queue.len() + usize::from(registering)
     }
 
@@ -585,10 +586,7 @@ impl Client {
                 }
             }
         }
-        self.emit(ClientEvent::Registered {
-            peer,
-            next_seq: self.next_seq,
-        });
+        self.emit(ClientEvent::Registered { peer, next_seq });
         let ids: Vec<u64> = self.queue.keys().copied().collect();
         for id in ids {
             self.transmit_op(id);

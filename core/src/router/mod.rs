@@ -200,9 +200,12 @@ impl Router {
     }
 
     fn handle_frame(&mut self, conn: ConnId, frame: ClientFrame) {
-        if let ClientFrame::Register { req, peer, secret } = frame {
-            self.handle_register(conn, req, peer, secret);
-            return;
+        match frame {
+            ClientFrame::Register { req, peer, secret } => {
+                return self.handle_register(conn, req, peer, secret)
+            }
+            ClientFrame::Ping { req } => return self.send(conn, ServerFrame::Pong { req }),
+            _ => {}
         }
         let Some(me) = self.session_peer(conn) else {
             let req = frame.req();
@@ -215,13 +218,12 @@ impl Router {
             return;
         };
         match frame {
-            ClientFrame::Register { .. } => unreachable!("handled above"),
+            ClientFrame::Register { .. } | ClientFrame::Ping { .. } => unreachable!("handled above"),
             ClientFrame::Send { req, seq, to, body } => self.handle_send(conn, me, req, seq, to, body),
             ClientFrame::CreateGroup { req, group } => self.handle_create(conn, me, req, group),
             ClientFrame::JoinGroup { req, group } => self.handle_join(conn, me, req, group),
             ClientFrame::LeaveGroup { req, group } => self.handle_leave(conn, me, req, group),
             ClientFrame::Ack { delivery } => self.handle_ack(me, delivery),
-            ClientFrame::Ping { req } => self.send(conn, ServerFrame::Pong { req }),
         }
     }
 

@@ -1,0 +1,164 @@
+//! `peerlink client`: a peer, interactive on a terminal, one command and one
+//! event a line otherwise.
+
+use std::cell::Cell;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use peerlink_core::client::{Client, ClientConfig};
+use peerlink_core::ids::{PeerId, Secret};
+use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
+use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, Control};
+use peerlink_runtime::net::TokioNetwork;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use super::commands::{self, Line};
+use super::{output, secret};
+
+/// Flags of `peerlink client`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Commands are read from standard input, one a line: REGISTER, SEND_MSG <peer|group> <text>,
+CREATE_GROUP <g>, JOIN_GROUP <g>, LEAVE_GROUP <g>, help, quit. Events are printed one a line.
+
+Scripted use: at the end of input the client waits (see --wait) for the answers to what it
+sent, then exits with status 0 only if every command succeeded:
+  printf 'REGISTER\\nSEND_MSG peer2 hello\\n' | peerlink client --id peer1 --router 127.0.0.1:8008")]
+pub(crate) struct ClientArgs {
+    /// The peer ID to register as (1-64 characters of A-Z a-z 0-9 . _ -).
+    #[arg(long)]
+    id: PeerId,
+    /// Router addresses (HOST:PORT), comma-separated; tried in turn.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8008")]
+    router: Vec<String>,
+    /// The peer's secret. Without it (or PEERLINK_SECRET), a secret is
+    /// generated once and kept in DATA_DIR/<id>.secret.
+    #[arg(long, env = "PEERLINK_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Where generated secrets are kept [default: $XDG_DATA_HOME/peerlink
+    /// or ~/.local/share/peerlink].
+    #[arg(long, env = "PEERLINK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print events as JSON objects, one a line.
+    #[arg(long)]
+    json: bool,
+    /// At the end of input, wait at most this many seconds for answers.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    wait: f64,
+    /// Give up a connection attempt after this many seconds.
+    #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
+    connect_timeout: f64,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let value: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.0..=86_400.0).contains(&value) {
+        return Err("must be between 0 and 86400 seconds".into());
+    }
+    Ok(value)
+}
+
+/// Runs the client until its input ends and its commands are answered.
+pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let secret = match args.secret {
+        Some(text) => Secret::new(text).context("unusable --secret / PEERLINK_SECRET")?,
+        None => {
+            let dir = match args.data_dir {
+                Some(dir) => dir,
+                None => secret::default_data_dir()?,
+            };
+            secret::load_or_create(&dir, &args.id)?
+        }
+    };
+    let interactive = std::io::stdin().is_terminal();
+    let wait = Duration::from_secs_f64(args.wait);
+    let config = ClientConfig::new(args.id.clone(), secret, args.router.clone());
+    let outbox_limit = config.outbox_limit;
+    let client = Client::new(config, rand::random(), peerlink_runtime::now());
+    let driver_config = ClientDriverConfig {
+        connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+        max_frame_len: DEFAULT_MAX_FRAME_LEN,
+    };
+    let (controls, controls_rx) = mpsc::channel(1);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let driver = tokio::task::spawn_local(run_client(
+        TokioNetwork,
+        client,
+        driver_config,
+        controls_rx,
+        events_tx,
+        outbox_limit,
+    ));
+    if interactive {
+        println!(
+            "peerlink client {} -> {}. Type REGISTER to start, help for the commands.",
+            args.id,
+            args.router.join(",")
+        );
+    }
+    let failures = Rc::new(Cell::new(0usize));
+    let input = tokio::task::spawn_local(read_input(controls, wait, Rc::clone(&failures)));
+    while let Some(event) = events.recv().await {
+        if output::is_failure(&event) {
+            failures.set(failures.get() + 1);
+        }
+        println!(
+            "{}",
+            if args.json {
+                output::json(&event)
+            } else {
+                output::text(&event)
+            }
+        );
+    }
+    let exit = driver.await.context("the client driver failed")?;
+    input.abort();
+    if exit.outstanding > 0 {
+        eprintln!(
+            "peerlink: {} command(s) still unanswered after waiting {} s",
+            exit.outstanding, args.wait
+        );
+    }
+    let ok = exit.outstanding == 0 && failures.get() == 0 && !exit.stopped;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Reads commands from standard input until it ends or says `quit`, then
+/// asks the driver to finish within `wait`.
+async fn read_input(controls: mpsc::Sender<Control>, wait: Duration, failures: Rc<Cell<usize>>) {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("peerlink: cannot read standard input: {e}");
+                failures.set(failures.get() + 1);
+                break;
+            }
+        };
+        match commands::parse(&line) {
+            Ok(Line::Command(command)) => {
+                if controls.send(Control::Command(command)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Line::Help) => println!("{}", commands::HELP),
+            Ok(Line::Quit) => break,
+            Ok(Line::Blank) => {}
+            Err(message) => {
+                failures.set(failures.get() + 1);
+                println!("error code=bad_command: {message}");
+            }
+        }
+    }
+    let _ = controls.send(Control::Finish { within: wait }).await;
+}

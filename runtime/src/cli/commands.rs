@@ -1,0 +1,117 @@
+//! The client's command language: one command a line.
+
+use peerlink_core::client::{Command, GroupOp};
+use peerlink_core::ids::{GroupName, Target};
+
+/// The help text printed by `help`.
+pub(crate) const HELP: &str = "\
+commands (names are case-insensitive):
+  REGISTER                      register this peer (again after reconnects, automatically)
+  SEND_MSG <peer|group> <text>  send <text> to a peer or to every member of a group
+  CREATE_GROUP <group>          create a group; you are its first member
+  JOIN_GROUP <group>            join a group
+  LEAVE_GROUP <group>           leave a group
+  help                          show this help
+  quit                          wait for answers to what was sent, then exit";
+
+/// One line of input, understood.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Line {
+    /// A command for the client.
+    Command(Command),
+    /// Show the help.
+    Help,
+    /// Stop reading input.
+    Quit,
+    /// Nothing to do.
+    Blank,
+}
+
+/// Parses one input line; the error says what is wrong, for a person.
+pub(crate) fn parse(line: &str) -> Result<Line, String> {
+    let line = line.trim_start();
+    let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let rest = rest.trim_start();
+    let group = |op: GroupOp| -> Result<Line, String> {
+        let name = single_argument(word, rest, "<group>")?;
+        let group = GroupName::new(name).map_err(|e| e.to_string())?;
+        Ok(Line::Command(Command::Group(op, group)))
+    };
+    match word.to_ascii_uppercase().as_str() {
+        "" => Ok(Line::Blank),
+        "REGISTER" if rest.trim().is_empty() => Ok(Line::Command(Command::Register)),
+        "REGISTER" => Err("REGISTER takes no arguments".into()),
+        "SEND_MSG" => {
+            let (to, body) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            if to.is_empty() || body.is_empty() {
+                return Err("usage: SEND_MSG <peer|group> <text>".into());
+            }
+            let to = Target::new(to).map_err(|e| e.to_string())?;
+            Ok(Line::Command(Command::Send {
+                to,
+                body: body.to_owned(),
+            }))
+        }
+        "CREATE_GROUP" => group(GroupOp::Create),
+        "JOIN_GROUP" => group(GroupOp::Join),
+        "LEAVE_GROUP" => group(GroupOp::Leave),
+        "HELP" => Ok(Line::Help),
+        "QUIT" | "EXIT" => Ok(Line::Quit),
+        _ => Err(format!("unknown command {word:?}; type help for the list")),
+    }
+}
+
+fn single_argument<'a>(word: &str, rest: &'a str, what: &str) -> Result<&'a str, String> {
+    let rest = rest.trim();
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(format!("usage: {} {what}", word.to_ascii_uppercase()));
+    }
+    Ok(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(parse("REGISTER"), Ok(Line::Command(Command::Register)));
+        assert_eq!(parse("  register  "), Ok(Line::Command(Command::Register)));
+        assert_eq!(
+            parse("SEND_MSG bob hello   there"),
+            Ok(Line::Command(Command::Send {
+                to: Target::new("bob").unwrap(),
+                body: "hello   there".into()
+            }))
+        );
+        assert_eq!(
+            parse("join_group g1"),
+            Ok(Line::Command(Command::Group(
+                GroupOp::Join,
+                GroupName::new("g1").unwrap()
+            )))
+        );
+        assert!(matches!(
+            parse("CREATE_GROUP g"),
+            Ok(Line::Command(Command::Group(GroupOp::Create, _)))
+        ));
+        assert!(matches!(
+            parse("LEAVE_GROUP g"),
+            Ok(Line::Command(Command::Group(GroupOp::Leave, _)))
+        ));
+        assert_eq!(parse("help"), Ok(Line::Help));
+        assert_eq!(parse("quit"), Ok(Line::Quit));
+        assert_eq!(parse("   "), Ok(Line::Blank));
+    }
+
+    #[test]
+    fn bad_lines_say_what_is_wrong() {
+        assert!(parse("SEND_MSG bob").unwrap_err().contains("usage"));
+        assert!(parse("SEND_MSG").unwrap_err().contains("usage"));
+        assert!(parse("SEND_MSG b@d hi").unwrap_err().contains("invalid name"));
+        assert!(parse("JOIN_GROUP").unwrap_err().contains("usage"));
+        assert!(parse("JOIN_GROUP a b").unwrap_err().contains("usage"));
+        assert!(parse("REGISTER now").is_err());
+        assert!(parse("FLY away").unwrap_err().contains("unknown command"));
+    }
+}

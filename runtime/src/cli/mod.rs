@@ -1,0 +1,8 @@
+//! The subcommands of the `peerlink` binary.
+
+pub(crate) mod client;
+mod commands;
+mod output;
+pub(crate) mod router;
+mod secret;
+mod shutdown;
