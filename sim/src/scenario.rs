@@ -181,9 +181,15 @@ pub fn direct_and_group(seed: u64) -> Result<Trace, SimError> {
             alice.until(|e| matches!(e, ClientEvent::GroupDone { .. })).await;
             created_tx.send(()).map_err(|()| "bob is gone")?;
             joined.await?;
-            let direct = Command::Send { to: target("bob"), body: "direct hello".into() };
+            let direct = Command::Send {
+                to: target("bob"),
+                body: "direct hello".into(),
+            };
             alice.command(direct).await;
-            let grouped = Command::Send { to: target("g"), body: "group hello".into() };
+            let grouped = Command::Send {
+                to: target("g"),
+                body: "group hello".into(),
+            };
             alice.command(grouped).await;
             for _ in 0..2 {
                 alice.until(|e| matches!(e, ClientEvent::Delivered { .. })).await;

@@ -39,7 +39,9 @@ impl Recorder {
     pub(crate) fn record(&self, peer: &PeerId, what: What) {
         let elapsed = turmoil::sim_elapsed().unwrap_or_default();
         let mut trace = self.0.borrow_mut();
-        trace.lines.push(format!("{:>10.3}ms {peer} {what:?}", elapsed.as_secs_f64() * 1e3));
+        trace
+            .lines
+            .push(format!("{:>10.3}ms {peer} {what:?}", elapsed.as_secs_f64() * 1e3));
         trace.history.push(Record {
             peer: peer.clone(),
             what,
@@ -63,7 +65,10 @@ pub(crate) struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
 impl Write for LogCapture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log capture poisoned").extend_from_slice(buf);
+        self.0
+            .lock()
+            .expect("log capture poisoned")
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
 

@@ -11,7 +11,11 @@ fn a_direct_and_a_group_message_are_delivered() {
     for seed in SEEDS {
         let trace = direct_and_group(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         let violations = check(&trace.history);
-        assert!(violations.is_empty(), "seed {seed}: {violations:#?}\n{:#?}", trace.lines);
+        assert!(
+            violations.is_empty(),
+            "seed {seed}: {violations:#?}\n{:#?}",
+            trace.lines
+        );
         let observed = |peer: &str| -> Vec<&ClientEvent> {
             trace
                 .history
@@ -32,8 +36,14 @@ fn a_direct_and_a_group_message_are_delivered() {
             .collect();
         assert_eq!(bodies, vec!["direct hello", "group hello"], "seed {seed}");
         let alice = observed("alice");
-        let sent = alice.iter().filter(|e| matches!(e, ClientEvent::Sent { .. })).count();
-        let delivered = alice.iter().filter(|e| matches!(e, ClientEvent::Delivered { .. })).count();
+        let sent = alice
+            .iter()
+            .filter(|e| matches!(e, ClientEvent::Sent { .. }))
+            .count();
+        let delivered = alice
+            .iter()
+            .filter(|e| matches!(e, ClientEvent::Delivered { .. }))
+            .count();
         assert_eq!((sent, delivered), (2, 2), "seed {seed}");
     }
 }
@@ -44,7 +54,10 @@ fn the_same_seed_gives_an_identical_trace() {
     let second = direct_and_group(7).expect("second run");
     assert_eq!(first.lines, second.lines);
     assert_eq!(first.digest(), second.digest());
-    assert!(first.lines.iter().any(|l| l.starts_with("log ")), "router logs are part of the trace");
+    assert!(
+        first.lines.iter().any(|l| l.starts_with("log ")),
+        "router logs are part of the trace"
+    );
 }
 
 #[test]
