@@ -10,9 +10,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// A message router for peers that address each other by ID.
+/// The command line: one subcommand.
 #[derive(Debug, Parser)]
-#[command(name = "peerlink", version, about, long_about = None)]
+#[command(
+    name = "peerlink",
+    version,
+    about = "PeerLink: a message router for peers that address each other by ID",
+    long_about = None
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +25,8 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a local cluster on loopback and print how to connect to it.
+    Up(cli::up::UpArgs),
     /// Run a router that peers connect to.
     Router(cli::router::RouterArgs),
     /// Connect to a router as a peer: register, send, join groups.
@@ -29,7 +36,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let default_level = match args.command {
-        Command::Router(_) => "info",
+        Command::Router(_) | Command::Up(_) => "info",
         Command::Client(_) => "warn",
     };
     tracing_subscriber::fmt()
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(&runtime, async move {
         match args.command {
+            Command::Up(args) => cli::up::run(args).await,
             Command::Router(args) => cli::router::run(args).await,
             Command::Client(args) => cli::client::run(args).await,
         }

@@ -6,3 +6,4 @@ mod output;
 pub(crate) mod router;
 mod secret;
 mod shutdown;
+pub(crate) mod up;
