@@ -116,6 +116,10 @@ name_type!(
     GroupName
 );
 name_type!(
+    /// The name of a router in a replicated cluster (`r1`, `r2`, ...).
+    ReplicaId
+);
+name_type!(
     /// The addressee of a message: a peer or a group, which the router resolves.
     /// Because peers and groups share one namespace, it is never ambiguous.
     Target
@@ -242,6 +246,19 @@ number_type!(
     /// A connection, as numbered by the driver that owns the sockets.
     ConnId,
     "c"
+);
+number_type!(
+    /// A configuration's number. The replica manager bumps it on every
+    /// configuration change and never reuses one; every replica refuses
+    /// replication from an older epoch.
+    Epoch,
+    "e"
+);
+number_type!(
+    /// A log sequence number: the position of a change in the primary's log.
+    /// The first change is 1; 0 is the empty state.
+    Lsn,
+    "l"
 );
 
 /// A message's end-to-end identity: its sender and the sender's sequence number.

@@ -47,9 +47,13 @@ pub struct ClientConfig {
     /// A connection on which nothing arrives for this long is dropped and
     /// replaced. Default 30 s.
     pub dead_after: Duration,
-    /// The first reconnect delay, doubled after each failure. Default 100 ms.
+    /// A connection on which a request stays unanswered for this long is
+    /// dropped and replaced, so a client stuck on a router that can no
+    /// longer commit (a deposed primary) moves on. Default 5 s.
+    pub request_timeout: Duration,
+    /// The first reconnect delay, doubled after each failure. Default 50 ms.
     pub reconnect_min: Duration,
-    /// The longest reconnect delay. Default 5 s.
+    /// The longest reconnect delay. Default 1 s.
     pub reconnect_max: Duration,
     /// The most messages waiting for their Sent. Further sends are refused
     /// with `outbox_full`. At most [`MAX_IN_FLIGHT`], the default.
@@ -65,8 +69,9 @@ impl ClientConfig {
             routers,
             ping_interval: Duration::from_secs(10),
             dead_after: Duration::from_secs(30),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_secs(1),
             outbox_limit: MAX_IN_FLIGHT as usize,
         }
     }
@@ -292,6 +297,10 @@ pub struct Client {
     link: Link,
     attempt: u64,
     router_index: usize,
+    /// Where a router redirected us; the next attempt goes there.
+    redirect: Option<String>,
+    /// The address of the current (or last) connection attempt.
+    current_router: String,
     failures: u32,
     wants_register: bool,
     registered_once: bool,
@@ -301,7 +310,8 @@ pub struct Client {
     queue: BTreeMap<u64, Op>,
     next_op: u64,
     queued_messages: usize,
-    pending: BTreeMap<ReqId, Pending>,
+    /// Requests in flight on the current connection, with when they were sent.
+    pending: BTreeMap<ReqId, (Pending, Instant)>,
     /// The highest sequence number received from each sender.
     received: BTreeMap<PeerId, Seq>,
     /// The highest sequence number each recipient has confirmed.
@@ -325,6 +335,8 @@ impl Client {
             link: Link::Idle { retry_at: now },
             attempt: 0,
             router_index: 0,
+            redirect: None,
+            current_router: String::new(),
             failures: 0,
             wants_register: false,
             registered_once: false,
@@ -375,17 +387,27 @@ impl Client {
         self.outputs.push_back(ClientOutput::Transmit(frame));
     }
 
-    fn request(&mut self, pending: Pending) -> ReqId {
+    fn request(&mut self, now: Instant, pending: Pending) -> ReqId {
         self.next_req = self.next_req.next();
-        self.pending.insert(self.next_req, pending);
+        self.pending.insert(self.next_req, (pending, now));
         self.next_req
     }
 
-    fn handle_command(&mut self, command: Command) {
+    /// Takes the request `req` out of the pending set.
+    fn answered(&mut self, req: ReqId) -> Option<Pending> {
+        self.pending.remove(&req).map(|(p, _)| p)
+    }
+
+    /// When the oldest unanswered request was sent.
+    fn oldest_request(&self) -> Option<Instant> {
+        self.pending.first_key_value().map(|(_, (_, sent))| *sent)
+    }
+
+    fn handle_command(&mut self, now: Instant, command: Command) {
         match command {
             Command::Register => {
                 self.wants_register = true;
-                let waiting = self.pending.values().any(|p| matches!(p, Pending::Register));
+                let waiting = self.pending.values().any(|(p, _)| matches!(p, Pending::Register));
                 if matches!(
                     self.link,
                     Link::Up {
@@ -394,7 +416,7 @@ impl Client {
                     }
                 ) && !waiting
                 {
-                    self.send_register();
+                    self.send_register(now);
                 }
             }
             Command::Send { to, body } => {
@@ -422,7 +444,7 @@ impl Client {
                 }
                 let seq = self.registered_once.then(|| self.take_seq());
                 self.queued_messages += 1;
-                self.enqueue(Op::Message { seq, to, body });
+                self.enqueue(now, Op::Message { seq, to, body });
             }
             Command::Group(op, group) => {
                 if !self.wants_register {
@@ -436,7 +458,7 @@ impl Client {
                     });
                     return;
                 }
-                self.enqueue(Op::Group(op, group));
+                self.enqueue(now, Op::Group(op, group));
             }
         }
     }
@@ -447,17 +469,17 @@ impl Client {
         seq
     }
 
-    fn enqueue(&mut self, op: Op) {
+    fn enqueue(&mut self, now: Instant, op: Op) {
         let id = self.next_op;
         self.next_op += 1;
         self.queue.insert(id, op);
         if self.is_registered() {
-            self.transmit_op(id);
+            self.transmit_op(now, id);
         }
     }
 
-    fn transmit_op(&mut self, id: u64) {
-        let req = self.request(Pending::Op(id));
+    fn transmit_op(&mut self, now: Instant, id: u64) {
+        let req = self.request(now, Pending::Op(id));
         let frame = match &self.queue[&id] {
             Op::Message { seq, to, body } => ClientFrame::Send {
                 req,
@@ -477,8 +499,8 @@ impl Client {
         self.transmit(frame);
     }
 
-    fn send_register(&mut self) {
-        let req = self.request(Pending::Register);
+    fn send_register(&mut self, now: Instant) {
+        let req = self.request(now, Pending::Register);
         self.transmit(ClientFrame::Register {
             req,
             peer: self.config.peer.clone(),
@@ -489,7 +511,11 @@ impl Client {
     fn connect(&mut self) {
         self.attempt += 1;
         self.link = Link::Connecting;
-        let router = self.config.routers[self.router_index].clone();
+        let router = match self.redirect.take() {
+            Some(primary) => primary,
+            None => self.config.routers[self.router_index].clone(),
+        };
+        self.current_router = router.clone();
         self.outputs.push_back(ClientOutput::Connect {
             attempt: self.attempt,
             router,
@@ -520,21 +546,35 @@ impl Client {
             *last_rx = now;
         }
         match frame {
-            ServerFrame::Registered { req, peer, next_seq } => self.on_registered(req, peer, next_seq),
+            ServerFrame::Registered { req, peer, next_seq } => self.on_registered(now, req, peer, next_seq),
             ServerFrame::Sent { req, .. } => {
-                if let Some(Pending::Op(id)) = self.pending.remove(&req) {
+                if let Some(Pending::Op(id)) = self.answered(req) {
                     self.complete_message(id);
                 }
             }
             ServerFrame::Ok { req } => {
-                if let Some(Pending::Op(id)) = self.pending.remove(&req) {
+                if let Some(Pending::Op(id)) = self.answered(req) {
                     if let Some(Op::Group(op, group)) = self.queue.remove(&id) {
                         self.emit(ClientEvent::GroupDone { op, group });
                     }
                 }
             }
             ServerFrame::Pong { req } => {
-                self.pending.remove(&req);
+                self.answered(req);
+            }
+            ServerFrame::Redirect { primary } => {
+                self.outputs.push_back(ClientOutput::Disconnect);
+                let reason = match &primary {
+                    Some(primary) => format!("redirected to the primary at {primary}"),
+                    None => "redirected: this router is not the primary".to_owned(),
+                };
+                let known = primary.is_some();
+                self.redirect = primary;
+                self.lose_link(now, reason);
+                if known {
+                    // Being pointed at the primary is progress, not a failure.
+                    self.failures = self.failures.saturating_sub(1);
+                }
             }
             ServerFrame::Error { req, code, message } => self.on_error(req, code, message),
             ServerFrame::Message {
@@ -564,8 +604,8 @@ impl Client {
         }
     }
 
-    fn on_registered(&mut self, req: ReqId, peer: PeerId, next_seq: Seq) {
-        if !matches!(self.pending.remove(&req), Some(Pending::Register)) {
+    fn on_registered(&mut self, now: Instant, req: ReqId, peer: PeerId, next_seq: Seq) {
+        if !matches!(self.answered(req), Some(Pending::Register)) {
             return;
         }
         let Link::Up { registered, .. } = &mut self.link else {
@@ -589,7 +629,7 @@ impl Client {
         self.emit(ClientEvent::Registered { peer, next_seq });
         let ids: Vec<u64> = self.queue.keys().copied().collect();
         for id in ids {
-            self.transmit_op(id);
+            self.transmit_op(now, id);
         }
     }
 
@@ -609,7 +649,7 @@ impl Client {
     }
 
     fn on_error(&mut self, req: Option<ReqId>, code: ErrorCode, message: String) {
-        let pending = req.and_then(|r| self.pending.remove(&r));
+        let pending = req.and_then(|r| self.answered(r));
         match pending {
             Some(Pending::Register) => {
                 self.wants_register = false;
@@ -695,7 +735,7 @@ impl Machine for Client {
 
     fn handle(&mut self, now: Instant, input: ClientInput) {
         match input {
-            ClientInput::Command(command) => self.handle_command(command),
+            ClientInput::Command(command) => self.handle_command(now, command),
             ClientInput::Connected { attempt } => {
                 if attempt != self.attempt || !matches!(self.link, Link::Connecting) {
                     return;
@@ -705,10 +745,10 @@ impl Machine for Client {
                     last_rx: now,
                     next_ping: now + self.config.ping_interval,
                 };
-                let router = self.config.routers[self.router_index].clone();
+                let router = self.current_router.clone();
                 self.emit(ClientEvent::Connected { router });
                 if self.wants_register {
-                    self.send_register();
+                    self.send_register(now);
                 }
             }
             ClientInput::ConnectFailed { attempt, reason }
@@ -730,6 +770,9 @@ impl Machine for Client {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        let stuck = self
+            .oldest_request()
+            .is_some_and(|t| t + self.config.request_timeout <= now);
         match &mut self.link {
             Link::Idle { retry_at } if *retry_at <= now => self.connect(),
             Link::Up { last_rx, .. } if *last_rx + self.config.dead_after <= now => {
@@ -737,9 +780,14 @@ impl Machine for Client {
                 self.outputs.push_back(ClientOutput::Disconnect);
                 self.lose_link(now, format!("no answer from the router for {silence} s"));
             }
+            Link::Up { .. } if stuck => {
+                let waited = self.config.request_timeout.as_secs_f64();
+                self.outputs.push_back(ClientOutput::Disconnect);
+                self.lose_link(now, format!("a request went unanswered for {waited} s"));
+            }
             Link::Up { next_ping, .. } if *next_ping <= now => {
                 *next_ping = now + self.config.ping_interval;
-                let req = self.request(Pending::Ping);
+                let req = self.request(now, Pending::Ping);
                 self.transmit(ClientFrame::Ping { req });
             }
             _ => {}
@@ -755,7 +803,11 @@ impl Machine for Client {
             Link::Idle { retry_at } => Some(*retry_at),
             Link::Up {
                 last_rx, next_ping, ..
-            } => Some((*last_rx + self.config.dead_after).min(*next_ping)),
+            } => {
+                let silence = *last_rx + self.config.dead_after;
+                let stuck = self.oldest_request().map(|t| t + self.config.request_timeout);
+                Some(silence.min(*next_ping).min(stuck.unwrap_or(silence)))
+            }
             Link::Connecting | Link::Stopped => None,
         }
     }

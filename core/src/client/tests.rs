@@ -338,9 +338,10 @@ fn a_replaced_session_stops_the_client() {
 }
 
 #[test]
-fn a_silent_connection_is_pinged_then_dropped() {
+fn an_idle_connection_is_pinged_and_an_unanswered_one_dropped() {
     let mut h = Harness::connected();
-    drain(&mut h.client);
+    let register = drain(&mut h.client);
+    register_reply(&mut h, &register, 1);
     h.now += Duration::from_secs(10);
     assert_eq!(h.client.poll_timeout(), Some(h.now));
     h.client.handle_timeout(h.now);
@@ -348,11 +349,37 @@ fn a_silent_connection_is_pinged_then_dropped() {
         drain(&mut h.client)[..],
         [ClientOutput::Transmit(ClientFrame::Ping { .. })]
     ));
-    h.now += Duration::from_secs(20);
+    h.now += Duration::from_secs(5);
+    assert_eq!(
+        h.client.poll_timeout(),
+        Some(h.now),
+        "the ping must be answered within 5 s"
+    );
     h.client.handle_timeout(h.now);
     let out = drain(&mut h.client);
     assert_eq!(out[0], ClientOutput::Disconnect);
     assert!(matches!(&events(&out)[..], [ClientEvent::Disconnected { .. }]));
+}
+
+#[test]
+fn a_redirect_sends_the_next_attempt_to_the_primary() {
+    let mut h = Harness::connected();
+    drain(&mut h.client);
+    let out = h.frame(ServerFrame::Redirect {
+        primary: Some("r9".into()),
+    });
+    assert_eq!(out[0], ClientOutput::Disconnect);
+    h.now = h.client.poll_timeout().unwrap();
+    h.client.handle_timeout(h.now);
+    assert_eq!(
+        drain(&mut h.client),
+        vec![ClientOutput::Connect {
+            attempt: 2,
+            router: "r9".into()
+        }]
+    );
+    let out = h.input(ClientInput::Connected { attempt: 2 });
+    assert!(events(&out).contains(&ClientEvent::Connected { router: "r9".into() }));
 }
 
 #[test]

@@ -35,7 +35,8 @@ use crate::wire::{
     json_string_len, ClientFrame, ErrorCode, FrameError, ServerFrame, DEFAULT_MAX_FRAME_LEN, FRAME_OVERHEAD,
     MAX_IN_FLIGHT,
 };
-use state::{hash_secret, Change, Item, State};
+use state::{hash_secret, Item};
+pub use state::{Change, State};
 
 /// Tunables of a [`Router`]. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]

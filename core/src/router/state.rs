@@ -9,13 +9,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ids::{DeliveryId, GroupName, PeerId, Secret, Seq, Target};
 use crate::wire::{ErrorCode, MAX_IN_FLIGHT};
 
 /// An item waiting in a peer's mailbox until the peer acknowledges it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Item {
     /// A message addressed to the mailbox's owner (directly or via a group).
     Message {
@@ -29,7 +30,7 @@ pub(crate) enum Item {
 }
 
 /// A registered peer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PeerRecord {
     salt: [u8; 16],
     secret_hash: [u8; 32],
@@ -62,46 +63,84 @@ impl PeerRecord {
 }
 
 /// A group and its members.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Group {
     pub(crate) creator: PeerId,
     pub(crate) members: BTreeSet<PeerId>,
 }
 
-/// One change to the router's state. Changes are produced only for requests
-/// that have been validated, and applying them cannot fail.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Change {
+/// One change to the router's state: what the primary's log holds and
+/// ships to its backups. Changes are produced only for requests that have
+/// been validated, so applying one cannot fail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
     /// A new peer claims its ID.
     Registered {
+        /// The peer.
         peer: PeerId,
+        /// The salt drawn for its secret.
         salt: [u8; 16],
+        /// SHA-256 of the salt and the secret.
         secret_hash: [u8; 32],
     },
     /// A message is accepted and stored in each recipient's mailbox.
     Accepted {
+        /// The sender.
         from: PeerId,
+        /// The sender's sequence number.
         seq: Seq,
+        /// The addressee as sent.
         to: Target,
+        /// The peers it goes to.
         recipients: Vec<PeerId>,
+        /// The text.
         body: Arc<str>,
     },
     /// A message is refused for good; resending it gets the same answer.
-    Rejected { from: PeerId, seq: Seq, code: ErrorCode },
+    Rejected {
+        /// The sender.
+        from: PeerId,
+        /// The sender's sequence number.
+        seq: Seq,
+        /// Why.
+        code: ErrorCode,
+    },
     /// `peer` acknowledged a mailbox item; a message turns into a receipt
     /// in its sender's mailbox.
-    Acked { peer: PeerId, delivery: DeliveryId },
+    Acked {
+        /// The mailbox's owner.
+        peer: PeerId,
+        /// The item.
+        delivery: DeliveryId,
+    },
     /// A group is created with its creator as the only member.
-    GroupCreated { group: GroupName, creator: PeerId },
+    GroupCreated {
+        /// The group.
+        group: GroupName,
+        /// Its creator and first member.
+        creator: PeerId,
+    },
     /// `peer` joins `group`.
-    Joined { group: GroupName, peer: PeerId },
+    Joined {
+        /// The group.
+        group: GroupName,
+        /// The new member.
+        peer: PeerId,
+    },
     /// `peer` leaves `group`.
-    Left { group: GroupName, peer: PeerId },
+    Left {
+        /// The group.
+        group: GroupName,
+        /// The member leaving.
+        peer: PeerId,
+    },
 }
 
-/// The router's durable state. See the module docs.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct State {
+/// The router's durable state: registrations, groups and mailboxes. See the
+/// module docs. Its fields are private; a checkpoint carries it whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
     pub(crate) peers: BTreeMap<PeerId, PeerRecord>,
     pub(crate) groups: BTreeMap<GroupName, Group>,
 }

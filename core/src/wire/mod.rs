@@ -5,6 +5,8 @@
 //! documents each frame with examples. Decoding never panics: every way a
 //! line can be wrong maps to a [`FrameError`] with a stable [`ErrorCode`].
 
+pub mod cluster;
+
 use std::fmt;
 
 use bytes::{BufMut, BytesMut};
@@ -168,6 +170,13 @@ pub enum ServerFrame {
         /// The recipient that acknowledged it.
         by: PeerId,
     },
+    /// This router is not the primary: reconnect to `primary` (if the router
+    /// knows one) or to another router. The router closes the connection.
+    Redirect {
+        /// The primary's client address, if known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        primary: Option<String>,
+    },
     /// The router is closing this connection, and says why.
     Closing {
         /// Stable machine-readable reason.
@@ -221,6 +230,10 @@ pub enum ErrorCode {
     Replaced,
     /// The router has too many connections; try again later.
     Busy,
+    /// The request needs the primary of the current epoch.
+    NotPrimary,
+    /// The epoch named is not the current one.
+    StaleEpoch,
 }
 
 impl ErrorCode {
@@ -247,6 +260,8 @@ impl ErrorCode {
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::Replaced => "replaced",
             ErrorCode::Busy => "busy",
+            ErrorCode::NotPrimary => "not_primary",
+            ErrorCode::StaleEpoch => "stale_epoch",
         }
     }
 }
@@ -362,6 +377,33 @@ impl LineDecoder {
 
 /// Decodes one line (without its newline) as a [`ClientFrame`].
 pub fn decode_client_frame(line: &[u8]) -> Result<ClientFrame, FrameError> {
+    decode_frame(line)
+}
+
+/// What arrives on a router's listener: a client's frame, or a follower's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouterInbound {
+    /// A client's frame.
+    Client(ClientFrame),
+    /// A follower's frame.
+    Follower(cluster::FollowerFrame),
+}
+
+/// Decodes one line arriving at a router. Errors are reported as for a
+/// client frame, since followers speak correctly.
+pub fn decode_router_inbound(line: &[u8]) -> Result<RouterInbound, FrameError> {
+    if let Ok(frame) = serde_json::from_slice::<ClientFrame>(line) {
+        return Ok(RouterInbound::Client(frame));
+    }
+    if let Ok(frame) = serde_json::from_slice::<cluster::FollowerFrame>(line) {
+        return Ok(RouterInbound::Follower(frame));
+    }
+    decode_frame::<ClientFrame>(line).map(RouterInbound::Client)
+}
+
+/// Decodes one line as any frame type `T` of this protocol, with the same
+/// error diagnosis as client frames.
+pub fn decode_as<T: serde::de::DeserializeOwned>(line: &[u8]) -> Result<T, FrameError> {
     decode_frame(line)
 }
 

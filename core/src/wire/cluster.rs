@@ -1,0 +1,194 @@
+//! Frames between the members of a replicated cluster: routers and the
+//! replica manager (RM), and a primary and the routers that follow it.
+//!
+//! They use the same newline-delimited JSON codec as client frames. A
+//! follower's frames arrive on the primary's client listener, so their type
+//! names never collide with a [`ClientFrame`](super::ClientFrame)'s.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Epoch, Lsn, ReplicaId, ReqId};
+use crate::router::{Change, State};
+use crate::wire::ErrorCode;
+
+/// A router as the cluster knows it: its name and the address clients use.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Member {
+    /// The router's name.
+    pub id: ReplicaId,
+    /// Where clients (and followers) reach it, `host:port`.
+    pub addr: String,
+}
+
+/// Who serves and who follows, as decided by the replica manager.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Configuration {
+    /// The configuration's number; every change bumps it.
+    pub epoch: Epoch,
+    /// The router that serves clients and commits, if any.
+    pub primary: Option<Member>,
+    /// Routers that hold every committed change: the primary commits only
+    /// once all of them have a change, and only they can be promoted.
+    pub backups: Vec<Member>,
+    /// Routers catching up from the primary before they become backups.
+    pub candidates: Vec<Member>,
+}
+
+impl Configuration {
+    /// The member named `id`, wherever it is in the configuration.
+    pub fn find(&self, id: &ReplicaId) -> Option<&Member> {
+        self.primary
+            .iter()
+            .chain(&self.backups)
+            .chain(&self.candidates)
+            .find(|m| m.id == *id)
+    }
+
+    /// Whether `id` is the primary.
+    pub fn is_primary(&self, id: &ReplicaId) -> bool {
+        self.primary.as_ref().is_some_and(|p| p.id == *id)
+    }
+
+    /// Whether `id` is a backup.
+    pub fn is_backup(&self, id: &ReplicaId) -> bool {
+        self.backups.iter().any(|m| m.id == *id)
+    }
+}
+
+/// A frame to the replica manager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RmRequest {
+    /// A router is alive, and reports where it stands.
+    Heartbeat {
+        /// The router's name.
+        id: ReplicaId,
+        /// Its client address.
+        addr: String,
+        /// Random per process start: a new value means the router restarted
+        /// and lost its state.
+        incarnation: u64,
+        /// The newest epoch the router knows.
+        epoch: Epoch,
+        /// The last change the router has applied.
+        lsn: Lsn,
+        /// Whether it may be made primary of an empty cluster.
+        may_lead: bool,
+    },
+    /// The primary of `epoch` asks to make a caught-up candidate a backup.
+    AddBackup {
+        /// The primary's name.
+        id: ReplicaId,
+        /// The primary's epoch, which must still be current.
+        epoch: Epoch,
+        /// The candidate.
+        backup: ReplicaId,
+    },
+    /// The primary of `epoch` asks to drop a backup that stopped
+    /// acknowledging.
+    RemoveBackup {
+        /// The primary's name.
+        id: ReplicaId,
+        /// The primary's epoch, which must still be current.
+        epoch: Epoch,
+        /// The backup.
+        backup: ReplicaId,
+    },
+    /// Asks for the configuration and every member's state (`peerlink status`).
+    Status {
+        /// Echoed in the reply.
+        req: ReqId,
+    },
+}
+
+/// A member's state as the replica manager last heard it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// The router's name.
+    pub id: ReplicaId,
+    /// Its client address.
+    pub addr: String,
+    /// `primary`, `backup`, `candidate`, or `outside` the configuration.
+    pub role: String,
+    /// The last change it reported applied.
+    pub lsn: Lsn,
+    /// Milliseconds since its last heartbeat, if one arrived since the RM started.
+    pub last_heartbeat_ms: Option<u64>,
+}
+
+/// A frame from the replica manager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RmReply {
+    /// The current configuration (the answer to every heartbeat and request).
+    Config {
+        /// The configuration.
+        config: Configuration,
+    },
+    /// The answer to `status`.
+    Status {
+        /// The request answered.
+        req: ReqId,
+        /// The configuration.
+        config: Configuration,
+        /// Every router the RM has heard of.
+        members: Vec<MemberStatus>,
+    },
+    /// A request was refused.
+    Error {
+        /// Stable machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+}
+
+/// A frame from a follower (backup or candidate) to its primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FollowerFrame {
+    /// Starts (or restarts) a replication stream: the primary answers with a
+    /// checkpoint, then every change after it.
+    Follow {
+        /// The follower's name.
+        id: ReplicaId,
+        /// The newest epoch the follower knows.
+        epoch: Epoch,
+    },
+    /// The follower has applied every change up to `lsn`.
+    Applied {
+        /// The epoch of the stream.
+        epoch: Epoch,
+        /// The last change applied.
+        lsn: Lsn,
+    },
+}
+
+/// A frame from a primary to a follower.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PrimaryFrame {
+    /// The primary's whole state as of `lsn`.
+    Checkpoint {
+        /// The primary's epoch.
+        epoch: Epoch,
+        /// The last change the state includes.
+        lsn: Lsn,
+        /// The state.
+        state: State,
+    },
+    /// One change, following the one before it.
+    Entry {
+        /// The primary's epoch.
+        epoch: Epoch,
+        /// The change's position.
+        lsn: Lsn,
+        /// The change.
+        change: Change,
+    },
+    /// The router is not (or no longer) the primary of an epoch this new.
+    NotPrimary {
+        /// The newest epoch the router knows.
+        epoch: Epoch,
+    },
+}
