@@ -8,6 +8,8 @@
 //!
 //! - [`router::Router`]: registrations, direct and group messages,
 //!   mailboxes and receipts;
+//! - [`rm::ReplicaManager`]: the one authority over which router is
+//!   primary and which are backups;
 //! - [`client::Client`]: a peer's connection, outbox and deduplication;
 //! - [`wire`]: the newline-delimited JSON frames and their codec.
 //!
@@ -17,6 +19,7 @@
 pub mod client;
 pub mod ids;
 pub mod machine;
+pub mod rm;
 pub mod router;
 pub mod testing;
 pub mod wire;

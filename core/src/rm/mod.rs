@@ -1,0 +1,435 @@
+//! The replica manager (RM): the one authority over the cluster's
+//! [`Configuration`]. No consensus runs among routers; as in PacificA, the
+//! RM alone decides who is primary, who is a backup, and who is catching up.
+//!
+//! Rules:
+//! - Routers heartbeat the RM; every heartbeat is answered with the current
+//!   configuration, and every new configuration is pushed to every router
+//!   connected.
+//! - A new configuration is announced only after the driver has persisted
+//!   it ([`RmOutput::Persist`], acknowledged by [`RmInput::Persisted`]), so
+//!   a restarted RM never reuses an epoch. Every change bumps the epoch.
+//! - The first router that may lead, in a cluster with no primary and no
+//!   backups, becomes primary. Every other newcomer becomes a *candidate*:
+//!   it follows the primary, and the primary asks to make it a backup once it
+//!   has caught up ([`RmRequest::AddBackup`]).
+//! - A backup is dropped only on the request of a primary whose epoch is
+//!   current ([`RmRequest::RemoveBackup`]) — or when it restarts (a new
+//!   incarnation), because a restarted router has lost its state.
+//! - When the primary misses heartbeats for [`RmConfig::failure_timeout`],
+//!   or restarts, the RM promotes the live backup with the highest LSN; only
+//!   backups can be promoted, because only they hold every committed change.
+//!   With no live backup, nothing is promoted.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::ids::{ConnId, Epoch, Lsn, ReplicaId};
+use crate::machine::Machine;
+use crate::wire::cluster::{Configuration, Member, MemberStatus, RmReply, RmRequest};
+use crate::wire::{ErrorCode, FrameError};
+
+/// Tunables of a [`ReplicaManager`].
+#[derive(Debug, Clone)]
+pub struct RmConfig {
+    /// A primary silent for this long is replaced. Default 500 ms: with the
+    /// routers' 100 ms heartbeats, five lost in a row, and a promotion well
+    /// within a second of the primary's death.
+    pub failure_timeout: Duration,
+}
+
+impl Default for RmConfig {
+    fn default() -> Self {
+        Self {
+            failure_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What a [`ReplicaManager`] reacts to.
+#[derive(Debug, Clone)]
+pub enum RmInput {
+    /// A router (or `peerlink status`) connected.
+    Connected(ConnId),
+    /// A request arrived.
+    Request(ConnId, RmRequest),
+    /// A line arrived that is not a valid request.
+    Malformed(ConnId, FrameError),
+    /// The connection is gone.
+    Disconnected(ConnId),
+    /// The configuration of `epoch` is durably stored.
+    Persisted(Epoch),
+}
+
+/// What a [`ReplicaManager`] asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RmOutput {
+    /// Write a reply to a connection.
+    Send(ConnId, RmReply),
+    /// Store this configuration durably, then report [`RmInput::Persisted`].
+    /// Later requests supersede earlier ones.
+    Persist(Configuration),
+}
+
+#[derive(Debug)]
+struct MemberState {
+    addr: String,
+    /// `None` until the first heartbeat after an RM restart.
+    incarnation: Option<u64>,
+    lsn: Lsn,
+    last_heartbeat: Instant,
+    heard: bool,
+    conn: Option<ConnId>,
+}
+
+/// The replica manager state machine. See the module docs for its rules and
+/// [`Machine`] for its calling contract.
+#[derive(Debug)]
+pub struct ReplicaManager {
+    config: RmConfig,
+    /// The configuration announced to routers (always persisted).
+    current: Configuration,
+    /// A newer configuration waiting to be persisted.
+    proposed: Option<Configuration>,
+    members: BTreeMap<ReplicaId, MemberState>,
+    conns: BTreeMap<ConnId, Option<ReplicaId>>,
+    outputs: VecDeque<RmOutput>,
+}
+
+impl ReplicaManager {
+    /// A replica manager starting from `restored`, the last configuration it
+    /// persisted (or the empty one for a first start). Members of a restored
+    /// configuration get a full failure timeout from `now` to check in.
+    pub fn new(config: RmConfig, restored: Configuration, now: Instant) -> Self {
+        let members = restored
+            .primary
+            .iter()
+            .chain(&restored.backups)
+            .chain(&restored.candidates)
+            .map(|m| {
+                let state = MemberState {
+                    addr: m.addr.clone(),
+                    incarnation: None,
+                    lsn: Lsn(0),
+                    last_heartbeat: now,
+                    heard: false,
+                    conn: None,
+                };
+                (m.id.clone(), state)
+            })
+            .collect();
+        Self {
+            config,
+            current: restored,
+            proposed: None,
+            members,
+            conns: BTreeMap::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// The configuration announced to routers.
+    pub fn configuration(&self) -> &Configuration {
+        &self.current
+    }
+
+    /// The newest configuration, announced or waiting to be persisted.
+    fn latest(&self) -> &Configuration {
+        self.proposed.as_ref().unwrap_or(&self.current)
+    }
+
+    /// Proposes `next` (whose epoch must be one more than the latest's).
+    fn propose(&mut self, next: Configuration) {
+        debug_assert_eq!(next.epoch, self.latest().epoch.next());
+        self.outputs.push_back(RmOutput::Persist(next.clone()));
+        self.proposed = Some(next);
+    }
+
+    /// The latest configuration with its epoch bumped, for editing.
+    fn next_configuration(&self) -> Configuration {
+        let mut next = self.latest().clone();
+        next.epoch = next.epoch.next();
+        next
+    }
+
+    fn is_alive(&self, id: &ReplicaId, now: Instant) -> bool {
+        self.members
+            .get(id)
+            .is_some_and(|m| m.last_heartbeat + self.config.failure_timeout > now)
+    }
+
+    fn reply(&mut self, conn: ConnId, reply: RmReply) {
+        self.outputs.push_back(RmOutput::Send(conn, reply));
+    }
+
+    fn handle_request(&mut self, now: Instant, conn: ConnId, request: RmRequest) {
+        match request {
+            RmRequest::Heartbeat {
+                id,
+                addr,
+                incarnation,
+                epoch: _,
+                lsn,
+                may_lead,
+            } => self.handle_heartbeat(now, conn, id, addr, incarnation, lsn, may_lead),
+            RmRequest::AddBackup { id, epoch, backup } => {
+                match self.check_primary(&id, epoch) {
+                    Err(error) => self.reply(conn, error),
+                    Ok(()) if self.latest().candidates.iter().any(|m| m.id == backup) => {
+                        let mut next = self.next_configuration();
+                        let position = next.candidates.iter().position(|m| m.id == backup);
+                        let member = next.candidates.remove(position.expect("checked above"));
+                        next.backups.push(member);
+                        self.propose(next);
+                    }
+                    Ok(()) => {
+                        let message = format!("{backup} is not a candidate");
+                        let code = ErrorCode::BadFrame;
+                        self.reply(conn, RmReply::Error { code, message });
+                    }
+                }
+                self.reply_config(conn);
+            }
+            RmRequest::RemoveBackup { id, epoch, backup } => {
+                match self.check_primary(&id, epoch) {
+                    Err(error) => self.reply(conn, error),
+                    Ok(()) if self.latest().is_backup(&backup) => {
+                        let mut next = self.next_configuration();
+                        let position = next.backups.iter().position(|m| m.id == backup);
+                        let member = next.backups.remove(position.expect("checked above"));
+                        next.candidates.push(member);
+                        self.propose(next);
+                    }
+                    Ok(()) => {}
+                }
+                self.reply_config(conn);
+            }
+            RmRequest::Status { req } => {
+                let members = self
+                    .members
+                    .iter()
+                    .map(|(id, m)| MemberStatus {
+                        id: id.clone(),
+                        addr: m.addr.clone(),
+                        role: role_name(&self.current, id).to_owned(),
+                        lsn: m.lsn,
+                        last_heartbeat_ms: m
+                            .heard
+                            .then(|| now.saturating_duration_since(m.last_heartbeat).as_millis() as u64),
+                    })
+                    .collect();
+                let config = self.current.clone();
+                self.reply(conn, RmReply::Status { req, config, members });
+            }
+        }
+    }
+
+    /// Accepts a request only from the primary of the latest epoch.
+    fn check_primary(&self, id: &ReplicaId, epoch: Epoch) -> Result<(), RmReply> {
+        let latest = self.latest();
+        if epoch != latest.epoch {
+            let message = format!("epoch {epoch} is not the current one, {}", latest.epoch);
+            return Err(RmReply::Error {
+                code: ErrorCode::StaleEpoch,
+                message,
+            });
+        }
+        if !latest.is_primary(id) {
+            let message = format!("{id} is not the primary of epoch {epoch}");
+            return Err(RmReply::Error {
+                code: ErrorCode::NotPrimary,
+                message,
+            });
+        }
+        Ok(())
+    }
+
+    fn reply_config(&mut self, conn: ConnId) {
+        let config = self.current.clone();
+        self.reply(conn, RmReply::Config { config });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_heartbeat(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: ReplicaId,
+        addr: String,
+        incarnation: u64,
+        lsn: Lsn,
+        may_lead: bool,
+    ) {
+        self.conns.insert(conn, Some(id.clone()));
+        let restarted = self
+            .members
+            .get(&id)
+            .and_then(|m| m.incarnation)
+            .is_some_and(|known| known != incarnation);
+        let member = self.members.entry(id.clone()).or_insert_with(|| MemberState {
+            addr: addr.clone(),
+            incarnation: None,
+            lsn,
+            last_heartbeat: now,
+            heard: true,
+            conn: None,
+        });
+        member.addr = addr.clone();
+        member.incarnation = Some(incarnation);
+        member.lsn = lsn;
+        member.last_heartbeat = now;
+        member.heard = true;
+        member.conn = Some(conn);
+
+        let latest = self.latest();
+        if restarted {
+            self.handle_restart(now, &id);
+        } else if latest.find(&id).is_none() {
+            let mut next = self.next_configuration();
+            let member = Member { id, addr };
+            if next.primary.is_none() && next.backups.is_empty() && may_lead {
+                next.primary = Some(member);
+            } else {
+                next.candidates.push(member);
+            }
+            self.propose(next);
+        }
+        self.reply_config(conn);
+    }
+
+    /// A member came back with a new incarnation: whatever it held is gone.
+    fn handle_restart(&mut self, now: Instant, id: &ReplicaId) {
+        let latest = self.latest();
+        if latest.is_primary(id) {
+            self.fail_over(now);
+        } else if latest.is_backup(id) {
+            let mut next = self.next_configuration();
+            let position = next.backups.iter().position(|m| m.id == *id);
+            let member = next.backups.remove(position.expect("checked above"));
+            next.candidates.push(member);
+            self.propose(next);
+        }
+    }
+
+    /// Replaces the primary with the live backup that has the highest LSN.
+    /// Backups that are not alive become candidates; so does the old primary.
+    fn fail_over(&mut self, now: Instant) {
+        let latest = self.latest();
+        let chosen = latest
+            .backups
+            .iter()
+            .filter(|m| self.is_alive(&m.id, now))
+            .max_by_key(|m| {
+                (
+                    self.members.get(&m.id).map_or(Lsn(0), |s| s.lsn),
+                    std::cmp::Reverse(m.id.clone()),
+                )
+            })
+            .cloned();
+        let Some(chosen) = chosen else {
+            return;
+        };
+        let mut next = self.next_configuration();
+        let old = next.primary.replace(chosen.clone());
+        let (alive, dead): (Vec<Member>, Vec<Member>) = next
+            .backups
+            .drain(..)
+            .filter(|m| m.id != chosen.id)
+            .partition(|m| self.is_alive(&m.id, now));
+        next.backups = alive;
+        next.candidates.extend(dead);
+        next.candidates.extend(old);
+        next.candidates.retain(|m| m.id != chosen.id);
+        self.propose(next);
+    }
+
+    fn broadcast(&mut self) {
+        let conns: Vec<ConnId> = self.members.values().filter_map(|m| m.conn).collect();
+        for conn in conns {
+            self.reply_config(conn);
+        }
+    }
+}
+
+/// The role of `id` in `config`, as `peerlink status` shows it.
+fn role_name(config: &Configuration, id: &ReplicaId) -> &'static str {
+    if config.is_primary(id) {
+        "primary"
+    } else if config.is_backup(id) {
+        "backup"
+    } else if config.candidates.iter().any(|m| m.id == *id) {
+        "candidate"
+    } else {
+        "outside"
+    }
+}
+
+impl Machine for ReplicaManager {
+    type Input = RmInput;
+    type Output = RmOutput;
+
+    fn handle(&mut self, now: Instant, input: RmInput) {
+        match input {
+            RmInput::Connected(conn) => {
+                self.conns.insert(conn, None);
+            }
+            RmInput::Request(conn, request) => {
+                if self.conns.contains_key(&conn) {
+                    self.handle_request(now, conn, request);
+                }
+            }
+            RmInput::Malformed(conn, error) => {
+                if self.conns.contains_key(&conn) {
+                    let (code, message) = (error.code, error.message);
+                    self.reply(conn, RmReply::Error { code, message });
+                }
+            }
+            RmInput::Disconnected(conn) => {
+                if let Some(Some(id)) = self.conns.remove(&conn) {
+                    if let Some(m) = self.members.get_mut(&id).filter(|m| m.conn == Some(conn)) {
+                        m.conn = None;
+                    }
+                }
+            }
+            RmInput::Persisted(epoch) => {
+                if self.proposed.as_ref().is_some_and(|p| p.epoch == epoch) {
+                    self.current = self.proposed.take().expect("checked above");
+                    self.broadcast();
+                }
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.poll_timeout().is_some_and(|t| t <= now) {
+            self.fail_over(now);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        // While a new configuration is being persisted, wait for it: it may
+        // already replace the primary.
+        if self.proposed.is_some() {
+            return None;
+        }
+        let primary = self.current.primary.as_ref()?;
+        let deadline = self.members.get(&primary.id)?.last_heartbeat + self.config.failure_timeout;
+        // A failover needs a backup still alive when the primary is declared
+        // dead; without one, the next heartbeat re-arms the timer.
+        let last_backup_alive = self
+            .current
+            .backups
+            .iter()
+            .filter_map(|m| self.members.get(&m.id))
+            .map(|s| s.last_heartbeat + self.config.failure_timeout)
+            .max()?;
+        (last_backup_alive > deadline).then_some(deadline)
+    }
+
+    fn poll_output(&mut self) -> Option<RmOutput> {
+        self.outputs.pop_front()
+    }
+}

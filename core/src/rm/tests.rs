@@ -1,0 +1,330 @@
+use std::time::Duration;
+
+use super::*;
+use crate::testing::{drain, epoch};
+
+fn id(s: &str) -> ReplicaId {
+    ReplicaId::new(s).unwrap()
+}
+
+struct Harness {
+    rm: ReplicaManager,
+    now: Instant,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let now = epoch();
+        Self {
+            rm: ReplicaManager::new(RmConfig::default(), Configuration::default(), now),
+            now,
+        }
+    }
+
+    /// Sends a heartbeat from router `name` on connection `conn`, persists
+    /// whatever the RM asks to, and returns the configurations it sent.
+    fn beat(&mut self, conn: u64, name: &str, incarnation: u64, lsn: u64, may_lead: bool) -> Vec<RmOutput> {
+        self.rm.handle(self.now, RmInput::Connected(ConnId(conn)));
+        let request = RmRequest::Heartbeat {
+            id: id(name),
+            addr: format!("{name}:1"),
+            incarnation,
+            epoch: Epoch(0),
+            lsn: Lsn(lsn),
+            may_lead,
+        };
+        self.request(conn, request)
+    }
+
+    fn request(&mut self, conn: u64, request: RmRequest) -> Vec<RmOutput> {
+        self.rm.handle(self.now, RmInput::Request(ConnId(conn), request));
+        self.settle()
+    }
+
+    /// Drains outputs, acknowledging every persist at once.
+    fn settle(&mut self) -> Vec<RmOutput> {
+        let mut all = Vec::new();
+        loop {
+            let out = drain(&mut self.rm);
+            if out.is_empty() {
+                return all;
+            }
+            for o in &out {
+                if let RmOutput::Persist(config) = o {
+                    self.rm.handle(self.now, RmInput::Persisted(config.epoch));
+                }
+            }
+            all.extend(out);
+        }
+    }
+
+    fn config(&self) -> &Configuration {
+        self.rm.configuration()
+    }
+
+    fn names(members: &[Member]) -> Vec<&str> {
+        members.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    /// r1 primary, r2 and r3 backups, at the returned epoch.
+    fn three_routers() -> Self {
+        let mut h = Self::new();
+        h.beat(1, "r1", 11, 0, true);
+        h.beat(2, "r2", 22, 0, true);
+        h.beat(3, "r3", 33, 0, true);
+        for backup in ["r2", "r3"] {
+            let epoch = h.config().epoch;
+            h.request(
+                1,
+                RmRequest::AddBackup {
+                    id: id("r1"),
+                    epoch,
+                    backup: id(backup),
+                },
+            );
+        }
+        assert_eq!(Self::names(&h.config().backups), vec!["r2", "r3"]);
+        h
+    }
+}
+
+#[test]
+fn the_first_router_leads_and_a_configuration_is_announced_only_once_persisted() {
+    let mut h = Harness::new();
+    h.rm.handle(h.now, RmInput::Connected(ConnId(1)));
+    let request = RmRequest::Heartbeat {
+        id: id("r1"),
+        addr: "r1:1".into(),
+        incarnation: 1,
+        epoch: Epoch(0),
+        lsn: Lsn(0),
+        may_lead: true,
+    };
+    h.rm.handle(h.now, RmInput::Request(ConnId(1), request));
+    let out = drain(&mut h.rm);
+    let proposed = match &out[0] {
+        RmOutput::Persist(config) => config.clone(),
+        other => panic!("expected a persist first, got {other:?}"),
+    };
+    assert_eq!(proposed.epoch, Epoch(1));
+    assert!(proposed.is_primary(&id("r1")));
+    assert!(
+        matches!(&out[1], RmOutput::Send(_, RmReply::Config { config }) if config.epoch == Epoch(0)),
+        "the unpersisted configuration is not announced: {out:?}"
+    );
+    h.rm.handle(h.now, RmInput::Persisted(Epoch(1)));
+    let out = drain(&mut h.rm);
+    assert!(
+        matches!(&out[..], [RmOutput::Send(ConnId(1), RmReply::Config { config })] if config.epoch == Epoch(1))
+    );
+}
+
+#[test]
+fn newcomers_are_candidates_until_the_primary_adds_them() {
+    let mut h = Harness::new();
+    h.beat(1, "r1", 1, 0, true);
+    h.beat(2, "r2", 2, 0, true);
+    assert_eq!(Harness::names(&h.config().candidates), vec!["r2"]);
+    let epoch = h.config().epoch;
+
+    let out = h.request(
+        2,
+        RmRequest::AddBackup {
+            id: id("r2"),
+            epoch,
+            backup: id("r2"),
+        },
+    );
+    assert!(out.iter().any(|o| matches!(
+        o,
+        RmOutput::Send(
+            _,
+            RmReply::Error {
+                code: ErrorCode::NotPrimary,
+                ..
+            }
+        )
+    )));
+    let stale = Epoch(epoch.0 - 1);
+    let out = h.request(
+        1,
+        RmRequest::AddBackup {
+            id: id("r1"),
+            epoch: stale,
+            backup: id("r2"),
+        },
+    );
+    assert!(out.iter().any(|o| matches!(
+        o,
+        RmOutput::Send(
+            _,
+            RmReply::Error {
+                code: ErrorCode::StaleEpoch,
+                ..
+            }
+        )
+    )));
+    assert_eq!(h.config().epoch, epoch);
+
+    h.request(
+        1,
+        RmRequest::AddBackup {
+            id: id("r1"),
+            epoch,
+            backup: id("r2"),
+        },
+    );
+    assert_eq!(Harness::names(&h.config().backups), vec!["r2"]);
+    assert!(h.config().candidates.is_empty());
+    assert_eq!(h.config().epoch, epoch.next());
+}
+
+#[test]
+fn a_router_that_may_not_lead_waits_as_a_candidate() {
+    let mut h = Harness::new();
+    h.beat(1, "r1", 1, 0, false);
+    assert_eq!(h.config().primary, None);
+    assert_eq!(Harness::names(&h.config().candidates), vec!["r1"]);
+}
+
+#[test]
+fn a_silent_primary_is_replaced_by_the_most_up_to_date_live_backup() {
+    let mut h = Harness::three_routers();
+    let before = h.config().epoch;
+    h.now += Duration::from_millis(300);
+    h.beat(2, "r2", 22, 40, true);
+    h.beat(3, "r3", 33, 42, true);
+    let deadline = h.rm.poll_timeout().expect("a failover is armed");
+    assert_eq!(deadline, epoch_of(&h) + Duration::from_millis(500));
+    h.now = deadline;
+    h.rm.handle_timeout(h.now);
+    h.settle();
+    let config = h.config();
+    assert!(config.is_primary(&id("r3")), "r3 has the highest LSN: {config:?}");
+    assert_eq!(Harness::names(&config.backups), vec!["r2"]);
+    assert_eq!(Harness::names(&config.candidates), vec!["r1"]);
+    assert_eq!(config.epoch, before.next());
+}
+
+/// When the harness's routers first checked in.
+fn epoch_of(h: &Harness) -> Instant {
+    h.now - Duration::from_millis(300)
+}
+
+#[test]
+fn with_no_live_backup_nothing_is_promoted_and_no_timer_spins() {
+    let mut h = Harness::three_routers();
+    h.now += Duration::from_secs(5);
+    assert_eq!(
+        h.rm.poll_timeout(),
+        None,
+        "every backup is as silent as the primary"
+    );
+    h.rm.handle_timeout(h.now);
+    assert!(h.settle().is_empty());
+    assert!(h.config().is_primary(&id("r1")));
+}
+
+#[test]
+fn a_restarted_primary_is_replaced_at_once_and_rejoins_as_a_candidate() {
+    let mut h = Harness::three_routers();
+    h.beat(2, "r2", 22, 5, true);
+    h.beat(3, "r3", 33, 5, true);
+    h.beat(4, "r1", 99, 0, true);
+    let config = h.config();
+    assert!(config.is_primary(&id("r2")), "{config:?}");
+    assert!(config.candidates.iter().any(|m| m.id == id("r1")));
+}
+
+#[test]
+fn a_restarted_backup_drops_to_candidate() {
+    let mut h = Harness::three_routers();
+    h.beat(5, "r3", 77, 0, true);
+    assert_eq!(Harness::names(&h.config().backups), vec!["r2"]);
+    assert_eq!(Harness::names(&h.config().candidates), vec!["r3"]);
+}
+
+#[test]
+fn only_the_current_primary_removes_a_backup() {
+    let mut h = Harness::three_routers();
+    let epoch = h.config().epoch;
+    h.request(
+        2,
+        RmRequest::RemoveBackup {
+            id: id("r2"),
+            epoch,
+            backup: id("r3"),
+        },
+    );
+    assert_eq!(h.config().epoch, epoch);
+    h.request(
+        1,
+        RmRequest::RemoveBackup {
+            id: id("r1"),
+            epoch: Epoch(1),
+            backup: id("r3"),
+        },
+    );
+    assert_eq!(h.config().epoch, epoch);
+    h.request(
+        1,
+        RmRequest::RemoveBackup {
+            id: id("r1"),
+            epoch,
+            backup: id("r3"),
+        },
+    );
+    assert_eq!(Harness::names(&h.config().backups), vec!["r2"]);
+    assert_eq!(h.config().epoch, epoch.next());
+}
+
+#[test]
+fn a_restored_rm_keeps_its_configuration_and_gives_members_time() {
+    let h = Harness::three_routers();
+    let saved = h.config().clone();
+    let now = h.now + Duration::from_secs(60);
+    let mut rm = ReplicaManager::new(RmConfig::default(), saved.clone(), now);
+    assert_eq!(rm.configuration(), &saved);
+    assert_eq!(
+        rm.poll_timeout(),
+        None,
+        "backups and primary share the same grace"
+    );
+    rm.handle(now, RmInput::Connected(ConnId(1)));
+    rm.handle(
+        now + Duration::from_millis(100),
+        RmInput::Request(
+            ConnId(1),
+            RmRequest::Heartbeat {
+                id: id("r2"),
+                addr: "r2:1".into(),
+                incarnation: 22,
+                epoch: saved.epoch,
+                lsn: Lsn(9),
+                may_lead: true,
+            },
+        ),
+    );
+    assert_eq!(rm.poll_timeout(), Some(now + Duration::from_millis(500)));
+    let out = drain(&mut rm);
+    assert!(
+        !out.iter().any(|o| matches!(o, RmOutput::Persist(_))),
+        "a member's first heartbeat after a restart is not a restart"
+    );
+}
+
+#[test]
+fn status_reports_every_member() {
+    let mut h = Harness::three_routers();
+    let out = h.request(
+        9,
+        RmRequest::Status {
+            req: crate::ids::ReqId(5),
+        },
+    );
+    let Some(RmOutput::Send(_, RmReply::Status { members, .. })) = out.last() else {
+        panic!("{out:?}")
+    };
+    let roles: Vec<(&str, &str)> = members.iter().map(|m| (m.id.as_str(), m.role.as_str())).collect();
+    assert_eq!(roles, vec![("r1", "primary"), ("r2", "backup"), ("r3", "backup")]);
+}
