@@ -316,6 +316,7 @@ fn a_restored_rm_keeps_its_configuration_and_gives_members_time() {
 #[test]
 fn status_reports_every_member() {
     let mut h = Harness::three_routers();
+    h.rm.handle(h.now, RmInput::Connected(ConnId(9)));
     let out = h.request(
         9,
         RmRequest::Status {
