@@ -10,6 +10,7 @@
 pub mod client_driver;
 mod connection;
 pub mod net;
+pub mod rm_driver;
 pub mod router_driver;
 
 /// The current time, as the machines take it. Under turmoil this is the

@@ -29,6 +29,10 @@ enum Command {
     Up(cli::up::UpArgs),
     /// Run a router that peers connect to.
     Router(cli::router::RouterArgs),
+    /// Run the replica manager, which decides which router is primary.
+    Rm(cli::rm::RmArgs),
+    /// Show the cluster's configuration as the replica manager knows it.
+    Status(cli::status::StatusArgs),
     /// Connect to a router as a peer: register, send, join groups.
     Client(cli::client::ClientArgs),
 }
@@ -36,7 +40,8 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let default_level = match args.command {
-        Command::Router(_) | Command::Up(_) => "info",
+        Command::Router(_) | Command::Up(_) | Command::Rm(_) => "info",
+        Command::Status(_) => "warn",
         Command::Client(_) => "warn",
     };
     tracing_subscriber::fmt()
@@ -58,6 +63,8 @@ fn main() -> ExitCode {
         match args.command {
             Command::Up(args) => cli::up::run(args).await,
             Command::Router(args) => cli::router::run(args).await,
+            Command::Rm(args) => cli::rm::run(args).await,
+            Command::Status(args) => cli::status::run(args).await,
             Command::Client(args) => cli::client::run(args).await,
         }
     });

@@ -1,18 +1,22 @@
-//! The router's driver: accepts connections, feeds their frames to a
-//! [`Router`], and carries out its outputs.
+//! The router's driver: accepts connections, keeps the router's outgoing
+//! links (to the replica manager, and to its primary while following one),
+//! feeds every frame to a [`Router`], and carries out its outputs.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use peerlink_core::ids::ConnId;
+use peerlink_core::router::replication::Link;
 use peerlink_core::router::{Router, RouterInput, RouterOutput};
-use peerlink_core::wire::{decode_client_frame, ClientFrame, ServerFrame};
+use peerlink_core::wire::cluster::{FollowerFrame, PrimaryFrame, RmReply, RmRequest};
+use peerlink_core::wire::{decode_as, decode_router_inbound, ErrorCode, RouterInbound, ServerFrame};
 use peerlink_core::Machine;
+use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::connection::{self, Connection, Inbound, Outbound};
-use crate::net::Listener;
+use crate::net::{Listener, Network};
 use crate::now;
 
 /// How many decoded frames may wait for the router before readers pause.
@@ -21,28 +25,66 @@ const INBOUND_QUEUE: usize = 4096;
 /// How long the driver waits after a failed `accept` before the next.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// The largest frame a follower accepts from its primary: a checkpoint
+/// carries the whole state in one frame.
+pub const MAX_REPLICATION_FRAME: usize = 1 << 30;
+
 /// Limits the driver enforces around the machine.
 #[derive(Debug, Clone)]
 pub struct RouterLimits {
-    /// The largest frame accepted, in bytes, newline included.
+    /// The largest frame accepted from a client, in bytes, newline included.
     pub max_frame_len: usize,
     /// The most connections at once; further ones are refused with an error
     /// frame and closed.
     pub max_connections: usize,
+    /// How long one outgoing connection attempt may take.
+    pub connect_timeout: Duration,
 }
 
-/// Runs `router` on connections accepted from `listener` until `shutdown`
-/// resolves. A failing `accept` (a connection reset, or running out of file
-/// descriptors) is logged and retried after [`ACCEPT_BACKOFF`]; it never
-/// stops the router.
-pub async fn run_router<L: Listener>(
+/// A frame on an accepted connection: to a client, or to a follower.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum ToAccepted {
+    Client(ServerFrame),
+    Follower(PrimaryFrame),
+}
+
+/// What connection attempts report.
+enum Attempt<S> {
+    Connected(S),
+    Failed(String),
+}
+
+/// The driver's side of one outgoing link.
+struct LinkConn<O> {
+    attempt: u64,
+    conn: Option<Connection<O>>,
+}
+
+impl<O> LinkConn<O> {
+    fn new() -> Self {
+        Self { attempt: 0, conn: None }
+    }
+}
+
+/// Runs `router` on connections accepted from `listener` (and the links it
+/// asks for, made over `net`) until `shutdown` resolves. A failing `accept`
+/// (a connection reset, or running out of file descriptors) is logged and
+/// retried after [`ACCEPT_BACKOFF`]; it never stops the router.
+pub async fn run_router<N: Network>(
+    net: N,
     mut router: Router,
-    mut listener: L,
+    mut listener: N::Listener,
     limits: RouterLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (inbound_tx, mut inbound) = mpsc::channel::<(ConnId, Inbound<ClientFrame>)>(INBOUND_QUEUE);
-    let mut conns: BTreeMap<ConnId, Connection<ServerFrame>> = BTreeMap::new();
+    let (inbound_tx, mut inbound) = mpsc::channel::<(ConnId, Inbound<RouterInbound>)>(INBOUND_QUEUE);
+    let (attempts_tx, mut attempts) = mpsc::channel::<(Link, u64, Attempt<N::Stream>)>(16);
+    let (rm_tx, mut from_rm) = mpsc::channel::<(u64, Inbound<RmReply>)>(256);
+    let (primary_tx, mut from_primary) = mpsc::channel::<(u64, Inbound<PrimaryFrame>)>(INBOUND_QUEUE);
+    let mut conns: BTreeMap<ConnId, Connection<ToAccepted>> = BTreeMap::new();
+    let mut rm_link: LinkConn<RmRequest> = LinkConn::new();
+    let mut primary_link: LinkConn<FollowerFrame> = LinkConn::new();
     let mut next_conn = ConnId(0);
     tokio::pin!(shutdown);
     loop {
@@ -50,13 +92,46 @@ pub async fn run_router<L: Listener>(
             match output {
                 RouterOutput::Send(conn, frame) => {
                     if let Some(c) = conns.get(&conn) {
-                        c.send(Outbound::Frame(frame));
+                        c.send(Outbound::Frame(ToAccepted::Client(frame)));
+                    }
+                }
+                RouterOutput::Replicate(conn, frame) => {
+                    if let Some(c) = conns.get(&conn) {
+                        c.send(Outbound::Frame(ToAccepted::Follower(frame)));
                     }
                 }
                 RouterOutput::Close(conn) => {
                     if let Some(c) = conns.remove(&conn) {
                         tracing::debug!(?conn, "closing connection");
                         c.send(Outbound::Close);
+                    }
+                }
+                RouterOutput::Connect { link, attempt, addr } => {
+                    match link {
+                        Link::Rm => (rm_link.attempt, rm_link.conn) = (attempt, None),
+                        Link::Primary => (primary_link.attempt, primary_link.conn) = (attempt, None),
+                    }
+                    tracing::debug!(?link, attempt, %addr, "connecting");
+                    let (net, attempts_tx, timeout) = (net.clone(), attempts_tx.clone(), limits.connect_timeout);
+                    tokio::task::spawn_local(async move {
+                        let outcome = match tokio::time::timeout(timeout, net.connect(&addr)).await {
+                            Ok(Ok(stream)) => Attempt::Connected(stream),
+                            Ok(Err(e)) => Attempt::Failed(format!("connect to {addr} failed: {e}")),
+                            Err(_) => Attempt::Failed(format!("connect to {addr} timed out")),
+                        };
+                        let _ = attempts_tx.send((link, attempt, outcome)).await;
+                    });
+                }
+                RouterOutput::DropLink(Link::Rm) => rm_link.conn = None,
+                RouterOutput::DropLink(Link::Primary) => primary_link.conn = None,
+                RouterOutput::ToRm(frame) => {
+                    if let Some(c) = &rm_link.conn {
+                        c.send(Outbound::Frame(frame));
+                    }
+                }
+                RouterOutput::ToPrimary(frame) => {
+                    if let Some(c) = &primary_link.conn {
+                        c.send(Outbound::Frame(frame));
                     }
                 }
             }
@@ -66,9 +141,73 @@ pub async fn run_router<L: Listener>(
             biased;
             () = &mut shutdown => return,
             () = sleep_until(deadline) => router.handle_timeout(now()),
+            Some((link, attempt, outcome)) = attempts.recv() => {
+                let current = match link {
+                    Link::Rm => rm_link.attempt,
+                    Link::Primary => primary_link.attempt,
+                };
+                if attempt != current {
+                    continue;
+                }
+                let input = match outcome {
+                    Attempt::Connected(stream) => {
+                        match link {
+                            Link::Rm => {
+                                let c = connection::spawn(stream, attempt, limits.max_frame_len, decode_as, rm_tx.clone());
+                                rm_link.conn = Some(c);
+                            }
+                            Link::Primary => {
+                                let c = connection::spawn(stream, attempt, MAX_REPLICATION_FRAME, decode_as, primary_tx.clone());
+                                primary_link.conn = Some(c);
+                            }
+                        }
+                        RouterInput::LinkUp { link, attempt }
+                    }
+                    Attempt::Failed(reason) => {
+                        tracing::debug!(?link, %reason, "link attempt failed");
+                        RouterInput::LinkDown { link, attempt }
+                    }
+                };
+                router.handle(now(), input);
+            }
+            Some((attempt, event)) = from_rm.recv() => {
+                if attempt != rm_link.attempt || rm_link.conn.is_none() {
+                    continue;
+                }
+                match event {
+                    Inbound::Frame(reply) => router.handle(now(), RouterInput::FromRm(reply)),
+                    Inbound::Malformed(error) => tracing::warn!(%error, "bad frame from the replica manager"),
+                    Inbound::Closed(reason) => {
+                        tracing::debug!(%reason, "replica manager link lost");
+                        rm_link.conn = None;
+                        router.handle(now(), RouterInput::LinkDown { link: Link::Rm, attempt });
+                    }
+                }
+            }
+            Some((attempt, event)) = from_primary.recv() => {
+                if attempt != primary_link.attempt || primary_link.conn.is_none() {
+                    continue;
+                }
+                match event {
+                    Inbound::Frame(frame) => router.handle(now(), RouterInput::FromPrimary(frame)),
+                    Inbound::Malformed(error) => {
+                        // A router that is not (yet) primary answers with a
+                        // client redirect; either way, this stream is over.
+                        tracing::debug!(%error, "unexpected frame on the primary link");
+                        primary_link.conn = None;
+                        router.handle(now(), RouterInput::LinkDown { link: Link::Primary, attempt });
+                    }
+                    Inbound::Closed(reason) => {
+                        tracing::debug!(%reason, "primary link lost");
+                        primary_link.conn = None;
+                        router.handle(now(), RouterInput::LinkDown { link: Link::Primary, attempt });
+                    }
+                }
+            }
             Some((conn, event)) = inbound.recv() => {
                 let input = match event {
-                    Inbound::Frame(frame) => RouterInput::Frame(conn, frame),
+                    Inbound::Frame(RouterInbound::Client(frame)) => RouterInput::Frame(conn, frame),
+                    Inbound::Frame(RouterInbound::Follower(frame)) => RouterInput::Follower(conn, frame),
                     Inbound::Malformed(error) => {
                         tracing::debug!(?conn, %error, "malformed frame");
                         RouterInput::Malformed(conn, error)
@@ -92,13 +231,13 @@ pub async fn run_router<L: Listener>(
                 };
                 next_conn = next_conn.next();
                 let conn = next_conn;
-                let c = connection::spawn(stream, conn, limits.max_frame_len, decode_client_frame, inbound_tx.clone());
+                let c = connection::spawn(stream, conn, limits.max_frame_len, decode_router_inbound, inbound_tx.clone());
                 if conns.len() >= limits.max_connections {
                     tracing::warn!(%addr, limit = limits.max_connections, "refusing connection: too many");
-                    c.send(Outbound::Frame(ServerFrame::Closing {
-                        code: peerlink_core::wire::ErrorCode::Busy,
+                    c.send(Outbound::Frame(ToAccepted::Client(ServerFrame::Closing {
+                        code: ErrorCode::Busy,
                         message: format!("the router has its maximum of {} connections", limits.max_connections),
-                    }));
+                    })));
                     c.send(Outbound::Close);
                     continue;
                 }

@@ -52,12 +52,13 @@ fn router_host(seed: u64) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = 
     move || {
         Box::pin(async move {
             let listener = TurmoilNetwork.bind(&format!("0.0.0.0:{ROUTER_PORT}")).await?;
-            let router = Router::new(RouterConfig::default(), seed);
+            let router = Router::new(RouterConfig::default(), seed, peerlink_runtime::now());
             let limits = RouterLimits {
                 max_frame_len: DEFAULT_MAX_FRAME_LEN,
                 max_connections: 1_000,
+                connect_timeout: Duration::from_secs(2),
             };
-            run_router(router, listener, limits, std::future::pending()).await;
+            run_router(TurmoilNetwork, router, listener, limits, std::future::pending()).await;
             Ok(())
         })
     }

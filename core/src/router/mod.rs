@@ -1,8 +1,9 @@
-//! The router: registrations, direct and group messages, mailboxes, receipts.
+//! The router: registrations, direct and group messages, mailboxes, receipts,
+//! and — in a cluster — passive replication to backups.
 //!
 //! A [`Router`] speaks to clients over connections that its driver numbers
 //! with [`ConnId`]s. It validates each request, turns the valid ones into
-//! [`state::Change`]s applied to its durable state, and answers. Mailbox items
+//! [`Change`]s applied to its durable [`State`], and answers. Mailbox items
 //! (messages and receipts) are pushed to a peer's live session at most
 //! [`RouterConfig::push_window`] at a time, and forgotten only when the peer
 //! acknowledges them, so a peer that is offline, or whose connection drops
@@ -17,31 +18,37 @@
 //!   except the sender; only members may send to a group;
 //! - a message is refused with `mailbox_full` rather than stored when any
 //!   recipient already holds [`RouterConfig::mailbox_limit`] messages.
+//!
+//! **Commit rule.** Every change gets the next [`Lsn`]. Nothing the router
+//! says to a client — a reply, a pushed message, a receipt — leaves it until
+//! every change applied before it is *committed*: replicated to every backup
+//! of the current configuration (see the [`replication`] module). A
+//! standalone router, or a primary without backups, commits at once. So a
+//! client never hears Sent for a message a failover could lose.
 
+mod clients;
+pub mod replication;
 mod state;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::{RngCore, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::ids::{ConnId, DeliveryId, GroupName, PeerId, ReqId, Secret, Seq, Target};
+use crate::ids::{ConnId, DeliveryId, Lsn, PeerId};
 use crate::machine::Machine;
-use crate::wire::{
-    json_string_len, ClientFrame, ErrorCode, FrameError, ServerFrame, DEFAULT_MAX_FRAME_LEN, FRAME_OVERHEAD,
-    MAX_IN_FLIGHT,
-};
-use state::{hash_secret, Item};
+use crate::wire::cluster::{FollowerFrame, PrimaryFrame, RmReply, RmRequest};
+use crate::wire::{ClientFrame, FrameError, ServerFrame, DEFAULT_MAX_FRAME_LEN};
+use replication::{Link, Replication, ReplicationConfig};
 pub use state::{Change, State};
 
 /// Tunables of a [`Router`]. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
-    /// A connection that sends nothing for this long is closed with
+    /// A client connection that sends nothing for this long is closed with
     /// `idle_timeout`. Default 60 s; clients ping every 10 s.
     pub idle_timeout: Duration,
     /// The most messages one peer's mailbox holds; a message that would
@@ -54,6 +61,8 @@ pub struct RouterConfig {
     /// to a recipient would be larger is refused with `body_too_large`.
     /// Default [`DEFAULT_MAX_FRAME_LEN`].
     pub max_frame_len: usize,
+    /// Replication settings; `None` runs a standalone router.
+    pub replication: Option<ReplicationConfig>,
 }
 
 impl Default for RouterConfig {
@@ -63,6 +72,7 @@ impl Default for RouterConfig {
             mailbox_limit: 10_000,
             push_window: 256,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            replication: None,
         }
     }
 }
@@ -70,31 +80,72 @@ impl Default for RouterConfig {
 /// What a [`Router`] reacts to.
 #[derive(Debug, Clone)]
 pub enum RouterInput {
-    /// A client connected; its frames will carry this ID.
+    /// A connection was accepted; its frames will carry this ID.
     Connected(ConnId),
-    /// A well-formed frame arrived on a connection.
+    /// A client's frame arrived on an accepted connection.
     Frame(ConnId, ClientFrame),
+    /// A follower's frame arrived on an accepted connection.
+    Follower(ConnId, FollowerFrame),
     /// A line arrived that is not a valid frame.
     Malformed(ConnId, FrameError),
-    /// The connection is gone (closed by the peer, or failed).
+    /// The accepted connection is gone (closed by the peer, or failed).
     Disconnected(ConnId),
+    /// Attempt `attempt` of an outgoing link succeeded.
+    LinkUp {
+        /// Which link.
+        link: Link,
+        /// The attempt, as named by [`RouterOutput::Connect`].
+        attempt: u64,
+    },
+    /// Attempt `attempt` of an outgoing link failed, or the link broke.
+    LinkDown {
+        /// Which link.
+        link: Link,
+        /// The attempt, as named by [`RouterOutput::Connect`].
+        attempt: u64,
+    },
+    /// The replica manager sent a frame on the RM link.
+    FromRm(RmReply),
+    /// The primary sent a frame on the primary link.
+    FromPrimary(PrimaryFrame),
 }
 
 /// What a [`Router`] asks its driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouterOutput {
-    /// Write a frame to a connection.
+    /// Write a frame to an accepted client connection.
     Send(ConnId, ServerFrame),
-    /// Close a connection once the frames queued for it are written. The
-    /// router has already forgotten it; a later `Disconnected` for it is
-    /// ignored.
+    /// Write a replication frame to an accepted follower connection.
+    Replicate(ConnId, PrimaryFrame),
+    /// Close an accepted connection once the frames queued for it are
+    /// written. The router has already forgotten it; a later
+    /// `Disconnected` for it is ignored.
     Close(ConnId),
+    /// Drop the link's current connection, if any, and connect it to `addr`.
+    /// Report the outcome with `LinkUp`/`LinkDown` and the same `attempt`;
+    /// bound the attempt with a timeout.
+    Connect {
+        /// Which link.
+        link: Link,
+        /// Numbers this attempt.
+        attempt: u64,
+        /// Where to connect.
+        addr: String,
+    },
+    /// Drop the link's connection without reporting it.
+    DropLink(Link),
+    /// Write a frame on the RM link.
+    ToRm(RmRequest),
+    /// Write a frame on the primary link.
+    ToPrimary(FollowerFrame),
 }
 
 #[derive(Debug)]
 struct Conn {
     peer: Option<PeerId>,
-    deadline: Instant,
+    /// When the connection times out for silence; `None` for follower
+    /// connections, whose liveness replication itself tracks.
+    deadline: Option<Instant>,
 }
 
 /// A registered peer's live session.
@@ -107,6 +158,44 @@ struct Session {
     in_flight: usize,
 }
 
+/// Outputs, with those that must wait for a commit held back in order.
+#[derive(Debug, Default)]
+struct Outbox {
+    ready: VecDeque<RouterOutput>,
+    /// Outputs waiting until the LSN beside them is committed.
+    held: VecDeque<(Lsn, RouterOutput)>,
+    /// The last change applied to the state.
+    applied: Lsn,
+    /// The last change known replicated to every backup.
+    committed: Lsn,
+}
+
+impl Outbox {
+    /// Queues an output that depends on every change applied so far.
+    fn emit(&mut self, output: RouterOutput) {
+        if self.held.is_empty() && self.committed >= self.applied {
+            self.ready.push_back(output);
+        } else {
+            self.held.push_back((self.applied, output));
+        }
+    }
+
+    /// Queues an output that depends on no change (replication traffic).
+    fn emit_now(&mut self, output: RouterOutput) {
+        self.ready.push_back(output);
+    }
+
+    /// Records that every change up to `lsn` is committed, releasing what
+    /// waited for it.
+    fn commit(&mut self, lsn: Lsn) {
+        self.committed = self.committed.max(lsn.min(self.applied));
+        while self.held.front().is_some_and(|(l, _)| *l <= self.committed) {
+            let (_, output) = self.held.pop_front().expect("checked above");
+            self.ready.push_back(output);
+        }
+    }
+}
+
 /// The router state machine. See the module docs for its semantics and
 /// [`Machine`] for its calling contract.
 #[derive(Debug)]
@@ -117,12 +206,16 @@ pub struct Router {
     conns: BTreeMap<ConnId, Conn>,
     sessions: BTreeMap<PeerId, Session>,
     deadlines: BTreeSet<(Instant, ConnId)>,
-    outputs: VecDeque<RouterOutput>,
+    outbox: Outbox,
+    replication: Option<Replication>,
 }
 
 impl Router {
     /// A router with no peers. `seed` drives the salts it draws for secrets.
-    pub fn new(config: RouterConfig, seed: u64) -> Self {
+    /// With [`RouterConfig::replication`] set, it starts outside any
+    /// configuration and connects to the replica manager at `now`.
+    pub fn new(mut config: RouterConfig, seed: u64, now: Instant) -> Self {
+        let replication = config.replication.take().map(|r| Replication::new(r, now));
         Self {
             config,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -130,7 +223,8 @@ impl Router {
             conns: BTreeMap::new(),
             sessions: BTreeMap::new(),
             deadlines: BTreeSet::new(),
-            outputs: VecDeque::new(),
+            outbox: Outbox::default(),
+            replication,
         }
     }
 
@@ -155,314 +249,44 @@ impl Router {
         self.sessions.contains_key(peer)
     }
 
-    fn send(&mut self, conn: ConnId, frame: ServerFrame) {
-        self.outputs.push_back(RouterOutput::Send(conn, frame));
+    /// The last change applied to the state.
+    pub fn applied_lsn(&self) -> Lsn {
+        self.outbox.applied
     }
 
-    fn error(&mut self, conn: ConnId, req: Option<ReqId>, code: ErrorCode, message: String) {
-        self.send(conn, ServerFrame::Error { req, code, message });
+    /// The last change known to be on every backup.
+    pub fn committed_lsn(&self) -> Lsn {
+        self.outbox.committed
     }
 
+    /// The durable state, for comparing replicas in tests.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Whether this router may serve clients now: it is standalone, or the
+    /// primary of its configuration.
+    pub fn is_serving(&self) -> bool {
+        self.replication.as_ref().is_none_or(Replication::is_primary)
+    }
+
+    fn emit(&mut self, output: RouterOutput) {
+        self.outbox.emit(output);
+    }
+
+    /// Applies a validated change: it gets the next LSN, goes to the log and
+    /// to every follower, and commits once replicated.
     fn apply(&mut self, change: Change) {
         self.state.apply(&change);
-    }
-
-    fn touch(&mut self, conn: ConnId, now: Instant) {
-        let deadline = now + self.config.idle_timeout;
-        if let Some(c) = self.conns.get_mut(&conn) {
-            self.deadlines.remove(&(c.deadline, conn));
-            c.deadline = deadline;
-            self.deadlines.insert((deadline, conn));
-        }
-    }
-
-    /// Forgets a connection and, if it carried one, its session.
-    fn forget(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.remove(&conn) else {
-            return;
-        };
-        self.deadlines.remove(&(c.deadline, conn));
-        if let Some(peer) = c.peer {
-            if self.sessions.get(&peer).is_some_and(|s| s.conn == conn) {
-                self.sessions.remove(&peer);
+        self.outbox.applied = self.outbox.applied.next();
+        let lsn = self.outbox.applied;
+        match &mut self.replication {
+            None => self.outbox.commit(lsn),
+            Some(replication) => {
+                replication.ship(lsn, change, &mut self.outbox);
+                let committed = replication.commit_point(lsn);
+                self.outbox.commit(committed);
             }
-        }
-    }
-
-    /// Tells a connection why, then closes it.
-    fn close(&mut self, conn: ConnId, code: ErrorCode, message: String) {
-        self.send(conn, ServerFrame::Closing { code, message });
-        self.outputs.push_back(RouterOutput::Close(conn));
-        self.forget(conn);
-    }
-
-    fn session_peer(&self, conn: ConnId) -> Option<PeerId> {
-        self.conns.get(&conn).and_then(|c| c.peer.clone())
-    }
-
-    fn handle_frame(&mut self, conn: ConnId, frame: ClientFrame) {
-        match frame {
-            ClientFrame::Register { req, peer, secret } => {
-                return self.handle_register(conn, req, peer, secret)
-            }
-            ClientFrame::Ping { req } => return self.send(conn, ServerFrame::Pong { req }),
-            _ => {}
-        }
-        let Some(me) = self.session_peer(conn) else {
-            let req = frame.req();
-            self.error(
-                conn,
-                req,
-                ErrorCode::NotRegistered,
-                "register first: send a \"register\" frame".into(),
-            );
-            return;
-        };
-        match frame {
-            ClientFrame::Register { .. } | ClientFrame::Ping { .. } => unreachable!("handled above"),
-            ClientFrame::Send { req, seq, to, body } => self.handle_send(conn, me, req, seq, to, body),
-            ClientFrame::CreateGroup { req, group } => self.handle_create(conn, me, req, group),
-            ClientFrame::JoinGroup { req, group } => self.handle_join(conn, me, req, group),
-            ClientFrame::LeaveGroup { req, group } => self.handle_leave(conn, me, req, group),
-            ClientFrame::Ack { delivery } => self.handle_ack(me, delivery),
-        }
-    }
-
-    fn handle_register(&mut self, conn: ConnId, req: ReqId, peer: PeerId, secret: Secret) {
-        let Some(current) = self.conns.get(&conn) else {
-            return;
-        };
-        if let Some(other) = current.peer.as_ref().filter(|p| **p != peer) {
-            let message = format!("this connection is registered as {other}");
-            self.error(conn, Some(req), ErrorCode::AlreadyRegistered, message);
-            return;
-        }
-        if self.state.groups.contains_key(peer.as_str()) {
-            let message = format!("{peer} is the name of a group");
-            self.error(conn, Some(req), ErrorCode::NameTaken, message);
-            return;
-        }
-        match self.state.peers.get(&peer) {
-            Some(record) if !record.verify(&secret) => {
-                let message = format!("{peer} is registered with another secret");
-                self.error(conn, Some(req), ErrorCode::WrongSecret, message);
-                return;
-            }
-            Some(_) => {}
-            None => {
-                let mut salt = [0u8; 16];
-                self.rng.fill_bytes(&mut salt);
-                let secret_hash = hash_secret(&salt, &secret);
-                self.apply(Change::Registered {
-                    peer: peer.clone(),
-                    salt,
-                    secret_hash,
-                });
-            }
-        }
-        if let Some(old) = self.sessions.get(&peer).map(|s| s.conn).filter(|c| *c != conn) {
-            let message = format!("a newer session registered as {peer}");
-            self.close(old, ErrorCode::Replaced, message);
-        }
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.peer = Some(peer.clone());
-        }
-        self.sessions.entry(peer.clone()).or_insert(Session {
-            conn,
-            next_push: DeliveryId(0),
-            in_flight: 0,
-        });
-        let next_seq = self.state.peers[&peer].last_seq.next();
-        self.send(
-            conn,
-            ServerFrame::Registered {
-                req,
-                peer: peer.clone(),
-                next_seq,
-            },
-        );
-        self.push(&peer);
-    }
-
-    fn handle_send(&mut self, conn: ConnId, me: PeerId, req: ReqId, seq: Seq, to: Target, body: String) {
-        let record = &self.state.peers[&me];
-        if seq == Seq(0) {
-            let message = "sequence numbers start at 1".into();
-            self.error(conn, Some(req), ErrorCode::InvalidSeq, message);
-            return;
-        }
-        if seq <= record.last_seq {
-            if let Some(code) = record.rejected.get(&seq).copied() {
-                let message = format!("message {me}#{seq} was refused: {code}");
-                self.error(conn, Some(req), code, message);
-            } else if seq.0 + MAX_IN_FLIGHT <= record.last_seq.0 {
-                let message = format!(
-                    "message {me}#{seq} is more than {MAX_IN_FLIGHT} behind the newest, {}",
-                    record.last_seq
-                );
-                self.error(conn, Some(req), ErrorCode::InvalidSeq, message);
-            } else {
-                self.send(conn, ServerFrame::Sent { req, seq, to });
-            }
-            return;
-        }
-        match self.recipients(&me, &to, &body) {
-            Ok(recipients) => {
-                self.apply(Change::Accepted {
-                    from: me,
-                    seq,
-                    to: to.clone(),
-                    recipients: recipients.clone(),
-                    body: Arc::from(body),
-                });
-                self.send(conn, ServerFrame::Sent { req, seq, to });
-                for recipient in &recipients {
-                    self.push(recipient);
-                }
-            }
-            Err((code, message)) => {
-                self.apply(Change::Rejected { from: me, seq, code });
-                self.error(conn, Some(req), code, message);
-            }
-        }
-    }
-
-    /// Who a message from `me` to `to` goes to, or why it cannot be accepted.
-    fn recipients(&self, me: &PeerId, to: &Target, body: &str) -> Result<Vec<PeerId>, (ErrorCode, String)> {
-        let limit = self.config.max_frame_len.saturating_sub(FRAME_OVERHEAD);
-        if json_string_len(body) > limit {
-            let message = format!("the body must fit in {limit} bytes as a JSON string");
-            return Err((ErrorCode::BodyTooLarge, message));
-        }
-        let recipients = if self.state.peers.contains_key(to.as_str()) {
-            vec![to.as_peer()]
-        } else if let Some(group) = self.state.groups.get(to.as_str()) {
-            if !group.members.contains(me) {
-                return Err((
-                    ErrorCode::NotAMember,
-                    format!("{me} is not a member of group {to}"),
-                ));
-            }
-            group.members.iter().filter(|m| *m != me).cloned().collect()
-        } else {
-            return Err((
-                ErrorCode::UnknownRecipient,
-                format!("no peer or group is named {to}"),
-            ));
-        };
-        for recipient in &recipients {
-            if self.state.peers[recipient].queued_messages >= self.config.mailbox_limit {
-                let message = format!(
-                    "the mailbox of {recipient} is full ({} messages)",
-                    self.config.mailbox_limit
-                );
-                return Err((ErrorCode::MailboxFull, message));
-            }
-        }
-        Ok(recipients)
-    }
-
-    fn handle_create(&mut self, conn: ConnId, me: PeerId, req: ReqId, group: GroupName) {
-        if let Some(existing) = self.state.groups.get(&group) {
-            if existing.creator != me {
-                let message = format!("group {group} already exists");
-                self.error(conn, Some(req), ErrorCode::NameTaken, message);
-                return;
-            }
-        } else if self.state.peers.contains_key(group.as_str()) {
-            let message = format!("{group} is the ID of a peer");
-            self.error(conn, Some(req), ErrorCode::NameTaken, message);
-            return;
-        } else {
-            self.apply(Change::GroupCreated { group, creator: me });
-        }
-        self.send(conn, ServerFrame::Ok { req });
-    }
-
-    fn handle_join(&mut self, conn: ConnId, me: PeerId, req: ReqId, group: GroupName) {
-        let Some(existing) = self.state.groups.get(&group) else {
-            self.error(
-                conn,
-                Some(req),
-                ErrorCode::UnknownGroup,
-                format!("no group is named {group}"),
-            );
-            return;
-        };
-        if !existing.members.contains(&me) {
-            self.apply(Change::Joined { group, peer: me });
-        }
-        self.send(conn, ServerFrame::Ok { req });
-    }
-
-    fn handle_leave(&mut self, conn: ConnId, me: PeerId, req: ReqId, group: GroupName) {
-        let Some(existing) = self.state.groups.get(&group) else {
-            self.error(
-                conn,
-                Some(req),
-                ErrorCode::UnknownGroup,
-                format!("no group is named {group}"),
-            );
-            return;
-        };
-        if existing.members.contains(&me) {
-            self.apply(Change::Left { group, peer: me });
-        }
-        self.send(conn, ServerFrame::Ok { req });
-    }
-
-    fn handle_ack(&mut self, me: PeerId, delivery: DeliveryId) {
-        let record = &self.state.peers[&me];
-        let Some(item) = record.mailbox.get(&delivery) else {
-            return; // Already acknowledged: acks are idempotent.
-        };
-        let sender = match item {
-            Item::Message { from, .. } => Some(from.clone()),
-            Item::Receipt { .. } => None,
-        };
-        self.apply(Change::Acked {
-            peer: me.clone(),
-            delivery,
-        });
-        if let Some(session) = self.sessions.get_mut(&me) {
-            if delivery < session.next_push {
-                session.in_flight = session.in_flight.saturating_sub(1);
-            }
-        }
-        self.push(&me);
-        if let Some(sender) = sender {
-            self.push(&sender);
-        }
-    }
-
-    /// Pushes mailbox items to `peer`'s session, up to the push window.
-    fn push(&mut self, peer: &PeerId) {
-        let Some(session) = self.sessions.get_mut(peer) else {
-            return;
-        };
-        let record = &self.state.peers[peer];
-        for (delivery, item) in record.mailbox.range(session.next_push..) {
-            if session.in_flight >= self.config.push_window {
-                break;
-            }
-            let frame = match item {
-                Item::Message { from, seq, to, body } => ServerFrame::Message {
-                    delivery: *delivery,
-                    from: from.clone(),
-                    seq: *seq,
-                    to: to.clone(),
-                    body: body.to_string(),
-                },
-                Item::Receipt { seq, to, by } => ServerFrame::Delivered {
-                    delivery: *delivery,
-                    seq: *seq,
-                    to: to.clone(),
-                    by: by.clone(),
-                },
-            };
-            self.outputs.push_back(RouterOutput::Send(session.conn, frame));
-            session.in_flight += 1;
-            session.next_push = delivery.next();
         }
     }
 }
@@ -474,8 +298,22 @@ impl Machine for Router {
     fn handle(&mut self, now: Instant, input: RouterInput) {
         match input {
             RouterInput::Connected(conn) => {
+                if let Some(primary) = self.replication.as_ref().and_then(Replication::redirect) {
+                    // Not the primary: point the client elsewhere. A follower
+                    // reaching us gets the same answer, and ignores it.
+                    self.outbox
+                        .emit_now(RouterOutput::Send(conn, ServerFrame::Redirect { primary }));
+                    self.outbox.emit_now(RouterOutput::Close(conn));
+                    return;
+                }
                 let deadline = now + self.config.idle_timeout;
-                self.conns.insert(conn, Conn { peer: None, deadline });
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        peer: None,
+                        deadline: Some(deadline),
+                    },
+                );
                 self.deadlines.insert((deadline, conn));
             }
             RouterInput::Frame(conn, frame) => {
@@ -485,6 +323,7 @@ impl Machine for Router {
                 self.touch(conn, now);
                 self.handle_frame(conn, frame);
             }
+            RouterInput::Follower(conn, frame) => self.handle_follower(now, conn, frame),
             RouterInput::Malformed(conn, error) => {
                 if !self.conns.contains_key(&conn) {
                     return;
@@ -492,7 +331,16 @@ impl Machine for Router {
                 self.touch(conn, now);
                 self.send(conn, error.to_frame());
             }
-            RouterInput::Disconnected(conn) => self.forget(conn),
+            RouterInput::Disconnected(conn) => {
+                self.forget(conn);
+                if let Some(replication) = &mut self.replication {
+                    replication.follower_gone(conn);
+                }
+            }
+            RouterInput::LinkUp { link, attempt } => self.handle_link_up(now, link, attempt),
+            RouterInput::LinkDown { link, attempt } => self.handle_link_down(now, link, attempt),
+            RouterInput::FromRm(reply) => self.handle_rm_reply(now, reply),
+            RouterInput::FromPrimary(frame) => self.handle_primary_frame(now, frame),
         }
     }
 
@@ -501,19 +349,22 @@ impl Machine for Router {
             if deadline > now {
                 break;
             }
-            let message = format!(
-                "nothing received for {} s",
-                self.config.idle_timeout.as_secs_f64()
-            );
-            self.close(conn, ErrorCode::IdleTimeout, message);
+            let message = format!("nothing received for {} s", self.config.idle_timeout.as_secs_f64());
+            self.close(conn, crate::wire::ErrorCode::IdleTimeout, message);
         }
+        self.handle_replication_timeout(now);
     }
 
     fn poll_output(&mut self) -> Option<RouterOutput> {
-        self.outputs.pop_front()
+        self.outbox.ready.pop_front()
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(deadline, _)| *deadline)
+        let idle = self.deadlines.first().map(|(deadline, _)| *deadline);
+        let replication = self.replication.as_ref().and_then(Replication::poll_timeout);
+        match (idle, replication) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }

@@ -1,6 +1,8 @@
 use std::time::Duration;
 
 use super::*;
+use crate::ids::{ConnId, DeliveryId, GroupName, PeerId, ReqId, Secret, Seq, Target};
+use crate::wire::{ClientFrame, ErrorCode, ServerFrame, FRAME_OVERHEAD};
 use crate::testing::{drain, epoch};
 
 fn peer(s: &str) -> PeerId {
@@ -29,7 +31,7 @@ impl Harness {
 
     fn with(config: RouterConfig) -> Self {
         Self {
-            router: Router::new(config, 7),
+            router: Router::new(config, 7, epoch()),
             now: epoch(),
             req: 0,
         }

@@ -82,7 +82,7 @@ impl World {
             .collect();
         let mut world = Self {
             now: start,
-            router: Router::new(router, seed),
+            router: Router::new(router, seed, start),
             slots,
             owners: BTreeMap::new(),
             next_conn: 0,
@@ -311,6 +311,11 @@ impl World {
                         slot.down.push_back(frame);
                     }
                 }
+                RouterOutput::Replicate(..)
+                | RouterOutput::Connect { .. }
+                | RouterOutput::DropLink(_)
+                | RouterOutput::ToRm(_)
+                | RouterOutput::ToPrimary(_) => unreachable!("the world runs a standalone router"),
                 RouterOutput::Close(conn) => {
                     // The client reads the frames already sent, then sees the close.
                     let Some(peer) = self.owners.remove(&conn) else {

@@ -154,6 +154,12 @@ pub enum FollowerFrame {
         id: ReplicaId,
         /// The newest epoch the follower knows.
         epoch: Epoch,
+        /// The last change the follower has applied.
+        lsn: Lsn,
+        /// The epoch of the primary frames its state came from (0 if none):
+        /// a primary that has served since then can continue from its log
+        /// instead of sending a checkpoint.
+        stream_epoch: Epoch,
     },
     /// The follower has applied every change up to `lsn`.
     Applied {

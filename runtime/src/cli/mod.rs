@@ -3,7 +3,9 @@
 pub(crate) mod client;
 mod commands;
 mod output;
+pub(crate) mod rm;
 pub(crate) mod router;
 mod secret;
 mod shutdown;
+pub(crate) mod status;
 pub(crate) mod up;

@@ -3,8 +3,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Args;
+use peerlink_core::ids::ReplicaId;
+use peerlink_core::router::replication::ReplicationConfig;
 use peerlink_core::router::{Router, RouterConfig};
 use peerlink_core::wire::{DEFAULT_MAX_FRAME_LEN, FRAME_OVERHEAD};
 use peerlink_runtime::net::{Network, TokioNetwork};
@@ -38,6 +40,27 @@ pub(crate) struct RouterArgs {
     /// Seed for the salts of stored secrets (default: drawn from the OS).
     #[arg(long)]
     seed: Option<u64>,
+    /// The replica manager's address (HOST:PORT). With it, this router joins
+    /// a replicated cluster and the replica manager decides its role;
+    /// without it, the router runs standalone.
+    #[arg(long)]
+    rm: Option<String>,
+    /// Join only as a backup: never become the primary of an empty cluster.
+    #[arg(long, requires = "rm")]
+    backup: bool,
+    /// The address clients and other routers should use to reach this router
+    /// [default: the address it listens on].
+    #[arg(long, requires = "rm")]
+    advertise: Option<String>,
+    /// How often to heartbeat the replica manager, in milliseconds.
+    #[arg(long, default_value_t = 100, requires = "rm",
+          value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    heartbeat_ms: u64,
+    /// Ask the replica manager to drop a backup that stays behind for this
+    /// many milliseconds.
+    #[arg(long, default_value_t = 300, requires = "rm",
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    ack_timeout_ms: u64,
 }
 
 fn parse_router_id(s: &str) -> Result<String, String> {
@@ -55,20 +78,40 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
+    let replication = match &args.rm {
+        None => None,
+        Some(rm) => {
+            let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
+            if advertise.starts_with("0.0.0.0:") || advertise.starts_with("[::]:") {
+                bail!("--listen {} is a wildcard address: say where clients reach this router with --advertise", args.listen);
+            }
+            let id = ReplicaId::new(args.id.clone()).context("invalid --id")?;
+            let mut replication = ReplicationConfig::new(id, advertise, rm.clone(), rand::random());
+            replication.may_lead = !args.backup;
+            replication.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
+            replication.ack_timeout = Duration::from_millis(args.ack_timeout_ms);
+            Some(replication)
+        }
+    };
     let config = RouterConfig {
         idle_timeout: Duration::from_secs(args.idle_timeout),
         mailbox_limit: args.mailbox_limit as usize,
         max_frame_len: args.max_frame_bytes as usize,
+        replication,
         ..RouterConfig::default()
     };
     let limits = RouterLimits {
         max_frame_len: config.max_frame_len,
         max_connections: args.max_connections as usize,
+        connect_timeout: Duration::from_secs(2),
     };
-    let router = Router::new(config, args.seed.unwrap_or_else(rand::random));
+    let router = Router::new(config, args.seed.unwrap_or_else(rand::random), peerlink_runtime::now());
     println!("router {} listening on {addr}", args.id);
-    tracing::info!(id = %args.id, %addr, "router started");
-    run_router(router, listener, limits, shutdown::signal()).await;
+    match &args.rm {
+        Some(rm) => tracing::info!(id = %args.id, %addr, %rm, "router started; the replica manager assigns its role"),
+        None => tracing::info!(id = %args.id, %addr, "standalone router started"),
+    }
+    run_router(TokioNetwork, router, listener, limits, shutdown::signal()).await;
     tracing::info!(id = %args.id, "router stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,328 @@
+//! Handling of client requests: registration, messages, groups, acks, and
+//! pushing mailbox items to live sessions.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::state::{hash_secret, Change, Item};
+use rand::RngCore;
+
+use super::{Router, RouterOutput, Session};
+use crate::ids::{ConnId, DeliveryId, GroupName, PeerId, ReqId, Secret, Seq, Target};
+use crate::wire::{json_string_len, ClientFrame, ErrorCode, ServerFrame, FRAME_OVERHEAD, MAX_IN_FLIGHT};
+
+impl Router {
+    pub(super) fn send(&mut self, conn: ConnId, frame: ServerFrame) {
+        self.emit(RouterOutput::Send(conn, frame));
+    }
+
+    pub(super) fn error(&mut self, conn: ConnId, req: Option<ReqId>, code: ErrorCode, message: String) {
+        self.send(conn, ServerFrame::Error { req, code, message });
+    }
+
+    
+
+    pub(super) fn touch(&mut self, conn: ConnId, now: Instant) {
+        let deadline = now + self.config.idle_timeout;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if let Some(old) = c.deadline.replace(deadline) {
+                self.deadlines.remove(&(old, conn));
+                self.deadlines.insert((deadline, conn));
+            } else {
+                c.deadline = None;
+            }
+        }
+    }
+
+    /// Forgets a connection and, if it carried one, its session.
+    pub(super) fn forget(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(deadline) = c.deadline {
+            self.deadlines.remove(&(deadline, conn));
+        }
+        if let Some(peer) = c.peer {
+            if self.sessions.get(&peer).is_some_and(|s| s.conn == conn) {
+                self.sessions.remove(&peer);
+            }
+        }
+    }
+
+    /// Tells a connection why, then closes it.
+    pub(super) fn close(&mut self, conn: ConnId, code: ErrorCode, message: String) {
+        self.send(conn, ServerFrame::Closing { code, message });
+        self.emit(RouterOutput::Close(conn));
+        self.forget(conn);
+    }
+
+    fn session_peer(&self, conn: ConnId) -> Option<PeerId> {
+        self.conns.get(&conn).and_then(|c| c.peer.clone())
+    }
+
+    pub(super) fn handle_frame(&mut self, conn: ConnId, frame: ClientFrame) {
+        match frame {
+            ClientFrame::Register { req, peer, secret } => {
+                return self.handle_register(conn, req, peer, secret)
+            }
+            ClientFrame::Ping { req } => return self.send(conn, ServerFrame::Pong { req }),
+            _ => {}
+        }
+        let Some(me) = self.session_peer(conn) else {
+            let req = frame.req();
+            self.error(
+                conn,
+                req,
+                ErrorCode::NotRegistered,
+                "register first: send a \"register\" frame".into(),
+            );
+            return;
+        };
+        match frame {
+            ClientFrame::Register { .. } | ClientFrame::Ping { .. } => unreachable!("handled above"),
+            ClientFrame::Send { req, seq, to, body } => self.handle_send(conn, me, req, seq, to, body),
+            ClientFrame::CreateGroup { req, group } => self.handle_create(conn, me, req, group),
+            ClientFrame::JoinGroup { req, group } => self.handle_join(conn, me, req, group),
+            ClientFrame::LeaveGroup { req, group } => self.handle_leave(conn, me, req, group),
+            ClientFrame::Ack { delivery } => self.handle_ack(me, delivery),
+        }
+    }
+
+    fn handle_register(&mut self, conn: ConnId, req: ReqId, peer: PeerId, secret: Secret) {
+        let Some(current) = self.conns.get(&conn) else {
+            return;
+        };
+        if let Some(other) = current.peer.as_ref().filter(|p| **p != peer) {
+            let message = format!("this connection is registered as {other}");
+            self.error(conn, Some(req), ErrorCode::AlreadyRegistered, message);
+            return;
+        }
+        if self.state.groups.contains_key(peer.as_str()) {
+            let message = format!("{peer} is the name of a group");
+            self.error(conn, Some(req), ErrorCode::NameTaken, message);
+            return;
+        }
+        match self.state.peers.get(&peer) {
+            Some(record) if !record.verify(&secret) => {
+                let message = format!("{peer} is registered with another secret");
+                self.error(conn, Some(req), ErrorCode::WrongSecret, message);
+                return;
+            }
+            Some(_) => {}
+            None => {
+                let mut salt = [0u8; 16];
+                self.rng.fill_bytes(&mut salt);
+                let secret_hash = hash_secret(&salt, &secret);
+                self.apply(Change::Registered {
+                    peer: peer.clone(),
+                    salt,
+                    secret_hash,
+                });
+            }
+        }
+        if let Some(old) = self.sessions.get(&peer).map(|s| s.conn).filter(|c| *c != conn) {
+            let message = format!("a newer session registered as {peer}");
+            self.close(old, ErrorCode::Replaced, message);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.peer = Some(peer.clone());
+        }
+        self.sessions.entry(peer.clone()).or_insert(Session {
+            conn,
+            next_push: DeliveryId(0),
+            in_flight: 0,
+        });
+        let next_seq = self.state.peers[&peer].last_seq.next();
+        self.send(
+            conn,
+            ServerFrame::Registered {
+                req,
+                peer: peer.clone(),
+                next_seq,
+            },
+        );
+        self.push(&peer);
+    }
+
+    fn handle_send(&mut self, conn: ConnId, me: PeerId, req: ReqId, seq: Seq, to: Target, body: String) {
+        let record = &self.state.peers[&me];
+        if seq == Seq(0) {
+            let message = "sequence numbers start at 1".into();
+            self.error(conn, Some(req), ErrorCode::InvalidSeq, message);
+            return;
+        }
+        if seq <= record.last_seq {
+            if let Some(code) = record.rejected.get(&seq).copied() {
+                let message = format!("message {me}#{seq} was refused: {code}");
+                self.error(conn, Some(req), code, message);
+            } else if seq.0 + MAX_IN_FLIGHT <= record.last_seq.0 {
+                let message = format!(
+                    "message {me}#{seq} is more than {MAX_IN_FLIGHT} behind the newest, {}",
+                    record.last_seq
+                );
+                self.error(conn, Some(req), ErrorCode::InvalidSeq, message);
+            } else {
+                self.send(conn, ServerFrame::Sent { req, seq, to });
+            }
+            return;
+        }
+        match self.recipients(&me, &to, &body) {
+            Ok(recipients) => {
+                self.apply(Change::Accepted {
+                    from: me,
+                    seq,
+                    to: to.clone(),
+                    recipients: recipients.clone(),
+                    body: Arc::from(body),
+                });
+                self.send(conn, ServerFrame::Sent { req, seq, to });
+                for recipient in &recipients {
+                    self.push(recipient);
+                }
+            }
+            Err((code, message)) => {
+                self.apply(Change::Rejected { from: me, seq, code });
+                self.error(conn, Some(req), code, message);
+            }
+        }
+    }
+
+    /// Who a message from `me` to `to` goes to, or why it cannot be accepted.
+    fn recipients(&self, me: &PeerId, to: &Target, body: &str) -> Result<Vec<PeerId>, (ErrorCode, String)> {
+        let limit = self.config.max_frame_len.saturating_sub(FRAME_OVERHEAD);
+        if json_string_len(body) > limit {
+            let message = format!("the body must fit in {limit} bytes as a JSON string");
+            return Err((ErrorCode::BodyTooLarge, message));
+        }
+        let recipients = if self.state.peers.contains_key(to.as_str()) {
+            vec![to.as_peer()]
+        } else if let Some(group) = self.state.groups.get(to.as_str()) {
+            if !group.members.contains(me) {
+                return Err((
+                    ErrorCode::NotAMember,
+                    format!("{me} is not a member of group {to}"),
+                ));
+            }
+            group.members.iter().filter(|m| *m != me).cloned().collect()
+        } else {
+            return Err((
+                ErrorCode::UnknownRecipient,
+                format!("no peer or group is named {to}"),
+            ));
+        };
+        for recipient in &recipients {
+            if self.state.peers[recipient].queued_messages >= self.config.mailbox_limit {
+                let message = format!(
+                    "the mailbox of {recipient} is full ({} messages)",
+                    self.config.mailbox_limit
+                );
+                return Err((ErrorCode::MailboxFull, message));
+            }
+        }
+        Ok(recipients)
+    }
+
+    fn handle_create(&mut self, conn: ConnId, me: PeerId, req: ReqId, group: GroupName) {
+        if let Some(existing) = self.state.groups.get(&group) {
+            if existing.creator != me {
+                let message = format!("group {group} already exists");
+                self.error(conn, Some(req), ErrorCode::NameTaken, message);
+                return;
+            }
+        } else if self.state.peers.contains_key(group.as_str()) {
+            let message = format!("{group} is the ID of a peer");
+            self.error(conn, Some(req), ErrorCode::NameTaken, message);
+            return;
+        } else {
+            self.apply(Change::GroupCreated { group, creator: me });
+        }
+        self.send(conn, ServerFrame::Ok { req });
+    }
+
+    fn handle_join(&mut self, conn: ConnId, me: PeerId, req: ReqId, group: GroupName) {
+        let Some(existing) = self.state.groups.get(&group) else {
+            self.error(
+                conn,
+                Some(req),
+                ErrorCode::UnknownGroup,
+                format!("no group is named {group}"),
+            );
+            return;
+        };
+        if !existing.members.contains(&me) {
+            self.apply(Change::Joined { group, peer: me });
+        }
+        self.send(conn, ServerFrame::Ok { req });
+    }
+
+    fn handle_leave(&mut self, conn: ConnId, me: PeerId, req: ReqId, group: GroupName) {
+        let Some(existing) = self.state.groups.get(&group) else {
+            self.error(
+                conn,
+                Some(req),
+                ErrorCode::UnknownGroup,
+                format!("no group is named {group}"),
+            );
+            return;
+        };
+        if existing.members.contains(&me) {
+            self.apply(Change::Left { group, peer: me });
+        }
+        self.send(conn, ServerFrame::Ok { req });
+    }
+
+    fn handle_ack(&mut self, me: PeerId, delivery: DeliveryId) {
+        let record = &self.state.peers[&me];
+        let Some(item) = record.mailbox.get(&delivery) else {
+            return; // Already acknowledged: acks are idempotent.
+        };
+        let sender = match item {
+            Item::Message { from, .. } => Some(from.clone()),
+            Item::Receipt { .. } => None,
+        };
+        self.apply(Change::Acked {
+            peer: me.clone(),
+            delivery,
+        });
+        if let Some(session) = self.sessions.get_mut(&me) {
+            if delivery < session.next_push {
+                session.in_flight = session.in_flight.saturating_sub(1);
+            }
+        }
+        self.push(&me);
+        if let Some(sender) = sender {
+            self.push(&sender);
+        }
+    }
+
+    /// Pushes mailbox items to `peer`'s session, up to the push window.
+    fn push(&mut self, peer: &PeerId) {
+        let Some(session) = self.sessions.get_mut(peer) else {
+            return;
+        };
+        let record = &self.state.peers[peer];
+        for (delivery, item) in record.mailbox.range(session.next_push..) {
+            if session.in_flight >= self.config.push_window {
+                break;
+            }
+            let frame = match item {
+                Item::Message { from, seq, to, body } => ServerFrame::Message {
+                    delivery: *delivery,
+                    from: from.clone(),
+                    seq: *seq,
+                    to: to.clone(),
+                    body: body.to_string(),
+                },
+                Item::Receipt { seq, to, by } => ServerFrame::Delivered {
+                    delivery: *delivery,
+                    seq: *seq,
+                    to: to.clone(),
+                    by: by.clone(),
+                },
+            };
+            self.outbox.emit(RouterOutput::Send(session.conn, frame));
+            session.in_flight += 1;
+            session.next_push = delivery.next();
+        }
+    }
+}

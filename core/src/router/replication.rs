@@ -1,0 +1,681 @@
+//! Passive replication: a router's role in its cluster, its links to the
+//! replica manager and to its primary, log shipping and the commit point.
+//!
+//! - Every router heartbeats the replica manager (RM) and adopts each newer
+//!   [`Configuration`] it hears. Its role follows from it: **primary**
+//!   (serves clients, ships its log), **follower** (a backup or candidate:
+//!   applies what its primary ships), or **waiting** (outside the
+//!   configuration). Non-primaries answer clients with a redirect.
+//! - A follower connects to its primary and sends `follow`; the primary
+//!   answers with a checkpoint of its whole state — or, if the follower's
+//!   state already came from this primary and the log still holds what it
+//!   lacks, with those log entries — then ships every new change as it is
+//!   applied, pipelined, one frame per change. The follower applies changes
+//!   strictly in LSN order and acknowledges what it has applied.
+//! - Fencing: a follower refuses checkpoints and entries tagged with an
+//!   epoch older than the newest it knows, so a deposed primary cannot get
+//!   a change acknowledged — and so cannot commit — once the backups have
+//!   heard of the new epoch. A follower that sees a gap resyncs.
+//! - The commit point is the lowest LSN acknowledged by every backup of the
+//!   configuration (and by candidates the primary has asked to promote).
+//!   A backup that stays behind for [`ReplicationConfig::ack_timeout`] is
+//!   reported to the RM for removal; a candidate that has caught up is
+//!   proposed as a backup.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Change, Outbox, Router, RouterOutput};
+use crate::ids::{ConnId, Epoch, Lsn, ReplicaId};
+use crate::wire::cluster::{Configuration, FollowerFrame, Member, PrimaryFrame, RmReply, RmRequest};
+use crate::wire::ServerFrame;
+
+/// An outgoing connection a router keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Link {
+    /// To the replica manager.
+    Rm,
+    /// To the primary (while following one).
+    Primary,
+}
+
+/// Replication settings of a router.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// This router's name.
+    pub id: ReplicaId,
+    /// The address clients (and followers) reach this router at.
+    pub addr: String,
+    /// The replica manager's address.
+    pub rm: String,
+    /// A value unique to this process start, so the RM can tell a restart
+    /// (which lost the in-memory state) from a reconnect.
+    pub incarnation: u64,
+    /// Whether this router may become the primary of an empty cluster
+    /// (`false` for `peerlink router --backup`).
+    pub may_lead: bool,
+    /// How often the router heartbeats the RM. Default 100 ms.
+    pub heartbeat_interval: Duration,
+    /// A backup that stays behind this long is reported to the RM for
+    /// removal. Default 300 ms.
+    pub ack_timeout: Duration,
+    /// How long to wait before reconnecting a broken link. Default 100 ms.
+    pub retry_interval: Duration,
+    /// How many recent changes the primary keeps for followers that
+    /// reconnect; older gaps are filled with a checkpoint. Default 100,000.
+    pub max_log: usize,
+}
+
+impl ReplicationConfig {
+    /// The documented defaults for the given identity and RM address.
+    pub fn new(id: ReplicaId, addr: String, rm: String, incarnation: u64) -> Self {
+        Self {
+            id,
+            addr,
+            rm,
+            incarnation,
+            may_lead: true,
+            heartbeat_interval: Duration::from_millis(100),
+            ack_timeout: Duration::from_millis(300),
+            retry_interval: Duration::from_millis(100),
+            max_log: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    /// Outside the configuration, or following nobody yet.
+    Waiting,
+    /// Serving; primary continuously since epoch `term`.
+    Primary { term: Epoch },
+    /// Following `primary`.
+    Follower { primary: Member },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkStatus {
+    /// Not wanted.
+    Off,
+    /// Wanted; the next attempt is due at `retry_at`.
+    Down { retry_at: Instant },
+    Connecting,
+    Up,
+}
+
+#[derive(Debug)]
+struct LinkState {
+    attempt: u64,
+    status: LinkStatus,
+}
+
+#[derive(Debug)]
+struct Stream {
+    conn: ConnId,
+    acked: Lsn,
+}
+
+/// A router's replication state. See the module docs.
+#[derive(Debug)]
+pub(super) struct Replication {
+    config: ReplicationConfig,
+    configuration: Configuration,
+    role: Role,
+    rm: LinkState,
+    primary: LinkState,
+    next_heartbeat: Instant,
+    /// Primary: recent changes, oldest first.
+    log: VecDeque<(Lsn, Change)>,
+    /// Primary: the follower streams, by follower.
+    streams: BTreeMap<ReplicaId, Stream>,
+    /// Primary: candidates it asked the RM to make backups; they count
+    /// for commit from then on.
+    pending_add: BTreeSet<ReplicaId>,
+    /// Primary: backups it asked the RM to remove.
+    pending_removal: BTreeSet<ReplicaId>,
+    /// Primary: since when each lagging backup has made no progress.
+    behind_since: BTreeMap<ReplicaId, Instant>,
+    /// Follower: whether the current stream has delivered its checkpoint.
+    synced: bool,
+    /// Follower: the epoch of the primary frames the state came from.
+    stream_epoch: Epoch,
+}
+
+impl Replication {
+    pub(super) fn new(config: ReplicationConfig, now: Instant) -> Self {
+        Self {
+            config,
+            configuration: Configuration::default(),
+            role: Role::Waiting,
+            rm: LinkState {
+                attempt: 0,
+                status: LinkStatus::Down { retry_at: now },
+            },
+            primary: LinkState {
+                attempt: 0,
+                status: LinkStatus::Off,
+            },
+            next_heartbeat: now,
+            log: VecDeque::new(),
+            streams: BTreeMap::new(),
+            pending_add: BTreeSet::new(),
+            pending_removal: BTreeSet::new(),
+            behind_since: BTreeMap::new(),
+            synced: false,
+            stream_epoch: Epoch(0),
+        }
+    }
+
+    pub(super) fn is_primary(&self) -> bool {
+        matches!(self.role, Role::Primary { .. })
+    }
+
+    fn epoch(&self) -> Epoch {
+        self.configuration.epoch
+    }
+
+    /// `None` when serving; otherwise the redirect to give clients.
+    pub(super) fn redirect(&self) -> Option<Option<String>> {
+        if self.is_primary() {
+            return None;
+        }
+        Some(self.configuration.primary.as_ref().map(|p| p.addr.clone()))
+    }
+
+    /// The backups (and promised candidates) every commit must reach.
+    fn required(&self) -> impl Iterator<Item = &ReplicaId> {
+        let me = &self.config.id;
+        self.configuration
+            .backups
+            .iter()
+            .map(|m| &m.id)
+            .chain(&self.pending_add)
+            .filter(move |id| *id != me)
+    }
+
+    fn acked(&self, id: &ReplicaId) -> Lsn {
+        self.streams.get(id).map_or(Lsn(0), |s| s.acked)
+    }
+
+    /// The highest LSN every required follower has, capped at `applied`.
+    pub(super) fn commit_point(&self, applied: Lsn) -> Lsn {
+        self.required().map(|id| self.acked(id)).fold(applied, Lsn::min)
+    }
+
+    /// Logs a change just applied by the primary and ships it to every
+    /// follower stream.
+    pub(super) fn ship(&mut self, lsn: Lsn, change: Change, outbox: &mut Outbox) {
+        if !self.is_primary() {
+            return;
+        }
+        let epoch = self.epoch();
+        for stream in self.streams.values() {
+            let frame = PrimaryFrame::Entry {
+                epoch,
+                lsn,
+                change: change.clone(),
+            };
+            outbox.emit_now(RouterOutput::Replicate(stream.conn, frame));
+        }
+        self.log.push_back((lsn, change));
+        while self.log.len() > self.config.max_log {
+            self.log.pop_front();
+        }
+    }
+
+    /// Keeps `behind_since` current: a required follower behind `applied`
+    /// is lagging since now, unless it already was.
+    fn track_lag(&mut self, now: Instant, applied: Lsn) {
+        let required: Vec<ReplicaId> = self.required().cloned().collect();
+        self.behind_since.retain(|id, _| required.contains(id));
+        for id in required {
+            if self.acked(&id) >= applied {
+                self.behind_since.remove(&id);
+            } else {
+                self.behind_since.entry(id).or_insert(now);
+            }
+        }
+    }
+
+    /// Asks the RM to make backups of the candidates that have caught up with
+    /// `committed`; from the request on, they count for commit.
+    fn propose_caught_up(&mut self, committed: Lsn, outbox: &mut Outbox) {
+        if self.rm.status != LinkStatus::Up {
+            return;
+        }
+        let caught_up: Vec<ReplicaId> = self
+            .configuration
+            .candidates
+            .iter()
+            .map(|m| m.id.clone())
+            .filter(|id| self.streams.contains_key(id) && self.acked(id) >= committed && !self.pending_add.contains(id))
+            .collect();
+        for backup in caught_up {
+            self.pending_add.insert(backup.clone());
+            let request = RmRequest::AddBackup {
+                id: self.config.id.clone(),
+                epoch: self.epoch(),
+                backup,
+            };
+            outbox.emit_now(RouterOutput::ToRm(request));
+        }
+    }
+
+    /// A follower's connection is gone.
+    pub(super) fn follower_gone(&mut self, conn: ConnId) {
+        self.streams.retain(|_, s| s.conn != conn);
+    }
+
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        let link = |l: &LinkState| match l.status {
+            LinkStatus::Down { retry_at } => Some(retry_at),
+            _ => None,
+        };
+        let removal = self
+            .behind_since
+            .iter()
+            .filter(|(id, _)| !self.pending_removal.contains(*id) && self.configuration.is_backup(id))
+            .map(|(_, since)| *since + self.config.ack_timeout)
+            .min();
+        [Some(self.next_heartbeat), link(&self.rm), link(&self.primary), removal]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn link_mut(&mut self, link: Link) -> &mut LinkState {
+        match link {
+            Link::Rm => &mut self.rm,
+            Link::Primary => &mut self.primary,
+        }
+    }
+}
+
+impl Router {
+    fn replication_mut(&mut self) -> Option<&mut Replication> {
+        self.replication.as_mut()
+    }
+
+    /// Drops a link's connection and schedules a reconnect at `retry_at`.
+    fn restart_link(&mut self, link: Link, retry_at: Instant) {
+        let Some(r) = self.replication_mut() else {
+            return;
+        };
+        let state = r.link_mut(link);
+        if matches!(state.status, LinkStatus::Up | LinkStatus::Connecting) {
+            self.outbox.emit_now(RouterOutput::DropLink(link));
+        }
+        if let Some(r) = self.replication_mut() {
+            r.link_mut(link).status = LinkStatus::Down { retry_at };
+        }
+    }
+
+    pub(super) fn handle_link_up(&mut self, now: Instant, link: Link, attempt: u64) {
+        let applied = self.outbox.applied;
+        let Some(r) = self.replication_mut() else {
+            return;
+        };
+        let state = r.link_mut(link);
+        if state.attempt != attempt || state.status != LinkStatus::Connecting {
+            return;
+        }
+        state.status = LinkStatus::Up;
+        match link {
+            Link::Rm => r.next_heartbeat = now,
+            Link::Primary => {
+                r.synced = false;
+                let frame = FollowerFrame::Follow {
+                    id: r.config.id.clone(),
+                    epoch: r.epoch(),
+                    lsn: applied,
+                    stream_epoch: r.stream_epoch,
+                };
+                self.outbox.emit_now(RouterOutput::ToPrimary(frame));
+            }
+        }
+    }
+
+    pub(super) fn handle_link_down(&mut self, now: Instant, link: Link, attempt: u64) {
+        let Some(r) = self.replication_mut() else {
+            return;
+        };
+        let retry_at = now + r.config.retry_interval;
+        let state = r.link_mut(link);
+        if state.attempt == attempt && matches!(state.status, LinkStatus::Connecting | LinkStatus::Up) {
+            state.status = LinkStatus::Down { retry_at };
+            match link {
+                Link::Primary => r.synced = false,
+                // Requests in flight may be lost with the link: ask again later.
+                Link::Rm => {
+                    r.pending_add.clear();
+                    r.pending_removal.clear();
+                }
+            }
+        }
+    }
+
+    pub(super) fn handle_replication_timeout(&mut self, now: Instant) {
+        let applied = self.outbox.applied;
+        let Some(r) = self.replication.as_mut() else {
+            return;
+        };
+        for link in [Link::Rm, Link::Primary] {
+            let addr = match link {
+                Link::Rm => r.config.rm.clone(),
+                Link::Primary => match &r.role {
+                    Role::Follower { primary } => primary.addr.clone(),
+                    _ => continue,
+                },
+            };
+            let state = r.link_mut(link);
+            if let LinkStatus::Down { retry_at } = state.status {
+                if retry_at <= now {
+                    state.attempt += 1;
+                    state.status = LinkStatus::Connecting;
+                    let attempt = state.attempt;
+                    self.outbox.emit_now(RouterOutput::Connect { link, attempt, addr });
+                }
+            }
+        }
+        if r.next_heartbeat <= now {
+            r.next_heartbeat = now + r.config.heartbeat_interval;
+            if r.rm.status == LinkStatus::Up {
+                let beat = RmRequest::Heartbeat {
+                    id: r.config.id.clone(),
+                    addr: r.config.addr.clone(),
+                    incarnation: r.config.incarnation,
+                    epoch: r.epoch(),
+                    lsn: applied,
+                    may_lead: r.config.may_lead,
+                };
+                self.outbox.emit_now(RouterOutput::ToRm(beat));
+            }
+        }
+        if r.is_primary() {
+            r.propose_caught_up(self.outbox.committed, &mut self.outbox);
+            r.track_lag(now, applied);
+            let stuck: Vec<ReplicaId> = r
+                .behind_since
+                .iter()
+                .filter(|(id, since)| {
+                    **since + r.config.ack_timeout <= now
+                        && !r.pending_removal.contains(*id)
+                        && r.configuration.is_backup(id)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for backup in stuck {
+                r.pending_removal.insert(backup.clone());
+                let request = RmRequest::RemoveBackup {
+                    id: r.config.id.clone(),
+                    epoch: r.epoch(),
+                    backup,
+                };
+                self.outbox.emit_now(RouterOutput::ToRm(request));
+            }
+        }
+    }
+
+    pub(super) fn handle_rm_reply(&mut self, now: Instant, reply: RmReply) {
+        let applied = self.outbox.applied;
+        let Some(r) = self.replication.as_mut() else {
+            return;
+        };
+        match reply {
+            RmReply::Config { config } => self.adopt(now, config),
+            RmReply::Error { .. } => {
+                // The RM refused an add or removal (usually a stale epoch):
+                // let the next round ask again.
+                r.pending_add.clear();
+                r.pending_removal.clear();
+                let committed = r.commit_point(applied);
+                self.outbox.commit(committed);
+            }
+            RmReply::Status { .. } => {}
+        }
+    }
+
+    /// Adopts a configuration newer than the one known, and takes the role
+    /// it gives this router.
+    fn adopt(&mut self, now: Instant, config: Configuration) {
+        let applied = self.outbox.applied;
+        let Some(r) = self.replication_mut() else {
+            return;
+        };
+        if config.epoch <= r.configuration.epoch {
+            return;
+        }
+        r.configuration = config;
+        r.pending_add.clear();
+        r.pending_removal.clear();
+        let me = r.config.id.clone();
+        let role = if r.configuration.is_primary(&me) {
+            match r.role {
+                Role::Primary { term } => Role::Primary { term },
+                _ => Role::Primary { term: r.epoch() },
+            }
+        } else if r.configuration.find(&me).is_some() {
+            match &r.configuration.primary {
+                Some(primary) => Role::Follower {
+                    primary: primary.clone(),
+                },
+                None => Role::Waiting,
+            }
+        } else {
+            Role::Waiting
+        };
+        let old = std::mem::replace(&mut r.role, role.clone());
+        let was_primary = matches!(old, Role::Primary { .. });
+        match role {
+            Role::Primary { .. } if !was_primary => self.become_primary(now),
+            Role::Primary { .. } => {
+                let r = self.replication.as_mut().expect("replicated");
+                r.track_lag(now, applied);
+                let committed = r.commit_point(applied);
+                self.outbox.commit(committed);
+            }
+            Role::Follower { primary } => {
+                if was_primary {
+                    self.step_down();
+                }
+                if old != (Role::Follower { primary }) {
+                    self.restart_link(Link::Primary, now);
+                }
+            }
+            Role::Waiting => {
+                if was_primary {
+                    self.step_down();
+                }
+                if matches!(old, Role::Follower { .. }) {
+                    self.outbox.emit_now(RouterOutput::DropLink(Link::Primary));
+                }
+                if let Some(r) = self.replication_mut() {
+                    r.primary.status = LinkStatus::Off;
+                }
+            }
+        }
+    }
+
+    /// Starts serving: nothing is committed until every backup has this
+    /// router's state.
+    fn become_primary(&mut self, now: Instant) {
+        let applied = self.outbox.applied;
+        if matches!(self.replication.as_ref().map(|r| r.primary.status), Some(LinkStatus::Up | LinkStatus::Connecting)) {
+            self.outbox.emit_now(RouterOutput::DropLink(Link::Primary));
+        }
+        let r = self.replication.as_mut().expect("replicated");
+        r.primary.status = LinkStatus::Off;
+        r.log.clear();
+        r.streams.clear();
+        r.behind_since.clear();
+        r.track_lag(now, applied);
+        // Everything applied so far becomes committed only once the backups
+        // have it: reset the commit point rather than inherit a follower's.
+        self.outbox.committed = r.commit_point(applied);
+    }
+
+    /// Stops serving: forgets clients and followers, and drops every output
+    /// still waiting for a commit that will never come.
+    fn step_down(&mut self) {
+        let primary = self.replication.as_ref().and_then(Replication::redirect).flatten();
+        self.outbox.held.clear();
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        let followers: Vec<ConnId> = self
+            .replication
+            .as_ref()
+            .map(|r| r.streams.values().map(|s| s.conn).collect())
+            .unwrap_or_default();
+        let epoch = self.replication.as_ref().map_or(Epoch(0), Replication::epoch);
+        for conn in conns {
+            if followers.contains(&conn) {
+                let frame = PrimaryFrame::NotPrimary { epoch };
+                self.outbox.emit_now(RouterOutput::Replicate(conn, frame));
+            } else {
+                let frame = ServerFrame::Redirect {
+                    primary: primary.clone(),
+                };
+                self.outbox.emit_now(RouterOutput::Send(conn, frame));
+            }
+            self.outbox.emit_now(RouterOutput::Close(conn));
+        }
+        self.conns.clear();
+        self.sessions.clear();
+        self.deadlines.clear();
+        if let Some(r) = self.replication_mut() {
+            r.streams.clear();
+            r.log.clear();
+            r.behind_since.clear();
+        }
+    }
+
+    /// A follower's frame, on the primary.
+    pub(super) fn handle_follower(&mut self, now: Instant, conn: ConnId, frame: FollowerFrame) {
+        let applied = self.outbox.applied;
+        let Some(r) = self.replication.as_mut() else {
+            return;
+        };
+        match frame {
+            FollowerFrame::Follow {
+                id,
+                epoch,
+                lsn,
+                stream_epoch,
+            } => {
+                let Role::Primary { term } = r.role else {
+                    return self.refuse_follower(conn);
+                };
+                if epoch > r.epoch() || !self.conns.contains_key(&conn) {
+                    return self.refuse_follower(conn);
+                }
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    if let Some(deadline) = c.deadline.take() {
+                        self.deadlines.remove(&(deadline, conn));
+                    }
+                }
+                let r = self.replication.as_mut().expect("replicated");
+                if let Some(old) = r.streams.insert(id, Stream { conn, acked: Lsn(0) }) {
+                    if old.conn != conn {
+                        self.conns.remove(&old.conn);
+                        self.outbox.emit_now(RouterOutput::Close(old.conn));
+                    }
+                }
+                let r = self.replication.as_mut().expect("replicated");
+                let epoch = r.epoch();
+                let log_start = r.log.front().map_or(applied, |(l, _)| Lsn(l.0 - 1));
+                let from_me = stream_epoch >= term && lsn >= log_start && lsn <= applied;
+                if from_me {
+                    for (l, change) in r.log.iter().filter(|(l, _)| *l > lsn) {
+                        let frame = PrimaryFrame::Entry {
+                            epoch,
+                            lsn: *l,
+                            change: change.clone(),
+                        };
+                        self.outbox.emit_now(RouterOutput::Replicate(conn, frame));
+                    }
+                } else {
+                    let frame = PrimaryFrame::Checkpoint {
+                        epoch,
+                        lsn: applied,
+                        state: self.state.clone(),
+                    };
+                    self.outbox.emit_now(RouterOutput::Replicate(conn, frame));
+                }
+            }
+            FollowerFrame::Applied { lsn, .. } => {
+                let Some((id, stream)) = r.streams.iter_mut().find(|(_, s)| s.conn == conn) else {
+                    return;
+                };
+                let id = id.clone();
+                if lsn > stream.acked {
+                    stream.acked = lsn.min(applied);
+                    r.behind_since.remove(&id);
+                }
+                r.track_lag(now, applied);
+                let committed = r.commit_point(applied);
+                self.outbox.commit(committed);
+                let r = self.replication.as_mut().expect("replicated");
+                r.propose_caught_up(self.outbox.committed, &mut self.outbox);
+            }
+        }
+    }
+
+    fn refuse_follower(&mut self, conn: ConnId) {
+        let epoch = self.replication.as_ref().map_or(Epoch(0), Replication::epoch);
+        self.forget(conn);
+        self.outbox
+            .emit_now(RouterOutput::Replicate(conn, PrimaryFrame::NotPrimary { epoch }));
+        self.outbox.emit_now(RouterOutput::Close(conn));
+    }
+
+    /// A primary's frame, on a follower.
+    pub(super) fn handle_primary_frame(&mut self, now: Instant, frame: PrimaryFrame) {
+        let Some(r) = self.replication.as_mut() else {
+            return;
+        };
+        if !matches!(r.role, Role::Follower { .. }) || r.primary.status != LinkStatus::Up {
+            return;
+        }
+        let my_epoch = r.epoch();
+        match frame {
+            PrimaryFrame::Checkpoint { epoch, lsn, state } => {
+                if epoch < my_epoch {
+                    return self.restart_link(Link::Primary, now);
+                }
+                r.synced = true;
+                r.stream_epoch = epoch;
+                self.state = state;
+                self.outbox.applied = lsn;
+                self.outbox.committed = lsn;
+                self.acknowledge(epoch, lsn);
+            }
+            PrimaryFrame::Entry { epoch, lsn, change } => {
+                if epoch < my_epoch {
+                    return self.restart_link(Link::Primary, now);
+                }
+                if !r.synced || lsn <= self.outbox.applied {
+                    return;
+                }
+                if lsn != self.outbox.applied.next() {
+                    // A gap: resync from a checkpoint.
+                    return self.restart_link(Link::Primary, now);
+                }
+                r.stream_epoch = epoch;
+                self.state.apply(&change);
+                self.outbox.applied = lsn;
+                self.outbox.committed = lsn;
+                self.acknowledge(epoch, lsn);
+            }
+            PrimaryFrame::NotPrimary { .. } => {
+                let retry_at = now + r.config.retry_interval;
+                self.restart_link(Link::Primary, retry_at);
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, epoch: Epoch, lsn: Lsn) {
+        let frame = FollowerFrame::Applied { epoch, lsn };
+        self.outbox.emit_now(RouterOutput::ToPrimary(frame));
+    }
+}

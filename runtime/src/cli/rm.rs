@@ -1,0 +1,53 @@
+//! `peerlink rm`: the replica manager of a replicated cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use peerlink_core::rm::{ReplicaManager, RmConfig};
+use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
+use peerlink_runtime::net::{Network, TokioNetwork};
+use peerlink_runtime::rm_driver::{run_rm, ConfigStore, FileStore};
+
+use super::{secret, shutdown};
+
+/// Flags of `peerlink rm`.
+#[derive(Debug, Args)]
+pub(crate) struct RmArgs {
+    /// Address to listen on for routers (HOST:PORT).
+    #[arg(long, default_value = "127.0.0.1:8007")]
+    listen: String,
+    /// Where the configuration is kept, so a restart never reuses an epoch
+    /// [default: $XDG_DATA_HOME/peerlink/rm or ~/.local/share/peerlink/rm].
+    #[arg(long, env = "PEERLINK_RM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Promote a backup when the primary has been silent this many
+    /// milliseconds.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    failure_timeout_ms: u64,
+}
+
+/// Runs the replica manager until Ctrl-C or SIGTERM.
+pub(crate) async fn run(args: RmArgs) -> anyhow::Result<ExitCode> {
+    let dir = match args.data_dir {
+        Some(dir) => dir,
+        None => secret::default_data_dir()?.join("rm"),
+    };
+    let mut store = FileStore::open(&dir).with_context(|| format!("cannot use {} for data", dir.display()))?;
+    let restored = store.load().context("cannot load the saved configuration")?;
+    let listener = TokioNetwork
+        .bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("cannot read the listening address")?;
+    let config = RmConfig {
+        failure_timeout: Duration::from_millis(args.failure_timeout_ms),
+    };
+    println!("rm listening on {addr}");
+    tracing::info!(%addr, data = %dir.display(), epoch = %restored.epoch, "replica manager started");
+    let rm = ReplicaManager::new(config, restored, peerlink_runtime::now());
+    run_rm(rm, listener, store, DEFAULT_MAX_FRAME_LEN, shutdown::signal()).await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,65 @@
+//! `peerlink status`: what the replica manager knows of the cluster.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use peerlink_core::ids::ReqId;
+use peerlink_core::wire::cluster::{MemberStatus, RmReply, RmRequest};
+use peerlink_core::wire::{decode_as, encode_frame};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Flags of `peerlink status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The replica manager's address (HOST:PORT).
+    #[arg(long, default_value = "127.0.0.1:8007")]
+    rm: String,
+    /// Print the replica manager's answer as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Asks the replica manager for the cluster's status, once.
+pub(crate) async fn query(rm: &str) -> anyhow::Result<RmReply> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(rm)
+            .await
+            .with_context(|| format!("cannot reach the replica manager at {rm}"))?;
+        let mut buf = bytes::BytesMut::new();
+        encode_frame(&RmRequest::Status { req: ReqId(1) }, &mut buf);
+        stream.write_all(&buf).await?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).await?;
+        let reply: RmReply = decode_as(line.trim_end().as_bytes())?;
+        anyhow::Ok(reply)
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .with_context(|| format!("the replica manager at {rm} did not answer within 5 s"))?
+}
+
+/// Prints the status table.
+pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let reply = query(&args.rm).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&reply)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let RmReply::Status { config, members, .. } = reply else {
+        bail!("unexpected answer from the replica manager: {reply:?}");
+    };
+    let primary_lsn = members
+        .iter()
+        .find(|m| m.role == "primary")
+        .map_or(0, |m| m.lsn.0);
+    println!("epoch {}", config.epoch);
+    println!("{:<8} {:<10} {:<22} {:>10} {:>8} {:>10}", "router", "role", "address", "lsn", "lag", "heard");
+    for MemberStatus { id, addr, role, lsn, last_heartbeat_ms } in &members {
+        let heard = last_heartbeat_ms.map_or("never".to_owned(), |ms| format!("{ms} ms ago"));
+        let lag = primary_lsn.saturating_sub(lsn.0);
+        println!("{:<8} {:<10} {:<22} {:>10} {:>8} {:>10}", id, role, addr, lsn.0, lag, heard);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,164 @@
+//! The replica manager's driver: accepts routers' (and `peerlink status`')
+//! connections, feeds their requests to a [`ReplicaManager`], and persists
+//! each configuration through a [`ConfigStore`] before the machine may
+//! announce it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use peerlink_core::ids::ConnId;
+use peerlink_core::rm::{ReplicaManager, RmInput, RmOutput};
+use peerlink_core::wire::cluster::{Configuration, RmReply, RmRequest};
+use peerlink_core::wire::decode_as;
+use peerlink_core::Machine;
+use tokio::sync::mpsc;
+
+use crate::connection::{self, Connection, Inbound, Outbound};
+use crate::net::Listener;
+use crate::now;
+use crate::router_driver::{sleep_until, ACCEPT_BACKOFF};
+
+/// How long the driver waits before retrying a failed persist.
+const PERSIST_RETRY: Duration = Duration::from_millis(500);
+
+/// Durable storage for the replica manager's configuration. The seam where
+/// other storage (another disk layout, a simulated disk) slots in.
+pub trait ConfigStore {
+    /// The last configuration saved, or the empty one if none was.
+    fn load(&mut self) -> io::Result<Configuration>;
+    /// Saves `config` durably: once this returns `Ok`, a crash keeps it.
+    fn save(&mut self, config: &Configuration) -> io::Result<()>;
+}
+
+/// A [`ConfigStore`] in one JSON file, replaced atomically (write a
+/// temporary file, fsync it, rename it over the old one, fsync the folder).
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+impl FileStore {
+    /// The file name inside the data directory.
+    pub const FILE: &'static str = "rm-config.json";
+
+    /// A store in `dir`, which is created if missing.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self { dir: dir.to_owned() })
+    }
+}
+
+impl ConfigStore for FileStore {
+    fn load(&mut self) -> io::Result<Configuration> {
+        let path = self.dir.join(Self::FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("{} is corrupt: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Configuration::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn save(&mut self, config: &Configuration) -> io::Result<()> {
+        let temporary = self.dir.join(format!("{}.tmp", Self::FILE));
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&serde_json::to_vec_pretty(config).expect("configurations serialize"))?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, self.dir.join(Self::FILE))?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// Runs the replica manager on connections accepted from `listener` until
+/// `shutdown` resolves. A configuration that cannot be saved is retried;
+/// until it is saved it is not announced.
+pub async fn run_rm<L: Listener, S: ConfigStore>(
+    mut rm: ReplicaManager,
+    mut listener: L,
+    mut store: S,
+    max_frame_len: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (inbound_tx, mut inbound) = mpsc::channel::<(ConnId, Inbound<RmRequest>)>(1024);
+    let mut conns: BTreeMap<ConnId, Connection<RmReply>> = BTreeMap::new();
+    let mut next_conn = ConnId(0);
+    let mut unsaved: Option<Configuration> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        while let Some(output) = rm.poll_output() {
+            match output {
+                RmOutput::Send(conn, reply) => {
+                    if let Some(c) = conns.get(&conn) {
+                        c.send(Outbound::Frame(reply));
+                    }
+                }
+                RmOutput::Persist(config) => unsaved = Some(config),
+            }
+            if let Some(config) = unsaved.take() {
+                match store.save(&config) {
+                    Ok(()) => {
+                        tracing::info!(epoch = %config.epoch, primary = ?config.primary.as_ref().map(|p| &p.id),
+                            backups = ?config.backups.iter().map(|m| &m.id).collect::<Vec<_>>(),
+                            candidates = ?config.candidates.iter().map(|m| &m.id).collect::<Vec<_>>(),
+                            "configuration");
+                        retry_at = None;
+                        rm.handle(now(), RmInput::Persisted(config.epoch));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, epoch = %config.epoch, "cannot save the configuration; retrying");
+                        unsaved = Some(config);
+                        retry_at = Some(tokio::time::Instant::now() + PERSIST_RETRY);
+                        break;
+                    }
+                }
+            }
+        }
+        let deadline = rm.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return,
+            () = sleep_until(retry_at) => {
+                retry_at = None;
+                if let Some(config) = unsaved.take() {
+                    if store.save(&config).is_ok() {
+                        rm.handle(now(), RmInput::Persisted(config.epoch));
+                    } else {
+                        unsaved = Some(config);
+                        retry_at = Some(tokio::time::Instant::now() + PERSIST_RETRY);
+                    }
+                }
+            }
+            () = sleep_until(deadline) => rm.handle_timeout(now()),
+            Some((conn, event)) = inbound.recv() => {
+                let input = match event {
+                    Inbound::Frame(request) => RmInput::Request(conn, request),
+                    Inbound::Malformed(error) => RmInput::Malformed(conn, error),
+                    Inbound::Closed(_) => {
+                        conns.remove(&conn);
+                        RmInput::Disconnected(conn)
+                    }
+                };
+                rm.handle(now(), input);
+            }
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                next_conn = next_conn.next();
+                let c = connection::spawn(stream, next_conn, max_frame_len, decode_as, inbound_tx.clone());
+                conns.insert(next_conn, c);
+                rm.handle(now(), RmInput::Connected(next_conn));
+            }
+        }
+    }
+}
