@@ -59,7 +59,8 @@ pub struct ReplicationConfig {
     /// How often the router heartbeats the RM. Default 100 ms.
     pub heartbeat_interval: Duration,
     /// A backup that stays behind this long is reported to the RM for
-    /// removal. Default 300 ms.
+    /// removal. Default 1 s: longer than a follower needs to find a new
+    /// primary after a failover and load its checkpoint.
     pub ack_timeout: Duration,
     /// How long to wait before reconnecting a broken link. Default 100 ms.
     pub retry_interval: Duration,
@@ -78,7 +79,7 @@ impl ReplicationConfig {
             incarnation,
             may_lead: true,
             heartbeat_interval: Duration::from_millis(100),
-            ack_timeout: Duration::from_millis(300),
+            ack_timeout: Duration::from_millis(1000),
             retry_interval: Duration::from_millis(100),
             max_log: 100_000,
         }

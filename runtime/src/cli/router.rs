@@ -58,7 +58,7 @@ pub(crate) struct RouterArgs {
     heartbeat_ms: u64,
     /// Ask the replica manager to drop a backup that stays behind for this
     /// many milliseconds.
-    #[arg(long, default_value_t = 300, requires = "rm",
+    #[arg(long, default_value_t = 1000, requires = "rm",
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     ack_timeout_ms: u64,
 }

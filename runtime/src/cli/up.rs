@@ -1,65 +1,160 @@
-//! `peerlink up`: a whole local cluster on loopback, for trying PeerLink out.
+//! `peerlink up`: a whole local cluster on loopback — a replica manager and
+//! three routers, as child processes — for trying PeerLink out.
 
+use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use peerlink_core::wire::cluster::{Configuration, RmReply};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::shutdown;
+use super::{shutdown, status};
+
+/// How many routers `up` starts.
+const ROUTERS: u16 = 3;
 
 /// Flags of `peerlink up`.
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
-    /// The first port to use; the router listens on it.
-    #[arg(long, default_value_t = 8008, value_parser = clap::value_parser!(u16).range(1..))]
+    /// The first of four consecutive ports: the replica manager listens on
+    /// it, routers r1, r2 and r3 on the next three.
+    #[arg(long, default_value_t = 8007, value_parser = clap::value_parser!(u16).range(1..=65_532))]
     base_port: u16,
 }
 
-/// Starts the cluster's processes, prints how to connect, and stops them all
-/// on Ctrl-C or SIGTERM.
+/// A started child process, killed when dropped.
+struct Started {
+    name: String,
+    child: Child,
+}
+
+/// The cluster's scratch directory (the replica manager's data), removed
+/// when dropped: an `up` cluster lives only as long as the command.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts the cluster, prints how to connect, reports every configuration
+/// change, and stops everything on Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the peerlink executable")?;
-    let addr = format!("127.0.0.1:{}", args.base_port);
-    let mut router = Command::new(&exe)
-        .args(["router", "--id", "r1", "--listen", &addr])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start the router")?;
-    let pid = router.id().unwrap_or_default();
-    wait_until_listening(&mut router)
-        .await
-        .with_context(|| format!("router r1 did not start on {addr} (is the port free? try --base-port)"))?;
+    let scratch = Scratch(std::env::temp_dir().join(format!("peerlink-up-{}", std::process::id())));
+    let rm_addr = format!("127.0.0.1:{}", args.base_port);
+    let data_dir = scratch.0.join("rm");
+    let data_dir = data_dir.to_str().context("the temporary directory is not UTF-8")?;
+    let mut children = vec![start(&exe, "rm", &["rm", "--listen", &rm_addr, "--data-dir", data_dir]).await?];
+    let mut addrs = Vec::new();
+    for n in 1..=ROUTERS {
+        let id = format!("r{n}");
+        let addr = format!("127.0.0.1:{}", args.base_port + n);
+        let flags = ["router", "--id", &id, "--listen", &addr, "--rm", &rm_addr];
+        children.push(start(&exe, &id, &flags).await?);
+        addrs.push(addr);
+    }
     println!("PeerLink is up on loopback:");
-    println!("  router r1  {addr}  pid {pid}");
+    for started in &children {
+        let pid = started.child.id().unwrap_or_default();
+        println!("  {:<3} pid {pid}", started.name);
+    }
+    println!("  replica manager {rm_addr}; routers {}", addrs.join(", "));
     println!();
     println!("Connect peers from other terminals, for example:");
-    println!("  peerlink client --id alice --router {addr}");
-    println!("  peerlink client --id bob --router {addr}");
-    println!("then type REGISTER, and SEND_MSG bob hello. Press Ctrl-C here to stop.");
-    tokio::select! {
-        biased;
-        () = shutdown::signal() => {}
-        status = router.wait() => {
-            let status = status.context("cannot wait for the router")?;
-            bail!("router r1 exited unexpectedly ({status})");
-        }
+    println!("  peerlink client --id alice --router {}", addrs.join(","));
+    println!("  peerlink client --id bob --router {}", addrs.join(","));
+    println!("then type REGISTER, and SEND_MSG bob hello. Try `kill -9` on the primary's pid:");
+    println!("the clients carry on through the new primary. Ctrl-C here stops everything.");
+    println!();
+    let outcome = watch(&rm_addr, &mut children).await;
+    for started in &mut children {
+        let _ = started.child.kill().await;
     }
-    let _ = router.kill().await;
+    drop(scratch);
+    outcome?;
     println!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for a child router's "listening" line.
-async fn wait_until_listening(child: &mut Child) -> anyhow::Result<()> {
-    let stdout = child.stdout.take().context("router stdout is piped")?;
+/// Starts `peerlink <flags>` and waits for its "listening" line.
+async fn start(exe: &std::path::Path, name: &str, flags: &[&str]) -> anyhow::Result<Started> {
+    let log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
+    let mut child = Command::new(exe)
+        .args(flags)
+        .env("RUST_LOG", log_filter)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    let stdout = child.stdout.take().context("stdout is piped")?;
     let mut lines = BufReader::new(stdout).lines();
-    while let Some(line) = lines.next_line().await? {
-        if line.contains(" listening on ") {
-            return Ok(());
+    let listening = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains(" listening on ") {
+                return anyhow::Ok(());
+            }
         }
+        bail!("it exited")
+    })
+    .await;
+    match listening {
+        Ok(Ok(())) => Ok(Started {
+            name: name.to_owned(),
+            child,
+        }),
+        Ok(Err(e)) => Err(e).with_context(|| format!("{name} did not start (is its port free? try --base-port)")),
+        Err(_) => bail!("{name} did not start within 10 s"),
     }
-    bail!("the router exited")
+}
+
+/// Prints each new configuration until a signal arrives. A child that
+/// exits is reported; the rest keep running, as a real cluster would.
+async fn watch(rm_addr: &str, children: &mut [Started]) -> anyhow::Result<()> {
+    let signal = shutdown::signal();
+    tokio::pin!(signal);
+    let mut shown: Option<Configuration> = None;
+    let mut exited = vec![false; children.len()];
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut signal => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        for (started, gone) in children.iter_mut().zip(exited.iter_mut()) {
+            if !*gone {
+                if let Some(status) = started.child.try_wait()? {
+                    *gone = true;
+                    println!("{} exited ({status})", started.name);
+                }
+            }
+        }
+        let Ok(RmReply::Status { config, .. }) = status::query(rm_addr).await else {
+            continue;
+        };
+        if shown.as_ref() == Some(&config) {
+            continue;
+        }
+        let names = |members: &[peerlink_core::wire::cluster::Member]| -> String {
+            let list: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+            if list.is_empty() { "none".to_owned() } else { list.join(", ") }
+        };
+        match &config.primary {
+            Some(primary) => println!(
+                "epoch {}: primary {} ({}); backups {}; catching up {}",
+                config.epoch,
+                primary.id,
+                primary.addr,
+                names(&config.backups),
+                names(&config.candidates)
+            ),
+            None => println!("epoch {}: no primary yet", config.epoch),
+        }
+        shown = Some(config);
+    }
 }
