@@ -63,7 +63,10 @@ struct LinkConn<O> {
 
 impl<O> LinkConn<O> {
     fn new() -> Self {
-        Self { attempt: 0, conn: None }
+        Self {
+            attempt: 0,
+            conn: None,
+        }
     }
 }
 
@@ -112,7 +115,8 @@ pub async fn run_router<N: Network>(
                         Link::Primary => (primary_link.attempt, primary_link.conn) = (attempt, None),
                     }
                     tracing::debug!(?link, attempt, %addr, "connecting");
-                    let (net, attempts_tx, timeout) = (net.clone(), attempts_tx.clone(), limits.connect_timeout);
+                    let (net, attempts_tx, timeout) =
+                        (net.clone(), attempts_tx.clone(), limits.connect_timeout);
                     tokio::task::spawn_local(async move {
                         let outcome = match tokio::time::timeout(timeout, net.connect(&addr)).await {
                             Ok(Ok(stream)) => Attempt::Connected(stream),

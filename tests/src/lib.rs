@@ -43,8 +43,9 @@ pub struct Process {
     name: String,
     child: Child,
     stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
+    lines: Receiver<(Instant, String)>,
     seen: Vec<String>,
+    seen_at: Vec<Instant>,
 }
 
 impl Process {
@@ -64,7 +65,7 @@ impl Process {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
+                if tx.send((Instant::now(), line)).is_err() {
                     return;
                 }
             }
@@ -75,6 +76,7 @@ impl Process {
             child,
             lines,
             seen: Vec::new(),
+            seen_at: Vec::new(),
         })
     }
 
@@ -98,8 +100,9 @@ impl Process {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => {
+                Ok((at, line)) => {
                     self.seen.push(line.clone());
+                    self.seen_at.push(at);
                     if matches(&line) {
                         return Ok(line);
                     }
@@ -132,10 +135,27 @@ impl Process {
         &self.seen
     }
 
+    /// When each line of [`seen`](Process::seen) was read.
+    pub fn seen_at(&self) -> &[Instant] {
+        &self.seen_at
+    }
+
+    /// Waits until `n` lines read so far start with `prefix`.
+    pub fn expect_count(&mut self, prefix: &str, n: usize) -> Result<()> {
+        let count = |seen: &[String]| seen.iter().filter(|l| l.starts_with(prefix)).count();
+        let mut have = count(&self.seen);
+        while have < n {
+            self.expect(prefix)?;
+            have += 1;
+        }
+        Ok(())
+    }
+
     /// Reads every line already printed, without waiting.
     pub fn drain(&mut self) -> &[String] {
-        while let Ok(line) = self.lines.try_recv() {
+        while let Ok((at, line)) = self.lines.try_recv() {
             self.seen.push(line);
+            self.seen_at.push(at);
         }
         &self.seen
     }
@@ -157,8 +177,9 @@ impl Process {
     }
 
     fn drain_until_closed(&mut self) {
-        while let Ok(line) = self.lines.recv_timeout(WAIT) {
+        while let Ok((at, line)) = self.lines.recv_timeout(WAIT) {
             self.seen.push(line);
+            self.seen_at.push(at);
         }
     }
 
@@ -196,6 +217,176 @@ impl Router {
             .ok_or_else(|| anyhow!("unexpected first line {line:?}"))?
             .to_owned();
         Ok(Self { process, addr })
+    }
+}
+
+/// The address a `peerlink` process reports in its first line
+/// (`... listening on ADDR`).
+fn listening_addr(process: &mut Process) -> Result<String> {
+    let line = process.expect_with("saying where it listens", |l| l.contains(" listening on "))?;
+    Ok(line.rsplit(' ').next().unwrap_or_default().to_owned())
+}
+
+/// A replicated cluster: a replica manager and routers, all on free
+/// loopback ports.
+pub struct Cluster {
+    /// The replica manager.
+    pub rm: Process,
+    /// Its address.
+    pub rm_addr: String,
+    /// The routers, `r1`, `r2`, ... in order; `None` once killed.
+    pub routers: Vec<Option<Process>>,
+    /// Their client addresses.
+    pub addrs: Vec<String>,
+    /// The replica manager's data directory.
+    pub data: TempDir,
+}
+
+impl Cluster {
+    /// Starts a replica manager and `n` routers; waits until one is primary
+    /// and the others are backups.
+    pub fn start(n: usize) -> Result<Self> {
+        let data = TempDir::new()?;
+        let (rm, rm_addr) = Self::start_rm(data.path(), "127.0.0.1:0")?;
+        let mut cluster = Self {
+            rm,
+            rm_addr,
+            routers: Vec::new(),
+            addrs: Vec::new(),
+            data,
+        };
+        for i in 1..=n {
+            let (router, addr) = cluster.start_router(i)?;
+            cluster.routers.push(Some(router));
+            cluster.addrs.push(addr);
+        }
+        cluster.wait_for(|s| s.backups().len() == n - 1)?;
+        Ok(cluster)
+    }
+
+    fn start_rm(data: &Path, listen: &str) -> Result<(Process, String)> {
+        let dir = data.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?;
+        let mut rm = Process::start("rm", &["rm", "--listen", listen, "--data-dir", dir], &[])?;
+        let addr = listening_addr(&mut rm)?;
+        Ok((rm, addr))
+    }
+
+    /// Starts router `r<i>` on a free port.
+    pub fn start_router(&self, i: usize) -> Result<(Process, String)> {
+        let id = format!("r{i}");
+        let args = [
+            "router",
+            "--id",
+            &id,
+            "--listen",
+            "127.0.0.1:0",
+            "--rm",
+            &self.rm_addr,
+        ];
+        let mut router = Process::start(&id, &args, &[])?;
+        let addr = listening_addr(&mut router)?;
+        Ok((router, addr))
+    }
+
+    /// Kills router `r<i>` with SIGKILL.
+    pub fn kill_router(&mut self, i: usize) {
+        if let Some(mut router) = self.routers[i - 1].take() {
+            router.kill();
+        }
+    }
+
+    /// Restarts the killed router `r<i>` (on a new port).
+    pub fn restart_router(&mut self, i: usize) -> Result<()> {
+        let (router, addr) = self.start_router(i)?;
+        self.routers[i - 1] = Some(router);
+        self.addrs[i - 1] = addr;
+        Ok(())
+    }
+
+    /// Kills the replica manager with SIGKILL.
+    pub fn kill_rm(&mut self) {
+        self.rm.kill();
+    }
+
+    /// Restarts the replica manager on its address, with its data.
+    pub fn restart_rm(&mut self) -> Result<()> {
+        let (rm, _) = Self::start_rm(self.data.path(), &self.rm_addr.clone())?;
+        self.rm = rm;
+        Ok(())
+    }
+
+    /// Every router address, comma-separated, for `--router`.
+    pub fn router_list(&self) -> String {
+        self.addrs.join(",")
+    }
+
+    /// The replica manager's view of the cluster, once.
+    pub fn status(&self) -> Result<Status> {
+        let output = Command::new(binary())
+            .args(["status", "--json", "--rm", &self.rm_addr])
+            .output()
+            .context("cannot run peerlink status")?;
+        if !output.status.success() {
+            bail!(
+                "peerlink status failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(Status(serde_json::from_slice(&output.stdout)?))
+    }
+
+    /// Polls the status until `ok` holds, at most [`WAIT`].
+    pub fn wait_for(&self, ok: impl Fn(&Status) -> bool) -> Result<Status> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = self.status();
+            if let Ok(status) = &status {
+                if ok(status) {
+                    return Ok(status.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the cluster did not reach the expected state; last status: {status:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `peerlink status --json` output.
+#[derive(Debug, Clone)]
+pub struct Status(pub serde_json::Value);
+
+impl Status {
+    /// The configuration's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.0["config"]["epoch"].as_u64().unwrap_or_default()
+    }
+
+    /// The primary's name, if any.
+    pub fn primary(&self) -> Option<String> {
+        self.0["config"]["primary"]["id"].as_str().map(str::to_owned)
+    }
+
+    /// The backups' names.
+    pub fn backups(&self) -> Vec<String> {
+        self.0["config"]["backups"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The LSN a member last reported.
+    pub fn lsn(&self, id: &str) -> Option<u64> {
+        self.0["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == id)
+            .and_then(|m| m["lsn"].as_u64())
     }
 }
 

@@ -53,7 +53,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// The first reconnect delay, doubled after each failure. Default 50 ms.
     pub reconnect_min: Duration,
-    /// The longest reconnect delay. Default 1 s.
+    /// The longest reconnect delay. Default 250 ms, so a client finds a new
+    /// primary soon after a failover.
     pub reconnect_max: Duration,
     /// The most messages waiting for their Sent. Further sends are refused
     /// with `outbox_full`. At most [`MAX_IN_FLIGHT`], the default.
@@ -71,7 +72,7 @@ impl ClientConfig {
             dead_after: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(50),
-            reconnect_max: Duration::from_secs(1),
+            reconnect_max: Duration::from_millis(250),
             outbox_limit: MAX_IN_FLIGHT as usize,
         }
     }

@@ -20,8 +20,6 @@ impl Router {
         self.send(conn, ServerFrame::Error { req, code, message });
     }
 
-    
-
     pub(super) fn touch(&mut self, conn: ConnId, now: Instant) {
         let deadline = now + self.config.idle_timeout;
         if let Some(c) = self.conns.get_mut(&conn) {

@@ -349,7 +349,10 @@ impl Machine for Router {
             if deadline > now {
                 break;
             }
-            let message = format!("nothing received for {} s", self.config.idle_timeout.as_secs_f64());
+            let message = format!(
+                "nothing received for {} s",
+                self.config.idle_timeout.as_secs_f64()
+            );
             self.close(conn, crate::wire::ErrorCode::IdleTimeout, message);
         }
         self.handle_replication_timeout(now);

@@ -101,7 +101,9 @@ enum LinkStatus {
     /// Not wanted.
     Off,
     /// Wanted; the next attempt is due at `retry_at`.
-    Down { retry_at: Instant },
+    Down {
+        retry_at: Instant,
+    },
     Connecting,
     Up,
 }
@@ -251,7 +253,9 @@ impl Replication {
             .candidates
             .iter()
             .map(|m| m.id.clone())
-            .filter(|id| self.streams.contains_key(id) && self.acked(id) >= committed && !self.pending_add.contains(id))
+            .filter(|id| {
+                self.streams.contains_key(id) && self.acked(id) >= committed && !self.pending_add.contains(id)
+            })
             .collect();
         for backup in caught_up {
             self.pending_add.insert(backup.clone());
@@ -280,10 +284,15 @@ impl Replication {
             .filter(|(id, _)| !self.pending_removal.contains(*id) && self.configuration.is_backup(id))
             .map(|(_, since)| *since + self.config.ack_timeout)
             .min();
-        [Some(self.next_heartbeat), link(&self.rm), link(&self.primary), removal]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            Some(self.next_heartbeat),
+            link(&self.rm),
+            link(&self.primary),
+            removal,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn link_mut(&mut self, link: Link) -> &mut LinkState {
@@ -376,7 +385,8 @@ impl Router {
                     state.attempt += 1;
                     state.status = LinkStatus::Connecting;
                     let attempt = state.attempt;
-                    self.outbox.emit_now(RouterOutput::Connect { link, attempt, addr });
+                    self.outbox
+                        .emit_now(RouterOutput::Connect { link, attempt, addr });
                 }
             }
         }
@@ -503,7 +513,10 @@ impl Router {
     /// router's state.
     fn become_primary(&mut self, now: Instant) {
         let applied = self.outbox.applied;
-        if matches!(self.replication.as_ref().map(|r| r.primary.status), Some(LinkStatus::Up | LinkStatus::Connecting)) {
+        if matches!(
+            self.replication.as_ref().map(|r| r.primary.status),
+            Some(LinkStatus::Up | LinkStatus::Connecting)
+        ) {
             self.outbox.emit_now(RouterOutput::DropLink(Link::Primary));
         }
         let r = self.replication.as_mut().expect("replicated");
@@ -520,7 +533,11 @@ impl Router {
     /// Stops serving: forgets clients and followers, and drops every output
     /// still waiting for a commit that will never come.
     fn step_down(&mut self) {
-        let primary = self.replication.as_ref().and_then(Replication::redirect).flatten();
+        let primary = self
+            .replication
+            .as_ref()
+            .and_then(Replication::redirect)
+            .flatten();
         self.outbox.held.clear();
         let conns: Vec<ConnId> = self.conns.keys().copied().collect();
         let followers: Vec<ConnId> = self

@@ -38,8 +38,10 @@ pub(crate) struct PeerRecord {
     pub(crate) last_seq: Seq,
     /// Recent rejections, so a resent rejected message is refused again
     /// rather than reported Sent. Holds at most [`MAX_IN_FLIGHT`] entries.
+    #[serde(with = "pairs")]
     pub(crate) rejected: BTreeMap<Seq, ErrorCode>,
     /// Messages and receipts not yet acknowledged, in the order stored.
+    #[serde(with = "pairs")]
     pub(crate) mailbox: BTreeMap<DeliveryId, Item>,
     next_delivery: DeliveryId,
     /// How many of the mailbox items are messages (receipts are not counted
@@ -146,6 +148,12 @@ pub struct State {
 }
 
 impl State {
+    /// The highest sequence number accepted or refused from `peer`, if it
+    /// is registered.
+    pub fn last_seq(&self, peer: &PeerId) -> Option<Seq> {
+        self.peers.get(peer).map(|r| r.last_seq)
+    }
+
     /// Applies one validated change.
     pub(crate) fn apply(&mut self, change: &Change) {
         match change {
@@ -246,10 +254,84 @@ impl State {
     }
 }
 
+/// Serializes a map with numeric keys as a list of pairs: JSON object keys
+/// are strings, which numeric newtypes do not read back.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S, K, V>(map: &BTreeMap<K, V>, serializer: S) -> Result<S::Ok, S::Error>
+    where
+        S: Serializer,
+        K: Serialize,
+        V: Serialize,
+    {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub(super) fn deserialize<'de, D, K, V>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?.into_iter().collect())
+    }
+}
+
 /// The salted hash the router stores instead of a secret.
 pub(crate) fn hash_secret(salt: &[u8; 16], secret: &Secret) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(salt);
     hasher.update(secret.as_bytes());
     hasher.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(s: &str) -> PeerId {
+        PeerId::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_checkpoint_survives_the_wire() {
+        let mut state = State::default();
+        for name in ["a", "b"] {
+            state.apply(&Change::Registered {
+                peer: peer(name),
+                salt: [7; 16],
+                secret_hash: [9; 32],
+            });
+        }
+        state.apply(&Change::GroupCreated {
+            group: GroupName::new("g").unwrap(),
+            creator: peer("a"),
+        });
+        for seq in 1..=3 {
+            state.apply(&Change::Accepted {
+                from: peer("a"),
+                seq: Seq(seq),
+                to: Target::new("b").unwrap(),
+                recipients: vec![peer("b")],
+                body: Arc::from(format!("m{seq}")),
+            });
+        }
+        state.apply(&Change::Acked {
+            peer: peer("b"),
+            delivery: DeliveryId(1),
+        });
+        state.apply(&Change::Rejected {
+            from: peer("a"),
+            seq: Seq(4),
+            code: ErrorCode::MailboxFull,
+        });
+        let text = serde_json::to_string(&state).unwrap();
+        let back: State = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(back.peers[&peer("b")].mailbox.len(), 2);
+        assert_eq!(back.peers[&peer("a")].mailbox.len(), 1, "the receipt");
+    }
 }

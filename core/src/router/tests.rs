@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::ids::{ConnId, DeliveryId, GroupName, PeerId, ReqId, Secret, Seq, Target};
-use crate::wire::{ClientFrame, ErrorCode, ServerFrame, FRAME_OVERHEAD};
 use crate::testing::{drain, epoch};
+use crate::wire::{ClientFrame, ErrorCode, ServerFrame, FRAME_OVERHEAD};
 
 fn peer(s: &str) -> PeerId {
     PeerId::new(s).unwrap()

@@ -35,7 +35,11 @@ pub(crate) struct ClientArgs {
     #[arg(long)]
     id: PeerId,
     /// Router addresses (HOST:PORT), comma-separated; tried in turn.
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8008,127.0.0.1:8009,127.0.0.1:8010")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:8008,127.0.0.1:8009,127.0.0.1:8010"
+    )]
     router: Vec<String>,
     /// The peer's secret. Without it (or PEERLINK_SECRET), a secret is
     /// generated once and kept in DATA_DIR/<id>.secret.

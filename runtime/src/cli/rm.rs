@@ -35,13 +35,16 @@ pub(crate) async fn run(args: RmArgs) -> anyhow::Result<ExitCode> {
         Some(dir) => dir,
         None => secret::default_data_dir()?.join("rm"),
     };
-    let mut store = FileStore::open(&dir).with_context(|| format!("cannot use {} for data", dir.display()))?;
+    let mut store =
+        FileStore::open(&dir).with_context(|| format!("cannot use {} for data", dir.display()))?;
     let restored = store.load().context("cannot load the saved configuration")?;
     let listener = TokioNetwork
         .bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr().context("cannot read the listening address")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
     let config = RmConfig {
         failure_timeout: Duration::from_millis(args.failure_timeout_ms),
     };

@@ -83,7 +83,10 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         Some(rm) => {
             let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
             if advertise.starts_with("0.0.0.0:") || advertise.starts_with("[::]:") {
-                bail!("--listen {} is a wildcard address: say where clients reach this router with --advertise", args.listen);
+                bail!(
+                    "--listen {} is a wildcard address: say where clients reach this router with --advertise",
+                    args.listen
+                );
             }
             let id = ReplicaId::new(args.id.clone()).context("invalid --id")?;
             let mut replication = ReplicationConfig::new(id, advertise, rm.clone(), rand::random());
@@ -105,10 +108,16 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         max_connections: args.max_connections as usize,
         connect_timeout: Duration::from_secs(2),
     };
-    let router = Router::new(config, args.seed.unwrap_or_else(rand::random), peerlink_runtime::now());
+    let router = Router::new(
+        config,
+        args.seed.unwrap_or_else(rand::random),
+        peerlink_runtime::now(),
+    );
     println!("router {} listening on {addr}", args.id);
     match &args.rm {
-        Some(rm) => tracing::info!(id = %args.id, %addr, %rm, "router started; the replica manager assigns its role"),
+        Some(rm) => {
+            tracing::info!(id = %args.id, %addr, %rm, "router started; the replica manager assigns its role")
+        }
         None => tracing::info!(id = %args.id, %addr, "standalone router started"),
     }
     run_router(TokioNetwork, router, listener, limits, shutdown::signal()).await;

@@ -55,11 +55,24 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .find(|m| m.role == "primary")
         .map_or(0, |m| m.lsn.0);
     println!("epoch {}", config.epoch);
-    println!("{:<8} {:<10} {:<22} {:>10} {:>8} {:>10}", "router", "role", "address", "lsn", "lag", "heard");
-    for MemberStatus { id, addr, role, lsn, last_heartbeat_ms } in &members {
+    println!(
+        "{:<8} {:<10} {:<22} {:>10} {:>8} {:>10}",
+        "router", "role", "address", "lsn", "lag", "heard"
+    );
+    for MemberStatus {
+        id,
+        addr,
+        role,
+        lsn,
+        last_heartbeat_ms,
+    } in &members
+    {
         let heard = last_heartbeat_ms.map_or("never".to_owned(), |ms| format!("{ms} ms ago"));
         let lag = primary_lsn.saturating_sub(lsn.0);
-        println!("{:<8} {:<10} {:<22} {:>10} {:>8} {:>10}", id, role, addr, lsn.0, lag, heard);
+        println!(
+            "{:<8} {:<10} {:<22} {:>10} {:>8} {:>10}",
+            id, role, addr, lsn.0, lag, heard
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

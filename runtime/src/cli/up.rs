@@ -48,7 +48,9 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let scratch = Scratch(std::env::temp_dir().join(format!("peerlink-up-{}", std::process::id())));
     let rm_addr = format!("127.0.0.1:{}", args.base_port);
     let data_dir = scratch.0.join("rm");
-    let data_dir = data_dir.to_str().context("the temporary directory is not UTF-8")?;
+    let data_dir = data_dir
+        .to_str()
+        .context("the temporary directory is not UTF-8")?;
     let mut children = vec![start(&exe, "rm", &["rm", "--listen", &rm_addr, "--data-dir", data_dir]).await?];
     let mut addrs = Vec::new();
     for n in 1..=ROUTERS {
@@ -107,7 +109,9 @@ async fn start(exe: &std::path::Path, name: &str, flags: &[&str]) -> anyhow::Res
             name: name.to_owned(),
             child,
         }),
-        Ok(Err(e)) => Err(e).with_context(|| format!("{name} did not start (is its port free? try --base-port)")),
+        Ok(Err(e)) => {
+            Err(e).with_context(|| format!("{name} did not start (is its port free? try --base-port)"))
+        }
         Err(_) => bail!("{name} did not start within 10 s"),
     }
 }
@@ -142,7 +146,11 @@ async fn watch(rm_addr: &str, children: &mut [Started]) -> anyhow::Result<()> {
         }
         let names = |members: &[peerlink_core::wire::cluster::Member]| -> String {
             let list: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
-            if list.is_empty() { "none".to_owned() } else { list.join(", ") }
+            if list.is_empty() {
+                "none".to_owned()
+            } else {
+                list.join(", ")
+            }
         };
         match &config.primary {
             Some(primary) => println!(
