@@ -11,7 +11,8 @@
 //!   state already came from this primary and the log still holds what it
 //!   lacks, with those log entries — then ships every new change as it is
 //!   applied, pipelined, one frame per change. The follower applies changes
-//!   strictly in LSN order and acknowledges what it has applied.
+//!   strictly in LSN order and acknowledges what it has applied; a stream
+//!   never carries a change before the checkpoint it follows from.
 //! - Fencing: a follower refuses checkpoints and entries tagged with an
 //!   epoch older than the newest it knows, so a deposed primary cannot get
 //!   a change acknowledged — and so cannot commit — once the backups have
@@ -140,8 +141,7 @@ pub(super) struct Replication {
     pending_removal: BTreeSet<ReplicaId>,
     /// Primary: since when each lagging backup has made no progress.
     behind_since: BTreeMap<ReplicaId, Instant>,
-    /// Follower: whether the current stream has delivered its checkpoint.
-    synced: bool,
+
     /// Follower: the epoch of the primary frames the state came from.
     stream_epoch: Epoch,
 }
@@ -166,7 +166,7 @@ impl Replication {
             pending_add: BTreeSet::new(),
             pending_removal: BTreeSet::new(),
             behind_since: BTreeMap::new(),
-            synced: false,
+
             stream_epoch: Epoch(0),
         }
     }
@@ -335,7 +335,6 @@ impl Router {
         match link {
             Link::Rm => r.next_heartbeat = now,
             Link::Primary => {
-                r.synced = false;
                 let frame = FollowerFrame::Follow {
                     id: r.config.id.clone(),
                     epoch: r.epoch(),
@@ -355,13 +354,10 @@ impl Router {
         let state = r.link_mut(link);
         if state.attempt == attempt && matches!(state.status, LinkStatus::Connecting | LinkStatus::Up) {
             state.status = LinkStatus::Down { retry_at };
-            match link {
-                Link::Primary => r.synced = false,
-                // Requests in flight may be lost with the link: ask again later.
-                Link::Rm => {
-                    r.pending_add.clear();
-                    r.pending_removal.clear();
-                }
+            // Requests in flight may be lost with the link: ask again later.
+            if link == Link::Rm {
+                r.pending_add.clear();
+                r.pending_removal.clear();
             }
         }
     }
@@ -593,16 +589,19 @@ impl Router {
                     }
                 }
                 let r = self.replication.as_mut().expect("replicated");
-                if let Some(old) = r.streams.insert(id, Stream { conn, acked: Lsn(0) }) {
+                let epoch = r.epoch();
+                let log_start = r.log.front().map_or(applied, |(l, _)| Lsn(l.0 - 1));
+                // A follower whose state came from this primary's own stream
+                // holds exactly this primary's changes up to `lsn`.
+                let from_me = stream_epoch >= term && lsn >= log_start && lsn <= applied;
+                let acked = if from_me { lsn } else { Lsn(0) };
+                if let Some(old) = r.streams.insert(id, Stream { conn, acked }) {
                     if old.conn != conn {
                         self.conns.remove(&old.conn);
                         self.outbox.emit_now(RouterOutput::Close(old.conn));
                     }
                 }
                 let r = self.replication.as_mut().expect("replicated");
-                let epoch = r.epoch();
-                let log_start = r.log.front().map_or(applied, |(l, _)| Lsn(l.0 - 1));
-                let from_me = stream_epoch >= term && lsn >= log_start && lsn <= applied;
                 if from_me {
                     for (l, change) in r.log.iter().filter(|(l, _)| *l > lsn) {
                         let frame = PrimaryFrame::Entry {
@@ -620,6 +619,10 @@ impl Router {
                     };
                     self.outbox.emit_now(RouterOutput::Replicate(conn, frame));
                 }
+                let r = self.replication.as_mut().expect("replicated");
+                r.track_lag(now, applied);
+                let committed = r.commit_point(applied);
+                self.outbox.commit(committed);
             }
             FollowerFrame::Applied { lsn, .. } => {
                 let Some((id, stream)) = r.streams.iter_mut().find(|(_, s)| s.conn == conn) else {
@@ -661,7 +664,7 @@ impl Router {
                 if epoch < my_epoch {
                     return self.restart_link(Link::Primary, now);
                 }
-                r.synced = true;
+
                 r.stream_epoch = epoch;
                 self.state = state;
                 self.outbox.applied = lsn;
@@ -672,7 +675,7 @@ impl Router {
                 if epoch < my_epoch {
                     return self.restart_link(Link::Primary, now);
                 }
-                if !r.synced || lsn <= self.outbox.applied {
+                if lsn <= self.outbox.applied {
                     return;
                 }
                 if lsn != self.outbox.applied.next() {

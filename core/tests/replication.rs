@@ -1,0 +1,431 @@
+//! Replication between a primary and one backup, driven by hand: client
+//! traffic on the primary while the replication stream drops, duplicates and
+//! reorders frames. Properties: the primary never reports Sent for a message
+//! the backup does not hold, and once the stream heals the backup's state
+//! equals the primary's. Plus: frames from an older epoch are refused.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use peerlink_core::ids::{ConnId, DeliveryId, Epoch, Lsn, PeerId, ReplicaId, ReqId, Secret, Seq, Target};
+use peerlink_core::router::replication::{Link, ReplicationConfig};
+use peerlink_core::router::{Router, RouterConfig, RouterInput, RouterOutput};
+use peerlink_core::testing::epoch;
+use peerlink_core::wire::cluster::{Configuration, FollowerFrame, Member, PrimaryFrame, RmReply};
+use peerlink_core::wire::{ClientFrame, ServerFrame};
+use peerlink_core::Machine;
+use proptest::prelude::*;
+
+const PEERS: [&str; 3] = ["a", "b", "c"];
+
+fn member(id: &str) -> Member {
+    Member {
+        id: ReplicaId::new(id).unwrap(),
+        addr: format!("{id}:1"),
+    }
+}
+
+fn router(id: &str, now: Instant) -> Router {
+    let replication =
+        ReplicationConfig::new(ReplicaId::new(id).unwrap(), format!("{id}:1"), "rm:1".into(), 1);
+    let config = RouterConfig {
+        replication: Some(replication),
+        ..RouterConfig::default()
+    };
+    Router::new(config, 3, now)
+}
+
+fn configuration(epoch: u64) -> Configuration {
+    Configuration {
+        epoch: Epoch(epoch),
+        primary: Some(member("p")),
+        backups: vec![member("f")],
+        candidates: vec![],
+    }
+}
+
+/// A primary `p`, a backup `f`, the replication stream between them, and
+/// client connections on the primary (conn 100 + i for peer i).
+struct Pair {
+    now: Instant,
+    p: Router,
+    f: Router,
+    /// In flight from the primary to the follower.
+    to_f: VecDeque<PrimaryFrame>,
+    /// In flight from the follower to the primary.
+    to_p: VecDeque<FollowerFrame>,
+    /// The follower's current connection on the primary, and its attempt.
+    f_conn: Option<ConnId>,
+    f_attempt: u64,
+    next_conn: u64,
+    next_seq: BTreeMap<usize, u64>,
+    /// Mailbox items pushed to each client and not yet acknowledged.
+    unacked: BTreeMap<usize, VecDeque<DeliveryId>>,
+    /// Sent replies seen, per peer.
+    sent: BTreeMap<usize, Vec<Seq>>,
+    answers: usize,
+    sends: usize,
+    violations: Vec<String>,
+}
+
+impl Pair {
+    fn new() -> Self {
+        let now = epoch();
+        let mut pair = Self {
+            now,
+            p: router("p", now),
+            f: router("f", now),
+            to_f: VecDeque::new(),
+            to_p: VecDeque::new(),
+            f_conn: None,
+            f_attempt: 0,
+            next_conn: 0,
+            next_seq: BTreeMap::new(),
+            unacked: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            answers: 0,
+            sends: 0,
+            violations: Vec::new(),
+        };
+        pair.p.handle(
+            now,
+            RouterInput::FromRm(RmReply::Config {
+                config: configuration(2),
+            }),
+        );
+        pair.f.handle(
+            now,
+            RouterInput::FromRm(RmReply::Config {
+                config: configuration(2),
+            }),
+        );
+        pair.tick(Duration::ZERO);
+        for i in 0..PEERS.len() {
+            let conn = ConnId(100 + i as u64);
+            pair.p.handle(now, RouterInput::Connected(conn));
+            let frame = ClientFrame::Register {
+                req: ReqId(1),
+                peer: PeerId::new(PEERS[i]).unwrap(),
+                secret: Secret::new("s").unwrap(),
+            };
+            pair.p.handle(now, RouterInput::Frame(conn, frame));
+            pair.pump();
+        }
+        pair
+    }
+
+    fn client_of(conn: ConnId) -> Option<usize> {
+        (conn.0 >= 100).then(|| (conn.0 - 100) as usize)
+    }
+
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            while let Some(output) = self.p.poll_output() {
+                moved = true;
+                match output {
+                    RouterOutput::Send(conn, frame) => self.to_client(conn, frame),
+                    RouterOutput::Replicate(conn, frame) => {
+                        if Some(conn) == self.f_conn {
+                            self.to_f.push_back(frame);
+                        }
+                    }
+                    RouterOutput::Close(conn) => {
+                        if Some(conn) == self.f_conn {
+                            self.drop_stream();
+                        }
+                    }
+                    RouterOutput::Connect { link, attempt, .. } => {
+                        self.p.handle(self.now, RouterInput::LinkUp { link, attempt });
+                    }
+                    RouterOutput::DropLink(_) | RouterOutput::ToRm(_) | RouterOutput::ToPrimary(_) => {}
+                }
+            }
+            while let Some(output) = self.f.poll_output() {
+                moved = true;
+                match output {
+                    RouterOutput::ToPrimary(frame) => {
+                        if self.f_conn.is_some() {
+                            self.to_p.push_back(frame);
+                        }
+                    }
+                    RouterOutput::Connect {
+                        link: Link::Primary,
+                        attempt,
+                        ..
+                    } => {
+                        self.drop_stream();
+                        self.next_conn += 1;
+                        let conn = ConnId(self.next_conn);
+                        self.f_conn = Some(conn);
+                        self.f_attempt = attempt;
+                        self.p.handle(self.now, RouterInput::Connected(conn));
+                        self.f.handle(
+                            self.now,
+                            RouterInput::LinkUp {
+                                link: Link::Primary,
+                                attempt,
+                            },
+                        );
+                    }
+                    RouterOutput::Connect {
+                        link: Link::Rm,
+                        attempt,
+                        ..
+                    } => {
+                        self.f.handle(
+                            self.now,
+                            RouterInput::LinkUp {
+                                link: Link::Rm,
+                                attempt,
+                            },
+                        );
+                    }
+                    RouterOutput::DropLink(Link::Primary) => self.drop_stream(),
+                    _ => {}
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// The network breaks the stream: both ends notice.
+    fn break_stream(&mut self) {
+        if self.f_conn.is_some() {
+            self.drop_stream();
+            let (link, attempt) = (Link::Primary, self.f_attempt);
+            self.f.handle(self.now, RouterInput::LinkDown { link, attempt });
+            self.pump();
+        }
+    }
+
+    /// The stream is closed by one end: what was in flight is lost.
+    fn drop_stream(&mut self) {
+        if let Some(conn) = self.f_conn.take() {
+            self.to_f.clear();
+            self.to_p.clear();
+            self.p.handle(self.now, RouterInput::Disconnected(conn));
+        }
+    }
+
+    fn to_client(&mut self, conn: ConnId, frame: ServerFrame) {
+        let Some(client) = Self::client_of(conn) else {
+            return;
+        };
+        match frame {
+            ServerFrame::Sent { seq, .. } => {
+                self.answers += 1;
+                let peer = PeerId::new(PEERS[client]).unwrap();
+                let held = self.f.state().last_seq(&peer).unwrap_or(Seq(0));
+                if held < seq {
+                    self.violations.push(format!(
+                        "Sent {}#{} while the backup holds only up to {}",
+                        PEERS[client], seq, held
+                    ));
+                }
+                self.sent.entry(client).or_default().push(seq);
+            }
+            ServerFrame::Error { req: Some(_), .. } => self.answers += 1,
+            ServerFrame::Message { delivery, .. } | ServerFrame::Delivered { delivery, .. } => {
+                self.unacked.entry(client).or_default().push_back(delivery);
+            }
+            _ => {}
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize) {
+        let seq = self.next_seq.entry(from).or_insert(0);
+        *seq += 1;
+        let frame = ClientFrame::Send {
+            req: ReqId(*seq + 1),
+            seq: Seq(*seq),
+            to: Target::new(PEERS[to % PEERS.len()]).unwrap(),
+            body: format!("m{seq}"),
+        };
+        self.sends += 1;
+        self.p
+            .handle(self.now, RouterInput::Frame(ConnId(100 + from as u64), frame));
+        self.pump();
+    }
+
+    fn ack(&mut self, client: usize) {
+        if let Some(delivery) = self.unacked.get_mut(&client).and_then(VecDeque::pop_front) {
+            let frame = ClientFrame::Ack { delivery };
+            self.p
+                .handle(self.now, RouterInput::Frame(ConnId(100 + client as u64), frame));
+            self.pump();
+        }
+    }
+
+    fn deliver_to_f(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some(frame) = self.to_f.pop_front() else {
+                return;
+            };
+            self.f.handle(self.now, RouterInput::FromPrimary(frame));
+            self.pump();
+        }
+    }
+
+    fn deliver_to_p(&mut self, n: usize) {
+        for _ in 0..n {
+            let (Some(frame), Some(conn)) = (self.to_p.pop_front(), self.f_conn) else {
+                return;
+            };
+            self.p.handle(self.now, RouterInput::Follower(conn, frame));
+            self.pump();
+        }
+    }
+
+    fn tick(&mut self, by: Duration) {
+        self.now += by;
+        self.p.handle_timeout(self.now);
+        self.f.handle_timeout(self.now);
+        self.pump();
+    }
+
+    /// Delivers everything, letting links reconnect, until both agree.
+    fn heal(&mut self) {
+        for _ in 0..1_000 {
+            self.deliver_to_f(usize::MAX);
+            self.deliver_to_p(usize::MAX);
+            let quiet = self.to_f.is_empty() && self.to_p.is_empty();
+            if quiet
+                && self.f.applied_lsn() == self.p.applied_lsn()
+                && self.p.committed_lsn() == self.p.applied_lsn()
+            {
+                return;
+            }
+            self.tick(Duration::from_millis(50));
+        }
+        panic!(
+            "the pair did not converge: primary at {:?} (committed {:?}), follower at {:?}",
+            self.p.applied_lsn(),
+            self.p.committed_lsn(),
+            self.f.applied_lsn()
+        );
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Send { from: usize, to: usize },
+    Ack { client: usize },
+    DeliverToFollower(usize),
+    DeliverToPrimary(usize),
+    Drop(usize),
+    Duplicate(usize),
+    Swap(usize),
+    Break,
+    Tick(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..PEERS.len(), 0..PEERS.len()).prop_map(|(from, to)| Op::Send { from, to }),
+        3 => (0..PEERS.len()).prop_map(|client| Op::Ack { client }),
+        4 => (1..5usize).prop_map(Op::DeliverToFollower),
+        4 => (1..5usize).prop_map(Op::DeliverToPrimary),
+        1 => (0..8usize).prop_map(Op::Drop),
+        1 => (0..8usize).prop_map(Op::Duplicate),
+        1 => (0..8usize).prop_map(Op::Swap),
+        1 => Just(Op::Break),
+        1 => (0..400u64).prop_map(Op::Tick),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn a_faulty_stream_never_lets_sent_outrun_the_backup(ops in prop::collection::vec(op(), 0..120)) {
+        let mut pair = Pair::new();
+        for op in ops {
+            match op {
+                Op::Send { from, to } => pair.send(from, to),
+                Op::Ack { client } => pair.ack(client),
+                Op::DeliverToFollower(n) => pair.deliver_to_f(n),
+                Op::DeliverToPrimary(n) => pair.deliver_to_p(n),
+                Op::Drop(k) => {
+                    if k < pair.to_f.len() {
+                        pair.to_f.remove(k);
+                    }
+                }
+                Op::Duplicate(k) => {
+                    if let Some(frame) = pair.to_f.get(k).cloned() {
+                        pair.to_f.insert(k, frame);
+                    }
+                }
+                Op::Swap(k) => {
+                    if k + 1 < pair.to_f.len() {
+                        pair.to_f.swap(k, k + 1);
+                    }
+                }
+                Op::Break => pair.break_stream(),
+                Op::Tick(ms) => pair.tick(Duration::from_millis(ms)),
+            }
+        }
+        pair.heal();
+        prop_assert!(pair.violations.is_empty(), "{:#?}", pair.violations);
+        prop_assert_eq!(pair.f.state(), pair.p.state());
+        prop_assert_eq!(pair.answers, pair.sends, "every send was answered once the stream healed");
+        for seqs in pair.sent.values() {
+            prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]), "Sent replies in order: {:?}", seqs);
+        }
+    }
+}
+
+#[test]
+fn entries_and_checkpoints_from_an_older_epoch_are_refused() {
+    let mut pair = Pair::new();
+    pair.heal();
+    pair.send(0, 1);
+    pair.heal();
+    let before = pair.f.state().clone();
+    let applied = pair.f.applied_lsn();
+    // The follower learns of epoch 3; the deposed primary still speaks epoch 2.
+    let newer = Configuration {
+        epoch: Epoch(3),
+        ..configuration(3)
+    };
+    pair.f
+        .handle(pair.now, RouterInput::FromRm(RmReply::Config { config: newer }));
+    pair.pump();
+    let stale_entry = PrimaryFrame::Entry {
+        epoch: Epoch(2),
+        lsn: applied.next(),
+        change: peerlink_core::router::Change::Left {
+            group: peerlink_core::ids::GroupName::new("g").unwrap(),
+            peer: PeerId::new("a").unwrap(),
+        },
+    };
+    let stale_checkpoint = PrimaryFrame::Checkpoint {
+        epoch: Epoch(2),
+        lsn: Lsn(0),
+        state: Default::default(),
+    };
+    for frame in [stale_entry, stale_checkpoint] {
+        pair.f.handle(pair.now, RouterInput::FromPrimary(frame));
+        pair.pump();
+        assert_eq!(pair.f.state(), &before, "a stale frame changed the follower");
+        assert_eq!(pair.f.applied_lsn(), applied);
+    }
+}
+
+#[test]
+fn a_primary_without_its_backups_acknowledgement_reports_nothing() {
+    let mut pair = Pair::new();
+    pair.heal();
+    pair.send(0, 1);
+    assert_eq!(pair.answers, 0, "no Sent before the backup acknowledges");
+    pair.deliver_to_f(usize::MAX);
+    assert_eq!(
+        pair.answers, 0,
+        "the backup applied it, but the primary has not heard"
+    );
+    pair.deliver_to_p(usize::MAX);
+    assert_eq!(pair.answers, 1);
+    assert!(pair.violations.is_empty());
+}
