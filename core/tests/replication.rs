@@ -100,12 +100,12 @@ impl Pair {
             }),
         );
         pair.tick(Duration::ZERO);
-        for i in 0..PEERS.len() {
+        for (i, name) in PEERS.iter().enumerate() {
             let conn = ConnId(100 + i as u64);
             pair.p.handle(now, RouterInput::Connected(conn));
             let frame = ClientFrame::Register {
                 req: ReqId(1),
-                peer: PeerId::new(PEERS[i]).unwrap(),
+                peer: PeerId::new(*name).unwrap(),
                 secret: Secret::new("s").unwrap(),
             };
             pair.p.handle(now, RouterInput::Frame(conn, frame));
@@ -124,7 +124,7 @@ impl Pair {
             while let Some(output) = self.p.poll_output() {
                 moved = true;
                 match output {
-                    RouterOutput::Send(conn, frame) => self.to_client(conn, frame),
+                    RouterOutput::Send(conn, frame) => self.client_receives(conn, frame),
                     RouterOutput::Replicate(conn, frame) => {
                         if Some(conn) == self.f_conn {
                             self.to_f.push_back(frame);
@@ -132,7 +132,7 @@ impl Pair {
                     }
                     RouterOutput::Close(conn) => {
                         if Some(conn) == self.f_conn {
-                            self.drop_stream();
+                            self.break_stream();
                         }
                     }
                     RouterOutput::Connect { link, attempt, .. } => {
@@ -144,11 +144,7 @@ impl Pair {
             while let Some(output) = self.f.poll_output() {
                 moved = true;
                 match output {
-                    RouterOutput::ToPrimary(frame) => {
-                        if self.f_conn.is_some() {
-                            self.to_p.push_back(frame);
-                        }
-                    }
+                    RouterOutput::ToPrimary(frame) if self.f_conn.is_some() => self.to_p.push_back(frame),
                     RouterOutput::Connect {
                         link: Link::Primary,
                         attempt,
@@ -210,7 +206,7 @@ impl Pair {
         }
     }
 
-    fn to_client(&mut self, conn: ConnId, frame: ServerFrame) {
+    fn client_receives(&mut self, conn: ConnId, frame: ServerFrame) {
         let Some(client) = Self::client_of(conn) else {
             return;
         };

@@ -177,7 +177,7 @@ impl ReplicaManager {
             } => self.handle_heartbeat(now, conn, id, addr, incarnation, lsn, may_lead),
             RmRequest::AddBackup { id, epoch, backup } => {
                 match self.check_primary(&id, epoch) {
-                    Err(error) => self.reply(conn, error),
+                    Err((code, message)) => self.reply(conn, RmReply::Error { code, message }),
                     Ok(()) if self.latest().candidates.iter().any(|m| m.id == backup) => {
                         let mut next = self.next_configuration();
                         let position = next.candidates.iter().position(|m| m.id == backup);
@@ -195,7 +195,7 @@ impl ReplicaManager {
             }
             RmRequest::RemoveBackup { id, epoch, backup } => {
                 match self.check_primary(&id, epoch) {
-                    Err(error) => self.reply(conn, error),
+                    Err((code, message)) => self.reply(conn, RmReply::Error { code, message }),
                     Ok(()) if self.latest().is_backup(&backup) => {
                         let mut next = self.next_configuration();
                         let position = next.backups.iter().position(|m| m.id == backup);
@@ -227,22 +227,17 @@ impl ReplicaManager {
         }
     }
 
-    /// Accepts a request only from the primary of the latest epoch.
-    fn check_primary(&self, id: &ReplicaId, epoch: Epoch) -> Result<(), RmReply> {
+    /// Accepts a request only from the primary of the latest epoch; the
+    /// refusal is the error to answer with.
+    fn check_primary(&self, id: &ReplicaId, epoch: Epoch) -> Result<(), (ErrorCode, String)> {
         let latest = self.latest();
         if epoch != latest.epoch {
             let message = format!("epoch {epoch} is not the current one, {}", latest.epoch);
-            return Err(RmReply::Error {
-                code: ErrorCode::StaleEpoch,
-                message,
-            });
+            return Err((ErrorCode::StaleEpoch, message));
         }
         if !latest.is_primary(id) {
             let message = format!("{id} is not the primary of epoch {epoch}");
-            return Err(RmReply::Error {
-                code: ErrorCode::NotPrimary,
-                message,
-            });
+            return Err((ErrorCode::NotPrimary, message));
         }
         Ok(())
     }

@@ -119,6 +119,7 @@ struct LinkState {
 struct Stream {
     conn: ConnId,
     acked: Lsn,
+    started: Instant,
 }
 
 /// A router's replication state. See the module docs.
@@ -231,9 +232,10 @@ impl Replication {
     /// Keeps `behind_since` current: a required follower behind `applied`
     /// is lagging since now, unless it already was.
     fn track_lag(&mut self, now: Instant, applied: Lsn) {
-        let required: Vec<ReplicaId> = self.required().cloned().collect();
-        self.behind_since.retain(|id, _| required.contains(id));
-        for id in required {
+        let mut tracked: Vec<ReplicaId> = self.required().cloned().collect();
+        tracked.extend(self.streams.keys().cloned());
+        self.behind_since.retain(|id, _| tracked.contains(id));
+        for id in tracked {
             if self.acked(&id) >= applied {
                 self.behind_since.remove(&id);
             } else {
@@ -268,6 +270,13 @@ impl Replication {
         }
     }
 
+    /// When a lagging stream counts as stalled: half the ack timeout after
+    /// both its start and its last progress.
+    fn stalled_at(&self, id: &ReplicaId, stream: &Stream) -> Option<Instant> {
+        let since = self.behind_since.get(id)?;
+        Some((*since).max(stream.started) + self.config.ack_timeout / 2)
+    }
+
     /// A follower's connection is gone.
     pub(super) fn follower_gone(&mut self, conn: ConnId) {
         self.streams.retain(|_, s| s.conn != conn);
@@ -283,6 +292,7 @@ impl Replication {
             .iter()
             .filter(|(id, _)| !self.pending_removal.contains(*id) && self.configuration.is_backup(id))
             .map(|(_, since)| *since + self.config.ack_timeout)
+            .chain(self.streams.iter().filter_map(|(id, s)| self.stalled_at(id, s)))
             .min();
         [
             Some(self.next_heartbeat),
@@ -403,6 +413,20 @@ impl Router {
         if r.is_primary() {
             r.propose_caught_up(self.outbox.committed, &mut self.outbox);
             r.track_lag(now, applied);
+            // A stream that has made no progress for a while may have lost a
+            // frame without the follower noticing: restart it.
+            let stalled: Vec<ConnId> = r
+                .streams
+                .iter()
+                .filter(|(id, s)| r.stalled_at(id, s).is_some_and(|t| t <= now))
+                .map(|(_, s)| s.conn)
+                .collect();
+            for conn in stalled {
+                r.follower_gone(conn);
+                self.conns.remove(&conn);
+                self.outbox.emit_now(RouterOutput::Close(conn));
+            }
+            let r = self.replication.as_mut().expect("replicated");
             let stuck: Vec<ReplicaId> = r
                 .behind_since
                 .iter()
@@ -595,7 +619,14 @@ impl Router {
                 // holds exactly this primary's changes up to `lsn`.
                 let from_me = stream_epoch >= term && lsn >= log_start && lsn <= applied;
                 let acked = if from_me { lsn } else { Lsn(0) };
-                if let Some(old) = r.streams.insert(id, Stream { conn, acked }) {
+                if let Some(old) = r.streams.insert(
+                    id,
+                    Stream {
+                        conn,
+                        acked,
+                        started: now,
+                    },
+                ) {
                     if old.conn != conn {
                         self.conns.remove(&old.conn);
                         self.outbox.emit_now(RouterOutput::Close(old.conn));
