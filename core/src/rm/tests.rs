@@ -329,3 +329,142 @@ fn status_reports_every_member() {
     let roles: Vec<(&str, &str)> = members.iter().map(|m| (m.id.as_str(), m.role.as_str())).collect();
     assert_eq!(roles, vec![("r1", "primary"), ("r2", "backup"), ("r3", "backup")]);
 }
+
+mod properties {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Beat {
+            router: usize,
+            lsn: u64,
+            restarted: bool,
+        },
+        Add {
+            by: usize,
+            backup: usize,
+            stale: bool,
+        },
+        Remove {
+            by: usize,
+            backup: usize,
+            stale: bool,
+        },
+        Persist,
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (0..3usize, 0..50u64, prop::bool::weighted(0.1))
+                .prop_map(|(router, lsn, restarted)| Op::Beat { router, lsn, restarted }),
+            2 => (0..3usize, 0..3usize, any::<bool>()).prop_map(|(by, backup, stale)| Op::Add { by, backup, stale }),
+            1 => (0..3usize, 0..3usize, any::<bool>()).prop_map(|(by, backup, stale)| Op::Remove { by, backup, stale }),
+            3 => Just(Op::Persist),
+            2 => (0..800u64).prop_map(Op::Advance),
+        ]
+    }
+
+    fn names(config: &Configuration) -> Vec<ReplicaId> {
+        config
+            .primary
+            .iter()
+            .chain(&config.backups)
+            .chain(&config.candidates)
+            .map(|m| m.id.clone())
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Epochs only grow; a configuration is announced only once persisted;
+        /// nobody holds two roles; a new primary was a backup of the
+        /// configuration decided just before (or the cluster was empty).
+        #[test]
+        fn configurations_are_safe(ops in prop::collection::vec(op(), 0..150)) {
+            let mut now = epoch();
+            let mut rm = ReplicaManager::new(RmConfig::default(), Configuration::default(), now);
+            let mut incarnations = [1u64, 2, 3];
+            let mut unpersisted: Vec<Epoch> = Vec::new();
+            let mut persisted: BTreeSet<Epoch> = BTreeSet::from([Epoch(0)]);
+            let mut announced = rm.configuration().clone();
+            // Every configuration the RM decided on, announced or not.
+            let mut decided: BTreeMap<Epoch, Configuration> = BTreeMap::from([(Epoch(0), announced.clone())]);
+            for n in 0..3u64 {
+                rm.handle(now, RmInput::Connected(ConnId(n)));
+            }
+            for op in ops {
+                match op {
+                    Op::Beat { router, lsn, restarted } => {
+                        if restarted {
+                            incarnations[router] += 10;
+                        }
+                        let request = RmRequest::Heartbeat {
+                            id: id(&format!("r{router}")),
+                            addr: format!("r{router}:1"),
+                            incarnation: incarnations[router],
+                            epoch: announced.epoch,
+                            lsn: Lsn(lsn),
+                            may_lead: true,
+                        };
+                        rm.handle(now, RmInput::Request(ConnId(router as u64), request));
+                    }
+                    Op::Add { by, backup, stale } | Op::Remove { by, backup, stale } => {
+                        let epoch = if stale { Epoch(announced.epoch.0.saturating_sub(1)) } else { announced.epoch };
+                        let (id_by, backup) = (id(&format!("r{by}")), id(&format!("r{backup}")));
+                        let request = if matches!(op, Op::Add { .. }) {
+                            RmRequest::AddBackup { id: id_by, epoch, backup }
+                        } else {
+                            RmRequest::RemoveBackup { id: id_by, epoch, backup }
+                        };
+                        rm.handle(now, RmInput::Request(ConnId(by as u64), request));
+                    }
+                    Op::Persist => {
+                        if let Some(epoch) = unpersisted.pop() {
+                            persisted.insert(epoch);
+                            rm.handle(now, RmInput::Persisted(epoch));
+                        }
+                    }
+                    Op::Advance(ms) => {
+                        now += Duration::from_millis(ms);
+                        if rm.poll_timeout().is_some_and(|t| t <= now) {
+                            rm.handle_timeout(now);
+                        }
+                    }
+                }
+                for output in drain(&mut rm) {
+                    match output {
+                        RmOutput::Persist(config) => {
+                            prop_assert!(config.epoch > announced.epoch);
+                            let previous = &decided[&Epoch(config.epoch.0 - 1)];
+                            let new_primary = config.primary.as_ref().map(|m| &m.id);
+                            if new_primary != previous.primary.as_ref().map(|m| &m.id) {
+                                if let Some(p) = new_primary {
+                                    let bootstrap = previous.primary.is_none() && previous.backups.is_empty();
+                                    prop_assert!(bootstrap || previous.is_backup(p),
+                                        "{:?} promoted without being a backup of {:?}", p, previous);
+                                }
+                            }
+                            unpersisted.push(config.epoch);
+                            decided.insert(config.epoch, config);
+                        }
+                        RmOutput::Send(_, RmReply::Config { config }) => {
+                            prop_assert!(persisted.contains(&config.epoch), "announced unpersisted {:?}", config.epoch);
+                            prop_assert!(config.epoch >= announced.epoch, "epoch went back");
+                            let all = names(&config);
+                            let unique: BTreeSet<&ReplicaId> = all.iter().collect();
+                            prop_assert_eq!(unique.len(), all.len(), "a router holds two roles: {:?}", config);
+                            announced = config;
+                        }
+                        RmOutput::Send(..) => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -245,8 +245,10 @@ impl Replication {
     }
 
     /// Asks the RM to make backups of the candidates that have caught up with
-    /// `committed`; from the request on, they count for commit.
-    fn propose_caught_up(&mut self, committed: Lsn, outbox: &mut Outbox) {
+    /// `committed`; from the request on, they count for commit. With
+    /// `again`, repeats the request for candidates already asked for, in case
+    /// it was lost.
+    fn propose_caught_up(&mut self, committed: Lsn, again: bool, outbox: &mut Outbox) {
         if self.rm.status != LinkStatus::Up {
             return;
         }
@@ -256,7 +258,9 @@ impl Replication {
             .iter()
             .map(|m| m.id.clone())
             .filter(|id| {
-                self.streams.contains_key(id) && self.acked(id) >= committed && !self.pending_add.contains(id)
+                self.streams.contains_key(id)
+                    && self.acked(id) >= committed
+                    && (again || !self.pending_add.contains(id))
             })
             .collect();
         for backup in caught_up {
@@ -364,9 +368,10 @@ impl Router {
         let state = r.link_mut(link);
         if state.attempt == attempt && matches!(state.status, LinkStatus::Connecting | LinkStatus::Up) {
             state.status = LinkStatus::Down { retry_at };
-            // Requests in flight may be lost with the link: ask again later.
+            // A removal request in flight may be lost with the link: ask again
+            // later. Additions stay pending (and counted for commit) until a
+            // newer configuration shows whether the RM made them.
             if link == Link::Rm {
-                r.pending_add.clear();
                 r.pending_removal.clear();
             }
         }
@@ -411,7 +416,7 @@ impl Router {
             }
         }
         if r.is_primary() {
-            r.propose_caught_up(self.outbox.committed, &mut self.outbox);
+            r.propose_caught_up(self.outbox.committed, true, &mut self.outbox);
             r.track_lag(now, applied);
             // A stream that has made no progress for a while may have lost a
             // frame without the follower noticing: restart it.
@@ -450,19 +455,16 @@ impl Router {
     }
 
     pub(super) fn handle_rm_reply(&mut self, now: Instant, reply: RmReply) {
-        let applied = self.outbox.applied;
         let Some(r) = self.replication.as_mut() else {
             return;
         };
         match reply {
             RmReply::Config { config } => self.adopt(now, config),
             RmReply::Error { .. } => {
-                // The RM refused an add or removal (usually a stale epoch):
-                // let the next round ask again.
-                r.pending_add.clear();
+                // A refused removal is asked again later. Additions stay
+                // pending: the error may answer another request, and a
+                // candidate counted for commit needlessly is merely slower.
                 r.pending_removal.clear();
-                let committed = r.commit_point(applied);
-                self.outbox.commit(committed);
             }
             RmReply::Status { .. } => {}
         }
@@ -668,7 +670,7 @@ impl Router {
                 let committed = r.commit_point(applied);
                 self.outbox.commit(committed);
                 let r = self.replication.as_mut().expect("replicated");
-                r.propose_caught_up(self.outbox.committed, &mut self.outbox);
+                r.propose_caught_up(self.outbox.committed, false, &mut self.outbox);
             }
         }
     }
