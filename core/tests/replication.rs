@@ -138,7 +138,10 @@ impl Pair {
                     RouterOutput::Connect { link, attempt, .. } => {
                         self.p.handle(self.now, RouterInput::LinkUp { link, attempt });
                     }
-                    RouterOutput::DropLink(_) | RouterOutput::ToRm(_) | RouterOutput::ToPrimary(_) => {}
+                    RouterOutput::DropLink(_)
+                    | RouterOutput::ToRm(_)
+                    | RouterOutput::ToPrimary(_)
+                    | RouterOutput::Committed { .. } => {}
                 }
             }
             while let Some(output) = self.f.poll_output() {

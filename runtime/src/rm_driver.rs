@@ -21,6 +21,11 @@ use crate::net::Listener;
 use crate::now;
 use crate::router_driver::{sleep_until, ACCEPT_BACKOFF};
 
+/// The `tracing` target of the event logged for every configuration the
+/// replica manager saves, with fields `epoch`, `primary`, `backups` and
+/// `candidates`.
+pub const CONFIG_TARGET: &str = "peerlink::config";
+
 /// How long the driver waits before retrying a failed persist.
 const PERSIST_RETRY: Duration = Duration::from_millis(500);
 
@@ -105,7 +110,7 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
             if let Some(config) = unsaved.take() {
                 match store.save(&config) {
                     Ok(()) => {
-                        tracing::info!(epoch = %config.epoch, primary = ?config.primary.as_ref().map(|p| &p.id),
+                        tracing::info!(target: CONFIG_TARGET, epoch = config.epoch.0, primary = ?config.primary.as_ref().map(|p| &p.id),
                             backups = ?config.backups.iter().map(|m| &m.id).collect::<Vec<_>>(),
                             candidates = ?config.candidates.iter().map(|m| &m.id).collect::<Vec<_>>(),
                             "configuration");

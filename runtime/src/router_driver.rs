@@ -19,6 +19,14 @@ use crate::connection::{self, Connection, Inbound, Outbound};
 use crate::net::{Listener, Network};
 use crate::now;
 
+/// The `tracing` target of the event logged at every commit of a primary,
+/// with fields `router`, `epoch` and `lsn`.
+pub const COMMIT_TARGET: &str = "peerlink::commit";
+
+/// The `tracing` target of the event logged when a primary sends a
+/// follower a checkpoint.
+pub const CHECKPOINT_TARGET: &str = "peerlink::checkpoint";
+
 /// How many decoded frames may wait for the router before readers pause.
 const INBOUND_QUEUE: usize = 4096;
 
@@ -99,6 +107,9 @@ pub async fn run_router<N: Network>(
                     }
                 }
                 RouterOutput::Replicate(conn, frame) => {
+                    if let PrimaryFrame::Checkpoint { epoch, lsn, .. } = &frame {
+                        tracing::debug!(target: CHECKPOINT_TARGET, ?conn, epoch = epoch.0, lsn = lsn.0, "checkpoint");
+                    }
                     if let Some(c) = conns.get(&conn) {
                         c.send(Outbound::Frame(ToAccepted::Follower(frame)));
                     }
@@ -137,6 +148,10 @@ pub async fn run_router<N: Network>(
                     if let Some(c) = &primary_link.conn {
                         c.send(Outbound::Frame(frame));
                     }
+                }
+                RouterOutput::Committed { epoch, lsn } => {
+                    let router = router.replica_id().map(ToString::to_string).unwrap_or_default();
+                    tracing::trace!(target: COMMIT_TARGET, %router, epoch = epoch.0, lsn = lsn.0, "committed");
                 }
             }
         }

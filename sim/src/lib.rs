@@ -8,9 +8,9 @@
 //! seeds each host's tokio runtime too (see `.cargo/config.toml`).
 //!
 //! [`scenario`] holds the scenarios; each returns the [`Trace`] of what
-//! happened, which tests compare across runs and check with
-//! [`peerlink_core::testing::check`].
+//! happened, which tests compare across runs and judge with [`checker`].
 
+pub mod checker;
 pub mod net;
 pub mod scenario;
 mod trace;

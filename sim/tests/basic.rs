@@ -1,7 +1,8 @@
 //! The real router and client drivers over turmoil's simulated network.
 
 use peerlink_core::client::ClientEvent;
-use peerlink_core::testing::{check, What};
+use peerlink_core::testing::What;
+use sim::checker::check;
 use sim::scenario::direct_and_group;
 
 const SEEDS: [u64; 4] = [1, 2, 3, 0xdead_beef];

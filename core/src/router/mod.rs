@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::ids::{ConnId, DeliveryId, Lsn, PeerId};
+use crate::ids::{ConnId, DeliveryId, Epoch, Lsn, PeerId, ReplicaId};
 use crate::machine::Machine;
 use crate::wire::cluster::{FollowerFrame, PrimaryFrame, RmReply, RmRequest};
 use crate::wire::{ClientFrame, FrameError, ServerFrame, DEFAULT_MAX_FRAME_LEN};
@@ -138,6 +138,15 @@ pub enum RouterOutput {
     ToRm(RmRequest),
     /// Write a frame on the primary link.
     ToPrimary(FollowerFrame),
+    /// Informational: as primary of `epoch`, the router committed every
+    /// change up to `lsn`. Drivers log it; checkers use it to verify that
+    /// only one router commits in an epoch.
+    Committed {
+        /// The router's epoch.
+        epoch: Epoch,
+        /// The new commit point.
+        lsn: Lsn,
+    },
 }
 
 #[derive(Debug)]
@@ -259,6 +268,11 @@ impl Router {
         self.outbox.committed
     }
 
+    /// This router's name in its cluster, if it is replicated.
+    pub fn replica_id(&self) -> Option<&ReplicaId> {
+        self.replication.as_ref().map(Replication::id)
+    }
+
     /// The durable state, for comparing replicas in tests.
     pub fn state(&self) -> &State {
         &self.state
@@ -285,8 +299,22 @@ impl Router {
             Some(replication) => {
                 replication.ship(lsn, change, &mut self.outbox);
                 let committed = replication.commit_point(lsn);
-                self.outbox.commit(committed);
+                self.commit_to(committed);
             }
+        }
+    }
+
+    /// Moves a primary's commit point to `lsn` (if that is forward),
+    /// releasing held outputs and reporting the commit.
+    fn commit_to(&mut self, lsn: Lsn) {
+        let before = self.outbox.committed;
+        self.outbox.commit(lsn);
+        let Some(epoch) = self.replication.as_ref().and_then(Replication::primary_epoch) else {
+            return;
+        };
+        if self.outbox.committed > before {
+            let lsn = self.outbox.committed;
+            self.outbox.emit_now(RouterOutput::Committed { epoch, lsn });
         }
     }
 }

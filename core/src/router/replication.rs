@@ -180,6 +180,15 @@ impl Replication {
         self.configuration.epoch
     }
 
+    pub(super) fn id(&self) -> &ReplicaId {
+        &self.config.id
+    }
+
+    /// The epoch, while primary.
+    pub(super) fn primary_epoch(&self) -> Option<Epoch> {
+        self.is_primary().then(|| self.epoch())
+    }
+
     /// `None` when serving; otherwise the redirect to give clients.
     pub(super) fn redirect(&self) -> Option<Option<String>> {
         if self.is_primary() {
@@ -507,7 +516,7 @@ impl Router {
                 let r = self.replication.as_mut().expect("replicated");
                 r.track_lag(now, applied);
                 let committed = r.commit_point(applied);
-                self.outbox.commit(committed);
+                self.commit_to(committed);
             }
             Role::Follower { primary } => {
                 if was_primary {
@@ -655,7 +664,7 @@ impl Router {
                 let r = self.replication.as_mut().expect("replicated");
                 r.track_lag(now, applied);
                 let committed = r.commit_point(applied);
-                self.outbox.commit(committed);
+                self.commit_to(committed);
             }
             FollowerFrame::Applied { lsn, .. } => {
                 let Some((id, stream)) = r.streams.iter_mut().find(|(_, s)| s.conn == conn) else {
@@ -668,7 +677,7 @@ impl Router {
                 }
                 r.track_lag(now, applied);
                 let committed = r.commit_point(applied);
-                self.outbox.commit(committed);
+                self.commit_to(committed);
                 let r = self.replication.as_mut().expect("replicated");
                 r.propose_caught_up(self.outbox.committed, false, &mut self.outbox);
             }

@@ -6,15 +6,14 @@
 //! peer's k-th `Send` command is its message with sequence number k; and that
 //! groups change membership only through `Create` (by a peer not yet in the
 //! group), `Join` and `Leave`. Call it after the world was healed and drained
-//! (see [`World::heal_and_drain`](super::World::heal_and_drain)): it treats
-//! anything still missing as lost.
+//! (see `World::heal_and_drain`): it treats anything still missing as lost.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::world::{History, What};
-use crate::client::{ClientEvent, Command, GroupOp};
-use crate::ids::{GroupName, MsgId, PeerId, Seq, Target};
+use peerlink_core::client::{ClientEvent, Command, GroupOp};
+use peerlink_core::ids::{Epoch, GroupName, Lsn, MsgId, PeerId, ReplicaId, Seq, Target};
+use peerlink_core::testing::{History, What};
 
 /// A broken invariant, naming the message and peer concerned.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,6 +76,13 @@ pub enum Violation {
         /// What happened.
         detail: String,
     },
+    /// Two routers committed in the same epoch.
+    TwoCommitters {
+        /// The epoch.
+        epoch: Epoch,
+        /// The routers that reported commits in it.
+        routers: Vec<ReplicaId>,
+    },
     /// A command was never answered.
     Unanswered {
         /// The peer that issued it.
@@ -112,6 +118,9 @@ impl fmt::Display for Violation {
                 )
             }
             Violation::StateRegressed { id, detail } => write!(f, "state regressed for {id}: {detail}"),
+            Violation::TwoCommitters { epoch, routers } => {
+                write!(f, "two committers: {routers:?} all committed in epoch {epoch}")
+            }
             Violation::Unanswered { peer, command } => write!(f, "unanswered: {peer} issued {command}"),
         }
     }
@@ -323,6 +332,48 @@ pub fn check(history: &History) -> Vec<Violation> {
     v.into_iter().collect()
 }
 
+/// One commit a router reported: as primary of `epoch`, it committed up to `lsn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// The router.
+    pub router: ReplicaId,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// Its new commit point.
+    pub lsn: Lsn,
+}
+
+/// Checks the routers' own commit trace: at most one router commits in any
+/// epoch, and epochs never go backwards at any router.
+pub fn check_commits(commits: &[Commit]) -> Vec<Violation> {
+    let mut by_epoch: BTreeMap<Epoch, BTreeSet<ReplicaId>> = BTreeMap::new();
+    let mut last: BTreeMap<ReplicaId, Epoch> = BTreeMap::new();
+    let mut violations = Vec::new();
+    for commit in commits {
+        by_epoch
+            .entry(commit.epoch)
+            .or_default()
+            .insert(commit.router.clone());
+        let previous = last.entry(commit.router.clone()).or_insert(commit.epoch);
+        if commit.epoch < *previous {
+            violations.push(Violation::TwoCommitters {
+                epoch: commit.epoch,
+                routers: vec![commit.router.clone()],
+            });
+        }
+        *previous = commit.epoch;
+    }
+    for (epoch, routers) in by_epoch {
+        if routers.len() > 1 {
+            violations.push(Violation::TwoCommitters {
+                epoch,
+                routers: routers.into_iter().collect(),
+            });
+        }
+    }
+    violations
+}
+
 /// Whether a peer with membership history `ops` must, and may, receive a
 /// group message issued at `issued` and reported Sent at `sent`: the router
 /// accepted it somewhere in between.
@@ -341,7 +392,7 @@ fn member_bounds(ops: &[MembershipOp], issued: usize, sent: usize) -> (bool, boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::Record;
+    use peerlink_core::testing::Record;
 
     fn p(s: &str) -> PeerId {
         PeerId::new(s).unwrap()
@@ -411,7 +462,7 @@ mod tests {
             ClientEvent::GroupFailed {
                 op,
                 group: g.clone(),
-                code: crate::wire::ErrorCode::UnknownGroup,
+                code: peerlink_core::wire::ErrorCode::UnknownGroup,
                 message: String::new(),
             }
         };
@@ -612,7 +663,7 @@ mod tests {
                 ClientEvent::Failed {
                     id: Some(id("a", 1)),
                     to: Target::new("b").unwrap(),
-                    code: crate::wire::ErrorCode::MailboxFull,
+                    code: peerlink_core::wire::ErrorCode::MailboxFull,
                     message: String::new(),
                 },
             ),

@@ -8,8 +8,9 @@ use std::time::Duration;
 use peerlink_core::client::{Command, GroupOp};
 use peerlink_core::ids::{GroupName, PeerId, Target};
 use peerlink_core::router::RouterConfig;
-use peerlink_core::testing::{check, epoch, World};
+use peerlink_core::testing::{epoch, World};
 use proptest::prelude::*;
+use sim::checker::check;
 
 const PEERS: [&str; 4] = ["ann", "bob", "cat", "dan"];
 const GROUPS: [&str; 2] = ["g1", "g2"];
