@@ -33,6 +33,10 @@ use crate::ids::{ConnId, Epoch, Lsn, ReplicaId};
 use crate::wire::cluster::{Configuration, FollowerFrame, Member, PrimaryFrame, RmReply, RmRequest};
 use crate::wire::ServerFrame;
 
+/// How many heartbeat intervals an up link may stay silent before it is
+/// presumed dead and reconnected.
+const SILENT_BEATS: u32 = 5;
+
 /// An outgoing connection a router keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Link {
@@ -113,6 +117,16 @@ enum LinkStatus {
 struct LinkState {
     attempt: u64,
     status: LinkStatus,
+    /// When something last arrived on the link (or it came up).
+    heard: Instant,
+}
+
+impl LinkState {
+    /// Whether an up link has been silent so long that it is presumed dead
+    /// (a partition leaves a TCP stream open but silent).
+    fn is_silent(&self, now: Instant, limit: Duration) -> bool {
+        self.status == LinkStatus::Up && self.heard + limit <= now
+    }
 }
 
 #[derive(Debug)]
@@ -156,10 +170,12 @@ impl Replication {
             rm: LinkState {
                 attempt: 0,
                 status: LinkStatus::Down { retry_at: now },
+                heard: now,
             },
             primary: LinkState {
                 attempt: 0,
                 status: LinkStatus::Off,
+                heard: now,
             },
             next_heartbeat: now,
             log: VecDeque::new(),
@@ -355,6 +371,7 @@ impl Router {
             return;
         }
         state.status = LinkStatus::Up;
+        state.heard = now;
         match link {
             Link::Rm => r.next_heartbeat = now,
             Link::Primary => {
@@ -410,8 +427,21 @@ impl Router {
                 }
             }
         }
+        let silence = r.config.heartbeat_interval * SILENT_BEATS;
+        for link in [Link::Rm, Link::Primary] {
+            let r = self.replication.as_mut().expect("replicated");
+            if r.link_mut(link).is_silent(now, silence) {
+                self.restart_link(link, now);
+            }
+        }
+        let r = self.replication.as_mut().expect("replicated");
         if r.next_heartbeat <= now {
             r.next_heartbeat = now + r.config.heartbeat_interval;
+            let epoch = r.epoch();
+            for stream in r.streams.values() {
+                let frame = PrimaryFrame::Alive { epoch, lsn: applied };
+                self.outbox.emit_now(RouterOutput::Replicate(stream.conn, frame));
+            }
             if r.rm.status == LinkStatus::Up {
                 let beat = RmRequest::Heartbeat {
                     id: r.config.id.clone(),
@@ -468,8 +498,12 @@ impl Router {
             return;
         };
         match reply {
-            RmReply::Config { config } => self.adopt(now, config),
+            RmReply::Config { config } => {
+                r.rm.heard = now;
+                self.adopt(now, config);
+            }
             RmReply::Error { .. } => {
+                r.rm.heard = now;
                 // A refused removal is asked again later. Additions stay
                 // pending: the error may answer another request, and a
                 // candidate counted for commit needlessly is merely slower.
@@ -700,6 +734,7 @@ impl Router {
         if !matches!(r.role, Role::Follower { .. }) || r.primary.status != LinkStatus::Up {
             return;
         }
+        r.primary.heard = now;
         let my_epoch = r.epoch();
         match frame {
             PrimaryFrame::Checkpoint { epoch, lsn, state } => {
@@ -729,6 +764,13 @@ impl Router {
                 self.outbox.applied = lsn;
                 self.outbox.committed = lsn;
                 self.acknowledge(epoch, lsn);
+            }
+            PrimaryFrame::Alive { epoch, .. } => {
+                if epoch < my_epoch {
+                    return self.restart_link(Link::Primary, now);
+                }
+                let applied = self.outbox.applied;
+                self.acknowledge(epoch, applied);
             }
             PrimaryFrame::NotPrimary { .. } => {
                 let retry_at = now + r.config.retry_interval;

@@ -192,6 +192,14 @@ pub enum PrimaryFrame {
         /// The change.
         change: Change,
     },
+    /// Sent every heartbeat interval, so a follower can tell a quiet stream
+    /// from a dead one; the follower answers with `applied`.
+    Alive {
+        /// The primary's epoch.
+        epoch: Epoch,
+        /// The primary's last applied change.
+        lsn: Lsn,
+    },
     /// The router is not (or no longer) the primary of an epoch this new.
     NotPrimary {
         /// The newest epoch the router knows.
