@@ -11,7 +11,10 @@
 //! happened, which tests compare across runs and judge with [`checker`].
 
 pub mod checker;
+pub mod cluster;
+pub mod faults;
 pub mod net;
+pub mod observe;
 pub mod scenario;
 mod trace;
 

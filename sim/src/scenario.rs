@@ -15,6 +15,12 @@ use peerlink_runtime::router_driver::{run_router, RouterLimits};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::checker::{self, Violation};
+use crate::cluster::{self, RunConfig};
+use crate::faults::{Action, Fault, Plan, Trigger, Victim, CLIENTS, RM, ROUTERS};
 use crate::net::TurmoilNetwork;
 use crate::trace::{LogCapture, Recorder};
 use crate::Trace;
@@ -22,8 +28,7 @@ use crate::Trace;
 /// The port routers listen on inside the simulation.
 const ROUTER_PORT: u16 = 8008;
 
-/// An error that ended a simulation run.
-pub type SimError = Box<dyn std::error::Error>;
+pub use crate::cluster::SimError;
 
 /// Runs a simulation with a log capture installed, and returns its trace.
 fn simulate(seed: u64, build: impl FnOnce(&mut turmoil::Sim<'_>, &Recorder)) -> Result<Trace, SimError> {
@@ -200,4 +205,174 @@ pub fn direct_and_group(seed: u64) -> Result<Trace, SimError> {
             Ok(())
         });
     })
+}
+
+/// The named chaos scenarios, in the order `sweep --scenario all` runs them.
+pub const SCENARIOS: [&str; 9] = [
+    "primary_crash",
+    "silent_primary_crash",
+    "primary_cut_from_rm",
+    "primary_cut_from_backups",
+    "backup_crash",
+    "rm_crash",
+    "client_offline_failover",
+    "group_churn_failover",
+    "mix",
+];
+
+/// What one scenario run found.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Everything that happened.
+    pub trace: Trace,
+    /// The broken invariants, if any.
+    pub violations: Vec<Violation>,
+}
+
+/// The configuration of scenario `name` for `seed`, or `None` if no
+/// scenario has that name.
+pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fnv(name));
+    let secs = |rng: &mut ChaCha8Rng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo * 1000..hi * 1000));
+    let mut config = RunConfig::new(seed, Plan::new());
+    let fault = |at, trigger, delay, action| Fault {
+        at,
+        trigger,
+        delay,
+        action,
+    };
+    let plan = &mut config.plan;
+    match name {
+        "primary_crash" => {
+            // Half the time, right after a client hears Sent.
+            let trigger = if rng.random_bool(0.5) { Trigger::NextSent } else { Trigger::Now };
+            let delay = Duration::from_millis(rng.random_range(0..5));
+            let down = secs(&mut rng, 1, 4);
+            plan.push(fault(secs(&mut rng, 4, 10), trigger, delay, Action::Crash { host: Victim::Primary, down }));
+        }
+        "silent_primary_crash" => {
+            let down = secs(&mut rng, 2, 5);
+            let action = Action::SilentCrash { host: Victim::Primary, down };
+            plan.push(fault(secs(&mut rng, 4, 10), Trigger::Now, Duration::ZERO, action));
+        }
+        "primary_cut_from_rm" => {
+            let duration = secs(&mut rng, 2, 6);
+            let action = Action::Partition {
+                a: Victim::Primary,
+                b: vec![Victim::Named(RM)],
+                oneway: false,
+                duration,
+            };
+            plan.push(fault(secs(&mut rng, 4, 10), Trigger::Now, Duration::ZERO, action));
+        }
+        "primary_cut_from_backups" => {
+            let duration = secs(&mut rng, 2, 6);
+            let action = Action::Partition {
+                a: Victim::Primary,
+                b: vec![Victim::NotPrimary(0), Victim::NotPrimary(1)],
+                oneway: false,
+                duration,
+            };
+            plan.push(fault(secs(&mut rng, 4, 10), Trigger::Now, Duration::ZERO, action));
+        }
+        "backup_crash" => {
+            let backup = Victim::NotPrimary(rng.random_range(0..2));
+            let first = secs(&mut rng, 3, 7);
+            let down = secs(&mut rng, 1, 3);
+            let action = Action::Crash { host: backup.clone(), down };
+            plan.push(fault(first, Trigger::Now, Duration::ZERO, action));
+            // When it comes back it loads a checkpoint: crash it again then.
+            let action = Action::Crash { host: backup, down };
+            let delay = Duration::from_millis(rng.random_range(0..20));
+            plan.push(fault(first + down, Trigger::NextCheckpoint, delay, action));
+        }
+        "rm_crash" => {
+            let at = secs(&mut rng, 3, 7);
+            let down = secs(&mut rng, 2, 5);
+            plan.push(fault(at, Trigger::Now, Duration::ZERO, Action::Crash { host: Victim::Named(RM), down }));
+            let later = at + down + secs(&mut rng, 1, 3);
+            let primary_down = secs(&mut rng, 1, 3);
+            let action = Action::Crash { host: Victim::Primary, down: primary_down };
+            plan.push(fault(later, Trigger::Now, Duration::ZERO, action));
+        }
+        "client_offline_failover" => {
+            let offline_at = secs(&mut rng, 3, 6);
+            let action = Action::Partition {
+                a: Victim::Named(CLIENTS[2]),
+                b: ROUTERS.iter().map(|r| Victim::Named(r)).collect(),
+                oneway: false,
+                duration: config.work,
+            };
+            plan.push(fault(offline_at, Trigger::Now, Duration::ZERO, action));
+            let down = secs(&mut rng, 1, 3);
+            let crash = Action::Crash { host: Victim::Primary, down };
+            plan.push(fault(offline_at + secs(&mut rng, 2, 5), Trigger::Now, Duration::ZERO, crash));
+        }
+        "group_churn_failover" => {
+            config.churn = 40;
+            let down = secs(&mut rng, 1, 4);
+            let action = Action::Crash { host: Victim::Primary, down };
+            plan.push(fault(secs(&mut rng, 4, 12), Trigger::NextSent, Duration::ZERO, action));
+        }
+        "mix" => {
+            for _ in 0..rng.random_range(4..9) {
+                let at = secs(&mut rng, 3, 16);
+                let short = secs(&mut rng, 1, 4);
+                let trigger = match rng.random_range(0..6) {
+                    0 => Trigger::NextSent,
+                    1 => Trigger::NextFailover,
+                    2 => Trigger::NextCheckpoint,
+                    _ => Trigger::Now,
+                };
+                let delay = Duration::from_millis(rng.random_range(0..300));
+                let host = match rng.random_range(0..4) {
+                    0 => Victim::Primary,
+                    1 => Victim::NotPrimary(rng.random_range(0..2)),
+                    2 => Victim::Named(RM),
+                    _ => Victim::Named(ROUTERS[rng.random_range(0..3)]),
+                };
+                let others = |rng: &mut ChaCha8Rng| -> Vec<Victim> {
+                    let all: Vec<&'static str> = [RM].into_iter().chain(ROUTERS).chain(CLIENTS).collect();
+                    let n = rng.random_range(1..4);
+                    (0..n).map(|_| Victim::Named(all[rng.random_range(0..all.len())])).collect()
+                };
+                let action = match rng.random_range(0..6) {
+                    0 => Action::Crash { host, down: short },
+                    1 => Action::SilentCrash { host, down: short },
+                    2 => Action::Partition { a: host, b: others(&mut rng), oneway: rng.random_bool(0.5), duration: short },
+                    3 => Action::Hold { a: host, b: others(&mut rng), duration: short },
+                    4 => Action::Latency { max: Duration::from_millis(rng.random_range(50..400)), duration: short },
+                    _ => Action::Partition {
+                        a: Victim::Named(CLIENTS[rng.random_range(0..3)]),
+                        b: ROUTERS.iter().map(|r| Victim::Named(r)).collect(),
+                        oneway: false,
+                        duration: short,
+                    },
+                };
+                plan.push(fault(at, trigger, delay, action));
+            }
+        }
+        _ => return None,
+    }
+    Some(config)
+}
+
+/// Runs scenario `name` with `seed` and checks every invariant.
+pub fn run_scenario(name: &str, seed: u64) -> Result<Outcome, SimError> {
+    let config = config(name, seed).ok_or_else(|| format!("no scenario is named {name:?}"))?;
+    let (trace, observed) = cluster::run(&config)?;
+    let mut violations = checker::check(&trace.history);
+    violations.extend(checker::check_commits(&observed.commits()));
+    Ok(Outcome { trace, violations })
+}
+
+/// The command that replays scenario `name` with `seed`, with its trace.
+pub fn replay_command(name: &str, seed: u64) -> String {
+    format!("cargo run -p sim --release -- replay --scenario {name} --seed {seed}")
+}
+
+/// FNV-1a of a name, to give every scenario its own random stream.
+fn fnv(name: &str) -> u64 {
+    name.bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }

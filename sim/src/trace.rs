@@ -1,7 +1,7 @@
 //! What a simulation run leaves behind: the clients' history and a textual
 //! trace of every event and log line, in simulated time.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -32,13 +32,29 @@ impl Trace {
 
 /// The shared recorder that client hosts append to during a run.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Recorder(Rc<RefCell<Trace>>);
+pub(crate) struct Recorder {
+    trace: Rc<RefCell<Trace>>,
+    sents: Rc<Cell<usize>>,
+}
 
 impl Recorder {
+    /// How many Sent events clients have reported so far.
+    pub(crate) fn sent_count(&self) -> usize {
+        self.sents.get()
+    }
+
+    /// Appends a line that is not a history record (a fault, the heal).
+    pub(crate) fn note(&self, line: &str) {
+        self.trace.borrow_mut().lines.push(line.to_owned());
+    }
+
     /// Appends a record, stamped with the simulated time.
     pub(crate) fn record(&self, peer: &PeerId, what: What) {
+        if matches!(what, What::Observed(peerlink_core::client::ClientEvent::Sent { .. })) {
+            self.sents.set(self.sents.get() + 1);
+        }
         let elapsed = turmoil::sim_elapsed().unwrap_or_default();
-        let mut trace = self.0.borrow_mut();
+        let mut trace = self.trace.borrow_mut();
         trace
             .lines
             .push(format!("{:>10.3}ms {peer} {what:?}", elapsed.as_secs_f64() * 1e3));
@@ -50,7 +66,7 @@ impl Recorder {
 
     /// Takes the trace out, merging in the captured log lines.
     pub(crate) fn finish(&self, logs: &LogCapture) -> Trace {
-        let mut trace = self.0.borrow().clone();
+        let mut trace = self.trace.borrow().clone();
         let text = logs.0.lock().expect("log capture poisoned").clone();
         trace
             .lines

@@ -1,0 +1,302 @@
+//! A whole cluster in one simulation: the replica manager, three routers and
+//! three clients, each a turmoil host running the production drivers over
+//! [`TurmoilNetwork`], under a [`Plan`] of faults, followed by a heal phase
+//! long enough for everything to drain.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use peerlink_core::client::{Client, ClientConfig, ClientEvent, Command, GroupOp};
+use peerlink_core::ids::{GroupName, PeerId, ReplicaId, Secret, Target};
+use peerlink_core::rm::{ReplicaManager, RmConfig};
+use peerlink_core::router::replication::ReplicationConfig;
+use peerlink_core::router::{Router, RouterConfig};
+use peerlink_core::testing::What;
+use peerlink_core::wire::cluster::Configuration;
+use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
+use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, Control};
+use peerlink_runtime::net::Network;
+use peerlink_runtime::rm_driver::{run_rm, ConfigStore};
+use peerlink_runtime::router_driver::{run_router, RouterLimits};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::mpsc;
+use tracing_subscriber::layer::SubscriberExt;
+
+use crate::faults::{Injector, Plan, CLIENTS, RM, ROUTERS};
+use crate::net::TurmoilNetwork;
+use crate::observe::{Capture, Observed};
+use crate::trace::{LogCapture, Recorder};
+use crate::Trace;
+
+/// The port routers listen on.
+const ROUTER_PORT: u16 = 8008;
+/// The port the replica manager listens on.
+const RM_PORT: u16 = 8007;
+/// The group every client may join.
+const GROUP: &str = "g";
+
+/// An error that ended a simulation run (a host failed, or the run did not
+/// finish in its simulated time).
+pub type SimError = Box<dyn std::error::Error>;
+
+/// How a run goes.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Seeds the network, every machine and the workload.
+    pub seed: u64,
+    /// How long clients issue commands (faults strike within it).
+    pub work: Duration,
+    /// How long, after everything is healed, clients keep listening before
+    /// they finish.
+    pub drain: Duration,
+    /// The faults.
+    pub plan: Plan,
+    /// Out of 100 client actions, how many join or leave the group.
+    pub churn: u32,
+    /// The largest message latency when no fault changes it.
+    pub latency: Duration,
+}
+
+impl RunConfig {
+    /// A run with `plan`, the default durations and workload.
+    pub fn new(seed: u64, plan: Plan) -> Self {
+        Self {
+            seed,
+            work: Duration::from_secs(16),
+            drain: Duration::from_secs(15),
+            plan,
+            churn: 15,
+            latency: Duration::from_millis(10),
+        }
+    }
+}
+
+/// The replica manager's "disk": survives crashes of its host.
+#[derive(Debug, Clone, Default)]
+struct MemoryStore(Rc<RefCell<Configuration>>);
+
+impl ConfigStore for MemoryStore {
+    fn load(&mut self) -> io::Result<Configuration> {
+        Ok(self.0.borrow().clone())
+    }
+
+    fn save(&mut self, config: &Configuration) -> io::Result<()> {
+        *self.0.borrow_mut() = config.clone();
+        Ok(())
+    }
+}
+
+/// Runs one simulation and returns its trace, with the routers' commits.
+pub fn run(config: &RunConfig) -> Result<(Trace, Observed), SimError> {
+    let logs = LogCapture::default();
+    let observed = Observed::default();
+    let filter = tracing_subscriber::EnvFilter::new(
+        "warn,peerlink::commit=trace,peerlink::config=info,peerlink::checkpoint=debug",
+    );
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .without_time()
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .finish()
+        .with(Capture(observed.clone()));
+    let trace = tracing::subscriber::with_default(subscriber, || simulate(config, &observed, &logs))?;
+    Ok((trace, observed))
+}
+
+fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Result<Trace, SimError> {
+    let work_end = Duration::from_secs(2) + config.work;
+    let finish_at = work_end + config.drain;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(config.seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        .simulation_duration(finish_at + Duration::from_secs(60))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(config.latency)
+        .build();
+    let recorder = Recorder::default();
+
+    let store = MemoryStore::default();
+    sim.host(RM, move || {
+        let mut store = store.clone();
+        async move {
+            let restored = store.load()?;
+            let listener = TurmoilNetwork.bind(&format!("0.0.0.0:{RM_PORT}")).await?;
+            let rm = ReplicaManager::new(RmConfig::default(), restored, peerlink_runtime::now());
+            run_rm(rm, listener, store, DEFAULT_MAX_FRAME_LEN, std::future::pending()).await;
+            Ok(())
+        }
+    });
+    for (n, name) in ROUTERS.iter().enumerate() {
+        let starts = Rc::new(Cell::new(0u64));
+        let seed = config.seed;
+        sim.host(*name, move || {
+            starts.set(starts.get() + 1);
+            let incarnation = starts.get();
+            async move {
+                let id = ReplicaId::new(*name)?;
+                let addr = format!("{name}:{ROUTER_PORT}");
+                let replication = ReplicationConfig::new(id, addr, format!("{RM}:{RM_PORT}"), incarnation);
+                let router_config = RouterConfig {
+                    replication: Some(replication),
+                    ..RouterConfig::default()
+                };
+                let router_seed = seed.wrapping_add(100 * (n as u64 + 1) + incarnation);
+                let router = Router::new(router_config, router_seed, peerlink_runtime::now());
+                let listener = TurmoilNetwork.bind(&format!("0.0.0.0:{ROUTER_PORT}")).await?;
+                let limits = RouterLimits {
+                    max_frame_len: DEFAULT_MAX_FRAME_LEN,
+                    max_connections: 1_000,
+                    connect_timeout: Duration::from_secs(1),
+                };
+                run_router(TurmoilNetwork, router, listener, limits, std::future::pending()).await;
+                Ok(())
+            }
+        });
+    }
+    for (i, name) in CLIENTS.iter().enumerate() {
+        let workload = Workload {
+            index: i,
+            seed: config.seed,
+            churn: config.churn,
+            work_end,
+            finish_at,
+            recorder: recorder.clone(),
+        };
+        sim.client(*name, workload.run());
+    }
+
+    let mut injector = Injector::new(config.plan.clone(), config.latency);
+    let mut healed = false;
+    while !sim.step()? {
+        let now = sim.elapsed();
+        let sents = recorder.sent_count();
+        let effects = if now >= work_end && !healed {
+            healed = true;
+            recorder.note(&format!("heal at {} ms", now.as_millis()));
+            injector.heal()
+        } else {
+            injector.due(now, observed, sents)
+        };
+        for effect in effects {
+            recorder.note(&format!("fault at {} ms: {effect:?}", now.as_millis()));
+            effect.apply(&mut sim);
+        }
+    }
+    Ok(recorder.finish(logs))
+}
+
+/// One client's scripted behaviour: register, then issue random sends and
+/// group changes until the end of the workload, then listen until the end
+/// of the drain, then finish.
+struct Workload {
+    index: usize,
+    seed: u64,
+    churn: u32,
+    work_end: Duration,
+    finish_at: Duration,
+    recorder: Recorder,
+}
+
+impl Workload {
+    async fn run(self) -> turmoil::Result {
+        let name = CLIENTS[self.index];
+        let peer = PeerId::new(name)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(self.index as u64 + 1)));
+        let routers: Vec<String> = ROUTERS.iter().map(|r| format!("{r}:{ROUTER_PORT}")).collect();
+        let client_config = ClientConfig::new(peer.clone(), Secret::new(format!("{name}-secret"))?, routers);
+        let outbox_limit = client_config.outbox_limit;
+        let client = Client::new(client_config, rng.random(), peerlink_runtime::now());
+        let driver_config = ClientDriverConfig {
+            connect_timeout: Duration::from_secs(1),
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+        };
+        let (controls, controls_rx) = mpsc::channel(16);
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let driver = tokio::task::spawn_local(run_client(
+            TurmoilNetwork,
+            client,
+            driver_config,
+            controls_rx,
+            events_tx,
+            outbox_limit,
+        ));
+        let member = Rc::new(RefCell::new(BTreeSet::<GroupName>::new()));
+        let group = GroupName::new(GROUP)?;
+        let issue = |command: Command| {
+            self.recorder.record(&peer, What::Issued(command.clone()));
+            Control::Command(command)
+        };
+
+        controls.send(issue(Command::Register)).await?;
+        if self.index == 0 {
+            controls.send(issue(Command::Group(GroupOp::Create, group.clone()))).await?;
+        }
+        let mut sent = 0u64;
+        let elapsed = || turmoil::sim_elapsed().unwrap_or_default();
+        loop {
+            let pause = Duration::from_millis(rng.random_range(20..150));
+            tokio::select! {
+                biased;
+                Some(event) = events.recv() => self.observe(&peer, &member, event),
+                () = tokio::time::sleep(pause) => {
+                    let now = elapsed();
+                    if now >= self.work_end {
+                        break;
+                    }
+                    // Others join only once the group surely exists.
+                    if now < Duration::from_secs(2) {
+                        continue;
+                    }
+                    let roll = rng.random_range(0..100);
+                    let command = if roll < self.churn {
+                        let op = if member.borrow().contains(&group) { GroupOp::Leave } else { GroupOp::Join };
+                        Command::Group(op, group.clone())
+                    } else {
+                        sent += 1;
+                        let to = if rng.random_range(0..10) < 3 && member.borrow().contains(&group) {
+                            Target::from(group.clone())
+                        } else {
+                            let others: Vec<&str> = CLIENTS.iter().copied().filter(|c| *c != name).collect();
+                            Target::new(others[rng.random_range(0..others.len())])?
+                        };
+                        Command::Send { to, body: format!("{name}-{sent}") }
+                    };
+                    controls.send(issue(command)).await?;
+                }
+            }
+        }
+        // Listen until everything has had time to arrive, then finish.
+        loop {
+            let left = self.finish_at.saturating_sub(elapsed());
+            if left.is_zero() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some(event) = events.recv() => self.observe(&peer, &member, event),
+                () = tokio::time::sleep(left) => {}
+            }
+        }
+        controls.send(Control::Finish { within: Duration::from_secs(30) }).await?;
+        while let Some(event) = events.recv().await {
+            self.observe(&peer, &member, event);
+        }
+        driver.await?;
+        Ok(())
+    }
+
+    fn observe(&self, peer: &PeerId, member: &RefCell<BTreeSet<GroupName>>, event: ClientEvent) {
+        if let ClientEvent::GroupDone { op, group } = &event {
+            match op {
+                GroupOp::Create | GroupOp::Join => member.borrow_mut().insert(group.clone()),
+                GroupOp::Leave => member.borrow_mut().remove(group),
+            };
+        }
+        self.recorder.record(peer, What::Observed(event));
+    }
+}
