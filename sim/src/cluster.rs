@@ -206,7 +206,9 @@ impl Workload {
     async fn run(self) -> turmoil::Result {
         let name = CLIENTS[self.index];
         let peer = PeerId::new(name)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(self.index as u64 + 1)));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(self.index as u64 + 1)),
+        );
         let routers: Vec<String> = ROUTERS.iter().map(|r| format!("{r}:{ROUTER_PORT}")).collect();
         let client_config = ClientConfig::new(peer.clone(), Secret::new(format!("{name}-secret"))?, routers);
         let outbox_limit = client_config.outbox_limit;
@@ -234,7 +236,9 @@ impl Workload {
 
         controls.send(issue(Command::Register)).await?;
         if self.index == 0 {
-            controls.send(issue(Command::Group(GroupOp::Create, group.clone()))).await?;
+            controls
+                .send(issue(Command::Group(GroupOp::Create, group.clone())))
+                .await?;
         }
         let mut sent = 0u64;
         let elapsed = || turmoil::sim_elapsed().unwrap_or_default();
@@ -282,7 +286,11 @@ impl Workload {
                 () = tokio::time::sleep(left) => {}
             }
         }
-        controls.send(Control::Finish { within: Duration::from_secs(30) }).await?;
+        controls
+            .send(Control::Finish {
+                within: Duration::from_secs(30),
+            })
+            .await?;
         while let Some(event) = events.recv().await {
             self.observe(&peer, &member, event);
         }

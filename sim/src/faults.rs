@@ -153,8 +153,9 @@ impl Injector {
                 keep.push((fault, armed));
                 continue;
             }
-            let (events_then, sents_then, primary_then) =
-                armed.clone().unwrap_or_else(|| (observed.len(), sents, observed.primary()));
+            let (events_then, sents_then, primary_then) = armed
+                .clone()
+                .unwrap_or_else(|| (observed.len(), sents, observed.primary()));
             let triggered = match fault.trigger {
                 Trigger::Now => true,
                 Trigger::NextSent => sents > sents_then,
@@ -175,7 +176,9 @@ impl Injector {
         for fault in fire {
             self.schedule(now + fault.delay, &fault.action, observed);
         }
-        let (now_due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.timed).into_iter().partition(|(t, _)| *t <= now);
+        let (now_due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.timed)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
         self.timed = later;
         now_due
             .into_iter()
@@ -218,7 +221,8 @@ impl Injector {
             Victim::Named(host) => Some(host),
             Victim::Primary => primary,
             Victim::NotPrimary(n) => {
-                let others: Vec<&'static str> = ROUTERS.iter().copied().filter(|r| Some(*r) != primary).collect();
+                let others: Vec<&'static str> =
+                    ROUTERS.iter().copied().filter(|r| Some(*r) != primary).collect();
                 others.get(n % others.len()).copied()
             }
         }
@@ -227,7 +231,10 @@ impl Injector {
     fn schedule(&mut self, at: Duration, action: &Action, observed: &Observed) {
         let tick = Duration::from_millis(10);
         let resolve_all = |targets: &[Victim]| -> Vec<&'static str> {
-            targets.iter().filter_map(|t| Self::resolve(t, observed)).collect()
+            targets
+                .iter()
+                .filter_map(|t| Self::resolve(t, observed))
+                .collect()
         };
         match action {
             Action::Crash { host, down } => {
@@ -238,8 +245,12 @@ impl Injector {
             }
             Action::SilentCrash { host, down } => {
                 if let Some(host) = Self::resolve(host, observed) {
-                    let everyone: Vec<&'static str> =
-                        [RM].into_iter().chain(ROUTERS).chain(CLIENTS).filter(|h| *h != host).collect();
+                    let everyone: Vec<&'static str> = [RM]
+                        .into_iter()
+                        .chain(ROUTERS)
+                        .chain(CLIENTS)
+                        .filter(|h| *h != host)
+                        .collect();
                     for other in &everyone {
                         self.timed.push((at, Effect::Partition(host, other)));
                     }
@@ -250,7 +261,12 @@ impl Injector {
                     }
                 }
             }
-            Action::Partition { a, b, oneway, duration } => {
+            Action::Partition {
+                a,
+                b,
+                oneway,
+                duration,
+            } => {
                 let Some(a) = Self::resolve(a, observed) else {
                     return;
                 };
@@ -275,7 +291,8 @@ impl Injector {
             }
             Action::Latency { max, duration } => {
                 self.timed.push((at, Effect::Latency(*max)));
-                self.timed.push((at + *duration, Effect::Latency(self.base_latency)));
+                self.timed
+                    .push((at + *duration, Effect::Latency(self.base_latency)));
             }
         }
         // Keep effects in time order, stable for equal times.

@@ -233,7 +233,9 @@ pub struct Outcome {
 /// scenario has that name.
 pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fnv(name));
-    let secs = |rng: &mut ChaCha8Rng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo * 1000..hi * 1000));
+    let secs = |rng: &mut ChaCha8Rng, lo: u64, hi: u64| {
+        Duration::from_millis(rng.random_range(lo * 1000..hi * 1000))
+    };
     let mut config = RunConfig::new(seed, Plan::new());
     let fault = |at, trigger, delay, action| Fault {
         at,
@@ -245,14 +247,29 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
     match name {
         "primary_crash" => {
             // Half the time, right after a client hears Sent.
-            let trigger = if rng.random_bool(0.5) { Trigger::NextSent } else { Trigger::Now };
+            let trigger = if rng.random_bool(0.5) {
+                Trigger::NextSent
+            } else {
+                Trigger::Now
+            };
             let delay = Duration::from_millis(rng.random_range(0..5));
             let down = secs(&mut rng, 1, 4);
-            plan.push(fault(secs(&mut rng, 4, 10), trigger, delay, Action::Crash { host: Victim::Primary, down }));
+            plan.push(fault(
+                secs(&mut rng, 4, 10),
+                trigger,
+                delay,
+                Action::Crash {
+                    host: Victim::Primary,
+                    down,
+                },
+            ));
         }
         "silent_primary_crash" => {
             let down = secs(&mut rng, 2, 5);
-            let action = Action::SilentCrash { host: Victim::Primary, down };
+            let action = Action::SilentCrash {
+                host: Victim::Primary,
+                down,
+            };
             plan.push(fault(secs(&mut rng, 4, 10), Trigger::Now, Duration::ZERO, action));
         }
         "primary_cut_from_rm" => {
@@ -279,7 +296,10 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
             let backup = Victim::NotPrimary(rng.random_range(0..2));
             let first = secs(&mut rng, 3, 7);
             let down = secs(&mut rng, 1, 3);
-            let action = Action::Crash { host: backup.clone(), down };
+            let action = Action::Crash {
+                host: backup.clone(),
+                down,
+            };
             plan.push(fault(first, Trigger::Now, Duration::ZERO, action));
             // When it comes back it loads a checkpoint: crash it again then.
             let action = Action::Crash { host: backup, down };
@@ -289,10 +309,21 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
         "rm_crash" => {
             let at = secs(&mut rng, 3, 7);
             let down = secs(&mut rng, 2, 5);
-            plan.push(fault(at, Trigger::Now, Duration::ZERO, Action::Crash { host: Victim::Named(RM), down }));
+            plan.push(fault(
+                at,
+                Trigger::Now,
+                Duration::ZERO,
+                Action::Crash {
+                    host: Victim::Named(RM),
+                    down,
+                },
+            ));
             let later = at + down + secs(&mut rng, 1, 3);
             let primary_down = secs(&mut rng, 1, 3);
-            let action = Action::Crash { host: Victim::Primary, down: primary_down };
+            let action = Action::Crash {
+                host: Victim::Primary,
+                down: primary_down,
+            };
             plan.push(fault(later, Trigger::Now, Duration::ZERO, action));
         }
         "client_offline_failover" => {
@@ -305,14 +336,30 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
             };
             plan.push(fault(offline_at, Trigger::Now, Duration::ZERO, action));
             let down = secs(&mut rng, 1, 3);
-            let crash = Action::Crash { host: Victim::Primary, down };
-            plan.push(fault(offline_at + secs(&mut rng, 2, 5), Trigger::Now, Duration::ZERO, crash));
+            let crash = Action::Crash {
+                host: Victim::Primary,
+                down,
+            };
+            plan.push(fault(
+                offline_at + secs(&mut rng, 2, 5),
+                Trigger::Now,
+                Duration::ZERO,
+                crash,
+            ));
         }
         "group_churn_failover" => {
             config.churn = 40;
             let down = secs(&mut rng, 1, 4);
-            let action = Action::Crash { host: Victim::Primary, down };
-            plan.push(fault(secs(&mut rng, 4, 12), Trigger::NextSent, Duration::ZERO, action));
+            let action = Action::Crash {
+                host: Victim::Primary,
+                down,
+            };
+            plan.push(fault(
+                secs(&mut rng, 4, 12),
+                Trigger::NextSent,
+                Duration::ZERO,
+                action,
+            ));
         }
         "mix" => {
             for _ in 0..rng.random_range(4..9) {
@@ -334,14 +381,28 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
                 let others = |rng: &mut ChaCha8Rng| -> Vec<Victim> {
                     let all: Vec<&'static str> = [RM].into_iter().chain(ROUTERS).chain(CLIENTS).collect();
                     let n = rng.random_range(1..4);
-                    (0..n).map(|_| Victim::Named(all[rng.random_range(0..all.len())])).collect()
+                    (0..n)
+                        .map(|_| Victim::Named(all[rng.random_range(0..all.len())]))
+                        .collect()
                 };
                 let action = match rng.random_range(0..6) {
                     0 => Action::Crash { host, down: short },
                     1 => Action::SilentCrash { host, down: short },
-                    2 => Action::Partition { a: host, b: others(&mut rng), oneway: rng.random_bool(0.5), duration: short },
-                    3 => Action::Hold { a: host, b: others(&mut rng), duration: short },
-                    4 => Action::Latency { max: Duration::from_millis(rng.random_range(50..400)), duration: short },
+                    2 => Action::Partition {
+                        a: host,
+                        b: others(&mut rng),
+                        oneway: rng.random_bool(0.5),
+                        duration: short,
+                    },
+                    3 => Action::Hold {
+                        a: host,
+                        b: others(&mut rng),
+                        duration: short,
+                    },
+                    4 => Action::Latency {
+                        max: Duration::from_millis(rng.random_range(50..400)),
+                        duration: short,
+                    },
                     _ => Action::Partition {
                         a: Victim::Named(CLIENTS[rng.random_range(0..3)]),
                         b: ROUTERS.iter().map(|r| Victim::Named(r)).collect(),
@@ -373,6 +434,7 @@ pub fn replay_command(name: &str, seed: u64) -> String {
 
 /// FNV-1a of a name, to give every scenario its own random stream.
 fn fnv(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

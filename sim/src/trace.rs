@@ -50,7 +50,10 @@ impl Recorder {
 
     /// Appends a record, stamped with the simulated time.
     pub(crate) fn record(&self, peer: &PeerId, what: What) {
-        if matches!(what, What::Observed(peerlink_core::client::ClientEvent::Sent { .. })) {
+        if matches!(
+            what,
+            What::Observed(peerlink_core::client::ClientEvent::Sent { .. })
+        ) {
             self.sents.set(self.sents.get() + 1);
         }
         let elapsed = turmoil::sim_elapsed().unwrap_or_default();

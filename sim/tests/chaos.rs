@@ -10,13 +10,22 @@ const SEEDS: [u64; 3] = [1, 2, 3];
 
 fn scenario(name: &str) {
     for seed in SEEDS {
-        let outcome = run_scenario(name, seed)
-            .unwrap_or_else(|e| panic!("{name} seed {seed} did not finish: {e}\nreplay: {}", replay_command(name, seed)));
+        let outcome = run_scenario(name, seed).unwrap_or_else(|e| {
+            panic!(
+                "{name} seed {seed} did not finish: {e}\nreplay: {}",
+                replay_command(name, seed)
+            )
+        });
         assert!(
             outcome.violations.is_empty(),
             "{name} seed {seed}: {} violation(s):\n{}\nreplay: {}",
             outcome.violations.len(),
-            outcome.violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
+            outcome
+                .violations
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
             replay_command(name, seed)
         );
     }
@@ -73,7 +82,10 @@ fn the_same_seed_gives_a_byte_identical_trace() {
     let second = run_scenario("mix", 7).expect("second run");
     assert_eq!(first.trace.lines, second.trace.lines);
     assert_eq!(first.trace.digest(), second.trace.digest());
-    assert!(first.trace.lines.iter().any(|l| l.starts_with("fault at")), "faults are part of the trace");
+    assert!(
+        first.trace.lines.iter().any(|l| l.starts_with("fault at")),
+        "faults are part of the trace"
+    );
 }
 
 #[test]

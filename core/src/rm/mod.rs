@@ -14,8 +14,9 @@
 //!   it follows the primary, and the primary asks to make it a backup once it
 //!   has caught up ([`RmRequest::AddBackup`]).
 //! - A backup is dropped only on the request of a primary whose epoch is
-//!   current ([`RmRequest::RemoveBackup`]) — or when it restarts (a new
-//!   incarnation), because a restarted router has lost its state.
+//!   current ([`RmRequest::RemoveBackup`]), and never the last one — or when
+//!   it restarts (a new incarnation), because a restarted router has lost
+//!   its state.
 //! - When the primary misses heartbeats for [`RmConfig::failure_timeout`],
 //!   or restarts, the RM promotes the live backup with the highest LSN; only
 //!   backups can be promoted, because only they hold every committed change.
@@ -196,7 +197,7 @@ impl ReplicaManager {
             RmRequest::RemoveBackup { id, epoch, backup } => {
                 match self.check_primary(&id, epoch) {
                     Err((code, message)) => self.reply(conn, RmReply::Error { code, message }),
-                    Ok(()) if self.latest().is_backup(&backup) => {
+                    Ok(()) if self.latest().is_backup(&backup) && self.latest().backups.len() > 1 => {
                         let mut next = self.next_configuration();
                         let position = next.backups.iter().position(|m| m.id == backup);
                         let member = next.backups.remove(position.expect("checked above"));

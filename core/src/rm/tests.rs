@@ -468,3 +468,24 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn the_last_backup_is_never_removed() {
+    let mut h = Harness::three_routers();
+    for backup in ["r2", "r3"] {
+        let epoch = h.config().epoch;
+        h.request(
+            1,
+            RmRequest::RemoveBackup {
+                id: id("r1"),
+                epoch,
+                backup: id(backup),
+            },
+        );
+    }
+    assert_eq!(
+        Harness::names(&h.config().backups),
+        vec!["r3"],
+        "r2 went, r3 stays"
+    );
+}

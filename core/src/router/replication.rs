@@ -20,8 +20,9 @@
 //! - The commit point is the lowest LSN acknowledged by every backup of the
 //!   configuration (and by candidates the primary has asked to promote).
 //!   A backup that stays behind for [`ReplicationConfig::ack_timeout`] is
-//!   reported to the RM for removal; a candidate that has caught up is
-//!   proposed as a backup.
+//!   reported to the RM for removal — unless it is the last one: a primary
+//!   never runs without a backup, it waits instead. A candidate that has
+//!   caught up is proposed as a backup.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -482,6 +483,12 @@ impl Router {
                 .map(|(id, _)| id.clone())
                 .collect();
             for backup in stuck {
+                // Never drop the last backup: with the primary alone, its
+                // loss would lose everything acknowledged. Commits wait
+                // instead.
+                if r.configuration.backups.len() <= r.pending_removal.len() + 1 {
+                    break;
+                }
                 r.pending_removal.insert(backup.clone());
                 let request = RmRequest::RemoveBackup {
                     id: r.config.id.clone(),
