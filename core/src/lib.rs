@@ -16,6 +16,8 @@
 //! [`testing`] holds an in-memory world that runs routers and clients
 //! together without any I/O, for unit and property tests.
 
+#[cfg(feature = "planted-bugs")]
+pub mod bugs;
 pub mod client;
 pub mod ids;
 pub mod machine;

@@ -59,6 +59,9 @@ pub struct ClientConfig {
     /// The most messages waiting for their Sent. Further sends are refused
     /// with `outbox_full`. At most [`MAX_IN_FLIGHT`], the default.
     pub outbox_limit: usize,
+    /// Deliberate bugs (tests only).
+    #[cfg(feature = "planted-bugs")]
+    pub bugs: crate::bugs::Bugs,
 }
 
 impl ClientConfig {
@@ -74,6 +77,8 @@ impl ClientConfig {
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_millis(250),
             outbox_limit: MAX_IN_FLIGHT as usize,
+            #[cfg(feature = "planted-bugs")]
+            bugs: crate::bugs::Bugs::default(),
         }
     }
 }
@@ -700,7 +705,13 @@ impl Client {
 
     fn on_message(&mut self, delivery: DeliveryId, from: PeerId, seq: Seq, to: Target, body: String) {
         let newest = self.received.get(&from).copied().unwrap_or(Seq(0));
-        if seq > newest {
+        #[allow(unused_mut)]
+        let mut fresh = seq > newest;
+        #[cfg(feature = "planted-bugs")]
+        if self.config.bugs.recipient_keeps_duplicates {
+            fresh = true;
+        }
+        if fresh {
             self.received.insert(from.clone(), seq);
             let id = MsgId { from, seq };
             self.emit(ClientEvent::Received { id, to, body });

@@ -167,12 +167,14 @@ impl Router {
         match self.recipients(&me, &to, &body) {
             Ok(recipients) => {
                 self.apply(Change::Accepted {
-                    from: me,
+                    from: me.clone(),
                     seq,
                     to: to.clone(),
                     recipients: recipients.clone(),
                     body: Arc::from(body),
                 });
+                #[cfg(feature = "planted-bugs")]
+                self.planted_after_accept(&me, seq, &to, &recipients);
                 self.send(conn, ServerFrame::Sent { req, seq, to });
                 for recipient in &recipients {
                     self.push(recipient);
@@ -209,6 +211,10 @@ impl Router {
             ));
         };
         for recipient in &recipients {
+            #[cfg(feature = "planted-bugs")]
+            if self.config.bugs.mailbox_drops_oldest {
+                break;
+            }
             if self.state.peers[recipient].queued_messages >= self.config.mailbox_limit {
                 let message = format!(
                     "the mailbox of {recipient} is full ({} messages)",
@@ -290,6 +296,27 @@ impl Router {
         self.push(&me);
         if let Some(sender) = sender {
             self.push(&sender);
+        }
+    }
+
+    /// Planted bugs that act right after a message is accepted.
+    #[cfg(feature = "planted-bugs")]
+    fn planted_after_accept(&mut self, from: &PeerId, seq: Seq, to: &Target, recipients: &[PeerId]) {
+        let bugs = self.config.bugs;
+        let sender = self.sessions.get(from).map(|s| s.conn);
+        for recipient in recipients {
+            if let (true, Some(conn)) = (bugs.delivered_on_enqueue, sender) {
+                let frame = ServerFrame::Delivered {
+                    delivery: DeliveryId(u64::MAX),
+                    seq,
+                    to: to.clone(),
+                    by: recipient.clone(),
+                };
+                self.send(conn, frame);
+            }
+            if bugs.mailbox_drops_oldest {
+                self.state.planted_drop_oldest(recipient, self.config.mailbox_limit);
+            }
         }
     }
 

@@ -63,6 +63,9 @@ pub struct RouterConfig {
     pub max_frame_len: usize,
     /// Replication settings; `None` runs a standalone router.
     pub replication: Option<ReplicationConfig>,
+    /// Deliberate bugs (tests only).
+    #[cfg(feature = "planted-bugs")]
+    pub bugs: crate::bugs::Bugs,
 }
 
 impl Default for RouterConfig {
@@ -73,6 +76,8 @@ impl Default for RouterConfig {
             push_window: 256,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             replication: None,
+            #[cfg(feature = "planted-bugs")]
+            bugs: crate::bugs::Bugs::default(),
         }
     }
 }
@@ -224,7 +229,12 @@ impl Router {
     /// With [`RouterConfig::replication`] set, it starts outside any
     /// configuration and connects to the replica manager at `now`.
     pub fn new(mut config: RouterConfig, seed: u64, now: Instant) -> Self {
-        let replication = config.replication.take().map(|r| Replication::new(r, now));
+        #[allow(unused_mut)]
+        let mut replication = config.replication.take().map(|r| Replication::new(r, now));
+        #[cfg(feature = "planted-bugs")]
+        if let Some(r) = &mut replication {
+            r.bugs = config.bugs;
+        }
         Self {
             config,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -298,7 +308,12 @@ impl Router {
             None => self.outbox.commit(lsn),
             Some(replication) => {
                 replication.ship(lsn, change, &mut self.outbox);
-                let committed = replication.commit_point(lsn);
+                #[allow(unused_mut)]
+                let mut committed = replication.commit_point(lsn);
+                #[cfg(feature = "planted-bugs")]
+                if self.config.bugs.sent_before_replication {
+                    committed = lsn;
+                }
                 self.commit_to(committed);
             }
         }

@@ -160,6 +160,9 @@ pub(super) struct Replication {
 
     /// Follower: the epoch of the primary frames the state came from.
     stream_epoch: Epoch,
+    /// Deliberate bugs (tests only).
+    #[cfg(feature = "planted-bugs")]
+    pub(super) bugs: crate::bugs::Bugs,
 }
 
 impl Replication {
@@ -186,7 +189,18 @@ impl Replication {
             behind_since: BTreeMap::new(),
 
             stream_epoch: Epoch(0),
+            #[cfg(feature = "planted-bugs")]
+            bugs: crate::bugs::Bugs::default(),
         }
+    }
+
+    /// Whether followers skip the epoch fence (a planted bug).
+    fn ignores_epochs(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        if self.bugs.backup_accepts_old_epoch {
+            return true;
+        }
+        false
     }
 
     pub(super) fn is_primary(&self) -> bool {
@@ -300,6 +314,15 @@ impl Replication {
         }
     }
 
+    /// Whether the primary may ask the RM to drop backup `id`. Never the
+    /// last one: with the primary alone, its loss would lose everything
+    /// acknowledged, so commits wait instead.
+    fn may_remove(&self, id: &ReplicaId) -> bool {
+        self.configuration.is_backup(id)
+            && !self.pending_removal.contains(id)
+            && self.configuration.backups.len() > self.pending_removal.len() + 1
+    }
+
     /// When a lagging stream counts as stalled: half the ack timeout after
     /// both its start and its last progress.
     fn stalled_at(&self, id: &ReplicaId, stream: &Stream) -> Option<Instant> {
@@ -320,7 +343,7 @@ impl Replication {
         let removal = self
             .behind_since
             .iter()
-            .filter(|(id, _)| !self.pending_removal.contains(*id) && self.configuration.is_backup(id))
+            .filter(|(id, _)| self.may_remove(id))
             .map(|(_, since)| *since + self.config.ack_timeout)
             .chain(self.streams.iter().filter_map(|(id, s)| self.stalled_at(id, s)))
             .min();
@@ -475,18 +498,11 @@ impl Router {
             let stuck: Vec<ReplicaId> = r
                 .behind_since
                 .iter()
-                .filter(|(id, since)| {
-                    **since + r.config.ack_timeout <= now
-                        && !r.pending_removal.contains(*id)
-                        && r.configuration.is_backup(id)
-                })
+                .filter(|(id, since)| **since + r.config.ack_timeout <= now && r.may_remove(id))
                 .map(|(id, _)| id.clone())
                 .collect();
             for backup in stuck {
-                // Never drop the last backup: with the primary alone, its
-                // loss would lose everything acknowledged. Commits wait
-                // instead.
-                if r.configuration.backups.len() <= r.pending_removal.len() + 1 {
+                if !r.may_remove(&backup) {
                     break;
                 }
                 r.pending_removal.insert(backup.clone());
@@ -563,7 +579,8 @@ impl Router {
                 if was_primary {
                     self.step_down();
                 }
-                if old != (Role::Follower { primary }) {
+                let keep_old = self.replication.as_ref().is_some_and(|r| r.ignores_epochs() && r.primary.status == LinkStatus::Up);
+                if old != (Role::Follower { primary }) && !keep_old {
                     self.restart_link(Link::Primary, now);
                 }
             }
@@ -742,7 +759,7 @@ impl Router {
             return;
         }
         r.primary.heard = now;
-        let my_epoch = r.epoch();
+        let my_epoch = if r.ignores_epochs() { Epoch(0) } else { r.epoch() };
         match frame {
             PrimaryFrame::Checkpoint { epoch, lsn, state } => {
                 if epoch < my_epoch {

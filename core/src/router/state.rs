@@ -242,6 +242,24 @@ impl State {
         }
     }
 
+    
+
+    /// Planted bug: forget the oldest messages of a mailbox over `limit`.
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) fn planted_drop_oldest(&mut self, peer: &PeerId, limit: usize) {
+        let record = self.peer_mut(peer);
+        while record.queued_messages > limit {
+            let oldest = record
+                .mailbox
+                .iter()
+                .find(|(_, item)| matches!(item, Item::Message { .. }))
+                .map(|(d, _)| *d);
+            let Some(oldest) = oldest else { break };
+            record.mailbox.remove(&oldest);
+            record.queued_messages -= 1;
+        }
+    }
+
     fn advance_seq(&mut self, from: &PeerId, seq: Seq) {
         let record = self.peer_mut(from);
         record.last_seq = record.last_seq.max(seq);

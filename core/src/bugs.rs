@@ -1,0 +1,20 @@
+//! Deliberate bugs, compiled in only with the `planted-bugs` feature and
+//! switched on one at a time by the test that proves the history checker
+//! catches each of them. Production builds do not contain this module.
+
+/// Which deliberate bugs are active. All off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// The primary reports Sent as soon as it applies a change, without
+    /// waiting for its backups.
+    pub sent_before_replication: bool,
+    /// Followers apply frames from any epoch, and keep following the old
+    /// primary when a newer configuration names another.
+    pub backup_accepts_old_epoch: bool,
+    /// The client hands every copy of a message to its application.
+    pub recipient_keeps_duplicates: bool,
+    /// The router reports Delivered as soon as it stores a message.
+    pub delivered_on_enqueue: bool,
+    /// A full mailbox drops its oldest message instead of refusing new ones.
+    pub mailbox_drops_oldest: bool,
+}
