@@ -428,3 +428,26 @@ fn a_primary_without_its_backups_acknowledgement_reports_nothing() {
     assert_eq!(pair.answers, 1);
     assert!(pair.violations.is_empty());
 }
+
+#[test]
+fn a_primary_whose_only_backup_lags_waits_without_spinning() {
+    let mut pair = Pair::new();
+    pair.heal();
+    pair.send(0, 1);
+    for _ in 0..50 {
+        // Nothing ever gets through: the backup stays behind for good.
+        pair.to_f.clear();
+        pair.to_p.clear();
+        pair.tick(Duration::from_millis(100));
+        // Whatever is due now is done in a few calls; then the next wake-up
+        // lies ahead, instead of a deadline that stays in the past.
+        for _ in 0..3 {
+            if pair.p.poll_timeout().is_some_and(|t| t <= pair.now) {
+                pair.tick(Duration::ZERO);
+            }
+        }
+        let next = pair.p.poll_timeout().expect("heartbeats keep a timer");
+        assert!(next > pair.now, "the primary keeps asking to be woken at once: {next:?}");
+    }
+    assert_eq!(pair.answers, 0, "nothing is committed without the backup");
+}

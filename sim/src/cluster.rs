@@ -59,6 +59,11 @@ pub struct RunConfig {
     pub churn: u32,
     /// The largest message latency when no fault changes it.
     pub latency: Duration,
+    /// Each router's mailbox limit.
+    pub mailbox_limit: usize,
+    /// Deliberate bugs to switch on in every router and client.
+    #[cfg(feature = "planted-bugs")]
+    pub bugs: peerlink_core::bugs::Bugs,
 }
 
 impl RunConfig {
@@ -71,6 +76,9 @@ impl RunConfig {
             plan,
             churn: 15,
             latency: Duration::from_millis(10),
+            mailbox_limit: RouterConfig::default().mailbox_limit,
+            #[cfg(feature = "planted-bugs")]
+            bugs: Default::default(),
         }
     }
 }
@@ -134,6 +142,9 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
     for (n, name) in ROUTERS.iter().enumerate() {
         let starts = Rc::new(Cell::new(0u64));
         let seed = config.seed;
+        let mailbox_limit = config.mailbox_limit;
+        #[cfg(feature = "planted-bugs")]
+        let bugs = config.bugs;
         sim.host(*name, move || {
             starts.set(starts.get() + 1);
             let incarnation = starts.get();
@@ -143,6 +154,9 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
                 let replication = ReplicationConfig::new(id, addr, format!("{RM}:{RM_PORT}"), incarnation);
                 let router_config = RouterConfig {
                     replication: Some(replication),
+                    mailbox_limit,
+                    #[cfg(feature = "planted-bugs")]
+                    bugs,
                     ..RouterConfig::default()
                 };
                 let router_seed = seed.wrapping_add(100 * (n as u64 + 1) + incarnation);
@@ -160,6 +174,8 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
     }
     for (i, name) in CLIENTS.iter().enumerate() {
         let workload = Workload {
+            #[cfg(feature = "planted-bugs")]
+            bugs: config.bugs,
             index: i,
             seed: config.seed,
             churn: config.churn,
@@ -194,6 +210,8 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
 /// group changes until the end of the workload, then listen until the end
 /// of the drain, then finish.
 struct Workload {
+    #[cfg(feature = "planted-bugs")]
+    bugs: peerlink_core::bugs::Bugs,
     index: usize,
     seed: u64,
     churn: u32,
@@ -210,7 +228,12 @@ impl Workload {
             self.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(self.index as u64 + 1)),
         );
         let routers: Vec<String> = ROUTERS.iter().map(|r| format!("{r}:{ROUTER_PORT}")).collect();
-        let client_config = ClientConfig::new(peer.clone(), Secret::new(format!("{name}-secret"))?, routers);
+        #[allow(unused_mut)]
+        let mut client_config = ClientConfig::new(peer.clone(), Secret::new(format!("{name}-secret"))?, routers);
+        #[cfg(feature = "planted-bugs")]
+        {
+            client_config.bugs = self.bugs;
+        }
         let outbox_limit = client_config.outbox_limit;
         let client = Client::new(client_config, rng.random(), peerlink_runtime::now());
         let driver_config = ClientDriverConfig {

@@ -432,6 +432,14 @@ impl Router {
         let Some(r) = self.replication.as_mut() else {
             return;
         };
+        let silence = r.config.heartbeat_interval * SILENT_BEATS;
+        for link in [Link::Rm, Link::Primary] {
+            let r = self.replication.as_mut().expect("replicated");
+            if r.link_mut(link).is_silent(now, silence) {
+                self.restart_link(link, now);
+            }
+        }
+        let r = self.replication.as_mut().expect("replicated");
         for link in [Link::Rm, Link::Primary] {
             let addr = match link {
                 Link::Rm => r.config.rm.clone(),
@@ -449,13 +457,6 @@ impl Router {
                     self.outbox
                         .emit_now(RouterOutput::Connect { link, attempt, addr });
                 }
-            }
-        }
-        let silence = r.config.heartbeat_interval * SILENT_BEATS;
-        for link in [Link::Rm, Link::Primary] {
-            let r = self.replication.as_mut().expect("replicated");
-            if r.link_mut(link).is_silent(now, silence) {
-                self.restart_link(link, now);
             }
         }
         let r = self.replication.as_mut().expect("replicated");
