@@ -8,9 +8,7 @@ pub struct Bugs {
     /// The primary reports Sent as soon as it applies a change, without
     /// waiting for its backups.
     pub sent_before_replication: bool,
-    /// Followers apply frames from any epoch, and keep following the old
-    /// primary when a newer configuration names another.
-    pub backup_accepts_old_epoch: bool,
+
     /// The client hands every copy of a message to its application.
     pub recipient_keeps_duplicates: bool,
     /// The router reports Delivered as soon as it stores a message.

@@ -447,7 +447,10 @@ fn a_primary_whose_only_backup_lags_waits_without_spinning() {
             }
         }
         let next = pair.p.poll_timeout().expect("heartbeats keep a timer");
-        assert!(next > pair.now, "the primary keeps asking to be woken at once: {next:?}");
+        assert!(
+            next > pair.now,
+            "the primary keeps asking to be woken at once: {next:?}"
+        );
     }
     assert_eq!(pair.answers, 0, "nothing is committed without the backup");
 }

@@ -343,13 +343,26 @@ pub struct Commit {
     pub lsn: Lsn,
 }
 
-/// Checks the routers' own commit trace: at most one router commits in any
-/// epoch, and epochs never go backwards at any router.
+/// Checks the routers' own commit trace, in the order commits happened: at
+/// most one router commits in any epoch; epochs never go backwards at any
+/// router; and once a router has committed in an epoch, no other router
+/// commits in an older one (a deposed primary commits nothing).
 pub fn check_commits(commits: &[Commit]) -> Vec<Violation> {
     let mut by_epoch: BTreeMap<Epoch, BTreeSet<ReplicaId>> = BTreeMap::new();
     let mut last: BTreeMap<ReplicaId, Epoch> = BTreeMap::new();
+    let mut newest: Option<(Epoch, ReplicaId)> = None;
     let mut violations = Vec::new();
     for commit in commits {
+        match &newest {
+            Some((epoch, router)) if commit.epoch < *epoch && commit.router != *router => {
+                violations.push(Violation::TwoCommitters {
+                    epoch: commit.epoch,
+                    routers: vec![commit.router.clone(), router.clone()],
+                });
+            }
+            Some((epoch, _)) if commit.epoch <= *epoch => {}
+            _ => newest = Some((commit.epoch, commit.router.clone())),
+        }
         by_epoch
             .entry(commit.epoch)
             .or_default()

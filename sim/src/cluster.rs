@@ -229,7 +229,8 @@ impl Workload {
         );
         let routers: Vec<String> = ROUTERS.iter().map(|r| format!("{r}:{ROUTER_PORT}")).collect();
         #[allow(unused_mut)]
-        let mut client_config = ClientConfig::new(peer.clone(), Secret::new(format!("{name}-secret"))?, routers);
+        let mut client_config =
+            ClientConfig::new(peer.clone(), Secret::new(format!("{name}-secret"))?, routers);
         #[cfg(feature = "planted-bugs")]
         {
             client_config.bugs = self.bugs;

@@ -121,12 +121,16 @@ pub(crate) enum Effect {
     Latency(Duration),
 }
 
+/// What had been observed when a fault was armed: cluster events, Sent
+/// events, and the primary.
+type Armed = (usize, usize, Option<String>);
+
 /// Turns planned faults into timed [`Effect`]s as the run unfolds.
 #[derive(Debug)]
 pub(crate) struct Injector {
-    /// Faults not yet fired, with the observation count when they were
+    /// Faults not yet fired, with what had been observed when they were
     /// armed (`None` while not armed).
-    pending: Vec<(Fault, Option<(usize, usize, Option<String>)>)>,
+    pending: Vec<(Fault, Option<Armed>)>,
     /// Effects due at a time.
     timed: Vec<(Duration, Effect)>,
     crashed: BTreeSet<&'static str>,

@@ -43,6 +43,11 @@ impl Observed {
         self.0.lock().expect("observer poisoned").clone()
     }
 
+    /// Whether nothing was captured yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// How many events were captured so far.
     pub fn len(&self) -> usize {
         self.0.lock().expect("observer poisoned").len()

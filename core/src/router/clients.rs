@@ -315,7 +315,8 @@ impl Router {
                 self.send(conn, frame);
             }
             if bugs.mailbox_drops_oldest {
-                self.state.planted_drop_oldest(recipient, self.config.mailbox_limit);
+                self.state
+                    .planted_drop_oldest(recipient, self.config.mailbox_limit);
             }
         }
     }

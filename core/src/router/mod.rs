@@ -229,12 +229,7 @@ impl Router {
     /// With [`RouterConfig::replication`] set, it starts outside any
     /// configuration and connects to the replica manager at `now`.
     pub fn new(mut config: RouterConfig, seed: u64, now: Instant) -> Self {
-        #[allow(unused_mut)]
-        let mut replication = config.replication.take().map(|r| Replication::new(r, now));
-        #[cfg(feature = "planted-bugs")]
-        if let Some(r) = &mut replication {
-            r.bugs = config.bugs;
-        }
+        let replication = config.replication.take().map(|r| Replication::new(r, now));
         Self {
             config,
             rng: ChaCha8Rng::seed_from_u64(seed),

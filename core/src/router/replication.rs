@@ -160,9 +160,6 @@ pub(super) struct Replication {
 
     /// Follower: the epoch of the primary frames the state came from.
     stream_epoch: Epoch,
-    /// Deliberate bugs (tests only).
-    #[cfg(feature = "planted-bugs")]
-    pub(super) bugs: crate::bugs::Bugs,
 }
 
 impl Replication {
@@ -189,18 +186,7 @@ impl Replication {
             behind_since: BTreeMap::new(),
 
             stream_epoch: Epoch(0),
-            #[cfg(feature = "planted-bugs")]
-            bugs: crate::bugs::Bugs::default(),
         }
-    }
-
-    /// Whether followers skip the epoch fence (a planted bug).
-    fn ignores_epochs(&self) -> bool {
-        #[cfg(feature = "planted-bugs")]
-        if self.bugs.backup_accepts_old_epoch {
-            return true;
-        }
-        false
     }
 
     pub(super) fn is_primary(&self) -> bool {
@@ -347,15 +333,12 @@ impl Replication {
             .map(|(_, since)| *since + self.config.ack_timeout)
             .chain(self.streams.iter().filter_map(|(id, s)| self.stalled_at(id, s)))
             .min();
-        [
-            Some(self.next_heartbeat),
-            link(&self.rm),
-            link(&self.primary),
-            removal,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        // Only a follower reconnects to a primary.
+        let primary = link(&self.primary).filter(|_| matches!(self.role, Role::Follower { .. }));
+        [Some(self.next_heartbeat), link(&self.rm), primary, removal]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn link_mut(&mut self, link: Link) -> &mut LinkState {
@@ -580,8 +563,7 @@ impl Router {
                 if was_primary {
                     self.step_down();
                 }
-                let keep_old = self.replication.as_ref().is_some_and(|r| r.ignores_epochs() && r.primary.status == LinkStatus::Up);
-                if old != (Role::Follower { primary }) && !keep_old {
+                if old != (Role::Follower { primary }) {
                     self.restart_link(Link::Primary, now);
                 }
             }
@@ -760,7 +742,7 @@ impl Router {
             return;
         }
         r.primary.heard = now;
-        let my_epoch = if r.ignores_epochs() { Epoch(0) } else { r.epoch() };
+        let my_epoch = r.epoch();
         match frame {
             PrimaryFrame::Checkpoint { epoch, lsn, state } => {
                 if epoch < my_epoch {

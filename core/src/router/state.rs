@@ -242,8 +242,6 @@ impl State {
         }
     }
 
-    
-
     /// Planted bug: forget the oldest messages of a mailbox over `limit`.
     #[cfg(feature = "planted-bugs")]
     pub(crate) fn planted_drop_oldest(&mut self, peer: &PeerId, limit: usize) {
