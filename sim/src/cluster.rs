@@ -203,7 +203,9 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
             effect.apply(&mut sim);
         }
     }
-    Ok(recorder.finish(logs))
+    let mut trace = recorder.finish(logs);
+    trace.simulated = sim.elapsed();
+    Ok(trace)
 }
 
 /// One client's scripted behaviour: register, then issue random sends and

@@ -16,6 +16,8 @@ pub struct Trace {
     pub history: History,
     /// One line per history record and per log line, with simulated times.
     pub lines: Vec<String>,
+    /// How much simulated time the run took.
+    pub simulated: std::time::Duration,
 }
 
 impl Trace {
