@@ -22,6 +22,7 @@ fn member(id: &str) -> Member {
     Member {
         id: ReplicaId::new(id).unwrap(),
         addr: format!("{id}:1"),
+        incarnation: 1,
     }
 }
 

@@ -134,8 +134,15 @@ pub(crate) struct Injector {
     /// Effects due at a time.
     timed: Vec<(Duration, Effect)>,
     crashed: BTreeSet<&'static str>,
+    /// When each router last restarted.
+    restarted: Vec<(&'static str, Duration)>,
     base_latency: Duration,
 }
+
+/// How long a restarted router gets to catch up before another router may
+/// crash. Router state lives in memory: the cluster tolerates routers
+/// failing one at a time, not all at once (disk durability comes later).
+const CATCH_UP: Duration = Duration::from_secs(3);
 
 impl Injector {
     pub(crate) fn new(plan: Plan, base_latency: Duration) -> Self {
@@ -143,6 +150,7 @@ impl Injector {
             pending: plan.into_iter().map(|f| (f, None)).collect(),
             timed: Vec::new(),
             crashed: BTreeSet::new(),
+            restarted: Vec::new(),
             base_latency,
         }
     }
@@ -187,7 +195,7 @@ impl Injector {
         now_due
             .into_iter()
             .map(|(_, e)| e)
-            .filter(|effect| self.track(effect))
+            .filter(|effect| self.track(now, effect))
             .collect()
     }
 
@@ -209,11 +217,27 @@ impl Injector {
     }
 
     /// Keeps the set of crashed hosts; drops effects that make no sense now
-    /// (crashing a crashed host, restarting a running one).
-    fn track(&mut self, effect: &Effect) -> bool {
+    /// (crashing a crashed host, restarting a running one) and router
+    /// crashes beyond what an in-memory cluster survives (another router
+    /// down, or restarted less than [`CATCH_UP`] ago).
+    fn track(&mut self, now: Duration, effect: &Effect) -> bool {
         match effect {
+            Effect::Crash(host) if ROUTERS.contains(host) => {
+                let another_down = self.crashed.iter().any(|h| ROUTERS.contains(h) && h != host);
+                let recent = self
+                    .restarted
+                    .iter()
+                    .any(|(h, at)| h != host && now < *at + CATCH_UP);
+                !another_down && !recent && self.crashed.insert(host)
+            }
             Effect::Crash(host) => self.crashed.insert(host),
-            Effect::Bounce(host) => self.crashed.remove(host),
+            Effect::Bounce(host) => {
+                let was_down = self.crashed.remove(host);
+                if was_down && ROUTERS.contains(host) {
+                    self.restarted.push((host, now));
+                }
+                was_down
+            }
             _ => true,
         }
     }

@@ -79,7 +79,9 @@ fn sweep(scenario: &str, seeds: u64, from: u64, jobs: Option<usize>) -> ExitCode
         eprintln!("sim: no scenario is named {scenario:?}; choose one of {SCENARIOS:?} or all");
         return ExitCode::FAILURE;
     };
-    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let jobs = jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
     let mut failed_any = false;
     println!("scenario                   seeds  passed  failed  sim-s/wall-s  wall");
     for name in names {

@@ -113,7 +113,7 @@ impl ReplicaManager {
             .map(|m| {
                 let state = MemberState {
                     addr: m.addr.clone(),
-                    incarnation: None,
+                    incarnation: Some(m.incarnation).filter(|i| *i != 0),
                     lsn: Lsn(0),
                     last_heartbeat: now,
                     heard: false,
@@ -283,9 +283,16 @@ impl ReplicaManager {
         let latest = self.latest();
         if restarted {
             self.handle_restart(now, &id);
+            if let Some(proposed) = &mut self.proposed {
+                record_incarnation(proposed, &id, incarnation);
+            }
         } else if latest.find(&id).is_none() {
             let mut next = self.next_configuration();
-            let member = Member { id, addr };
+            let member = Member {
+                id,
+                addr,
+                incarnation,
+            };
             if next.primary.is_none() && next.backups.is_empty() && may_lead {
                 next.primary = Some(member);
             } else {
@@ -347,6 +354,18 @@ impl ReplicaManager {
         for conn in conns {
             self.reply_config(conn);
         }
+    }
+}
+
+/// Records in `config` that `id` now runs as `incarnation`.
+fn record_incarnation(config: &mut Configuration, id: &ReplicaId, incarnation: u64) {
+    let members = config
+        .primary
+        .iter_mut()
+        .chain(&mut config.backups)
+        .chain(&mut config.candidates);
+    for member in members.filter(|m| m.id == *id) {
+        member.incarnation = incarnation;
     }
 }
 

@@ -489,3 +489,22 @@ fn the_last_backup_is_never_removed() {
         "r2 went, r3 stays"
     );
 }
+
+#[test]
+fn a_primary_that_restarted_while_the_rm_was_down_is_replaced() {
+    let h = Harness::three_routers();
+    let saved = h.config().clone();
+    let mut restarted = Harness {
+        rm: ReplicaManager::new(RmConfig::default(), saved, h.now),
+        now: h.now,
+    };
+    restarted.beat(2, "r2", 22, 5, true);
+    restarted.beat(3, "r3", 33, 5, true);
+    // r1 restarted (new incarnation, empty state) while the RM was down.
+    restarted.beat(1, "r1", 99, 0, true);
+    assert!(
+        !restarted.config().is_primary(&id("r1")),
+        "{:?}",
+        restarted.config()
+    );
+}

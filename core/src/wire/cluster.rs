@@ -18,6 +18,11 @@ pub struct Member {
     pub id: ReplicaId,
     /// Where clients (and followers) reach it, `host:port`.
     pub addr: String,
+    /// The router process this entry was made for (0: not recorded). The
+    /// replica manager persists it, so even after its own restart it knows
+    /// a router that restarted — and lost its state — from one that did not.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// Who serves and who follows, as decided by the replica manager.
