@@ -80,8 +80,8 @@ impl Router {
             ClientFrame::Register { .. } | ClientFrame::Ping { .. } => unreachable!("handled above"),
             ClientFrame::Send { req, seq, to, body } => self.handle_send(conn, me, req, seq, to, body),
             ClientFrame::CreateGroup { req, group } => self.handle_create(conn, me, req, group),
-            ClientFrame::JoinGroup { req, group } => self.handle_join(conn, me, req, group),
-            ClientFrame::LeaveGroup { req, group } => self.handle_leave(conn, me, req, group),
+            ClientFrame::JoinGroup { req, group } => self.handle_membership(conn, me, req, group, true),
+            ClientFrame::LeaveGroup { req, group } => self.handle_membership(conn, me, req, group, false),
             ClientFrame::Ack { delivery } => self.handle_ack(me, delivery),
         }
     }
@@ -243,34 +243,17 @@ impl Router {
         self.send(conn, ServerFrame::Ok { req });
     }
 
-    fn handle_join(&mut self, conn: ConnId, me: PeerId, req: ReqId, group: GroupName) {
+    /// Joins (`join`) or leaves a group; both are idempotent.
+    fn handle_membership(&mut self, conn: ConnId, me: PeerId, req: ReqId, group: GroupName, join: bool) {
         let Some(existing) = self.state.groups.get(&group) else {
-            self.error(
-                conn,
-                Some(req),
-                ErrorCode::UnknownGroup,
-                format!("no group is named {group}"),
-            );
+            let message = format!("no group is named {group}");
+            self.error(conn, Some(req), ErrorCode::UnknownGroup, message);
             return;
         };
-        if !existing.members.contains(&me) {
-            self.apply(Change::Joined { group, peer: me });
-        }
-        self.send(conn, ServerFrame::Ok { req });
-    }
-
-    fn handle_leave(&mut self, conn: ConnId, me: PeerId, req: ReqId, group: GroupName) {
-        let Some(existing) = self.state.groups.get(&group) else {
-            self.error(
-                conn,
-                Some(req),
-                ErrorCode::UnknownGroup,
-                format!("no group is named {group}"),
-            );
-            return;
-        };
-        if existing.members.contains(&me) {
-            self.apply(Change::Left { group, peer: me });
+        match (join, existing.members.contains(&me)) {
+            (true, false) => self.apply(Change::Joined { group, peer: me }),
+            (false, true) => self.apply(Change::Left { group, peer: me }),
+            _ => {}
         }
         self.send(conn, ServerFrame::Ok { req });
     }
