@@ -33,7 +33,7 @@ use crate::trace::{LogCapture, Recorder};
 use crate::Trace;
 
 /// The port routers listen on.
-const ROUTER_PORT: u16 = 8008;
+pub(crate) const ROUTER_PORT: u16 = 8008;
 /// The port the replica manager listens on.
 const RM_PORT: u16 = 8007;
 /// The group every client may join.
@@ -98,6 +98,18 @@ impl ConfigStore for MemoryStore {
     }
 }
 
+/// Runs `router` on [`ROUTER_PORT`] of the current host, for ever.
+pub(crate) async fn serve_router(router: Router) -> turmoil::Result {
+    let listener = TurmoilNetwork.bind(&format!("0.0.0.0:{ROUTER_PORT}")).await?;
+    let limits = RouterLimits {
+        max_frame_len: DEFAULT_MAX_FRAME_LEN,
+        max_connections: 1_000,
+        connect_timeout: Duration::from_secs(1),
+    };
+    run_router(TurmoilNetwork, router, listener, limits, std::future::pending()).await;
+    Ok(())
+}
+
 /// Runs one simulation and returns its trace, with the routers' commits.
 pub fn run(config: &RunConfig) -> Result<(Trace, Observed), SimError> {
     let logs = LogCapture::default();
@@ -160,15 +172,7 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
                     ..RouterConfig::default()
                 };
                 let router_seed = seed.wrapping_add(100 * (n as u64 + 1) + incarnation);
-                let router = Router::new(router_config, router_seed, peerlink_runtime::now());
-                let listener = TurmoilNetwork.bind(&format!("0.0.0.0:{ROUTER_PORT}")).await?;
-                let limits = RouterLimits {
-                    max_frame_len: DEFAULT_MAX_FRAME_LEN,
-                    max_connections: 1_000,
-                    connect_timeout: Duration::from_secs(1),
-                };
-                run_router(TurmoilNetwork, router, listener, limits, std::future::pending()).await;
-                Ok(())
+                serve_router(Router::new(router_config, router_seed, peerlink_runtime::now())).await
             }
         });
     }

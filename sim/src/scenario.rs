@@ -10,8 +10,6 @@ use peerlink_core::router::{Router, RouterConfig};
 use peerlink_core::testing::What;
 use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
 use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, ClientExit, Control};
-use peerlink_runtime::net::Network;
-use peerlink_runtime::router_driver::{run_router, RouterLimits};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -19,14 +17,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::checker::{self, Violation};
-use crate::cluster::{self, RunConfig};
+use crate::cluster::{self, RunConfig, ROUTER_PORT};
 use crate::faults::{Action, Fault, Plan, Trigger, Victim, CLIENTS, RM, ROUTERS};
 use crate::net::TurmoilNetwork;
 use crate::trace::{LogCapture, Recorder};
 use crate::Trace;
-
-/// The port routers listen on inside the simulation.
-const ROUTER_PORT: u16 = 8008;
 
 pub use crate::cluster::SimError;
 
@@ -56,15 +51,12 @@ fn simulate(seed: u64, build: impl FnOnce(&mut turmoil::Sim<'_>, &Recorder)) -> 
 fn router_host(seed: u64) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = turmoil::Result>>> {
     move || {
         Box::pin(async move {
-            let listener = TurmoilNetwork.bind(&format!("0.0.0.0:{ROUTER_PORT}")).await?;
-            let router = Router::new(RouterConfig::default(), seed, peerlink_runtime::now());
-            let limits = RouterLimits {
-                max_frame_len: DEFAULT_MAX_FRAME_LEN,
-                max_connections: 1_000,
-                connect_timeout: Duration::from_secs(2),
-            };
-            run_router(TurmoilNetwork, router, listener, limits, std::future::pending()).await;
-            Ok(())
+            cluster::serve_router(Router::new(
+                RouterConfig::default(),
+                seed,
+                peerlink_runtime::now(),
+            ))
+            .await
         })
     }
 }
