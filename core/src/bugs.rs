@@ -15,4 +15,9 @@ pub struct Bugs {
     pub delivered_on_enqueue: bool,
     /// A full mailbox drops its oldest message instead of refusing new ones.
     pub mailbox_drops_oldest: bool,
+    /// Backups accept the stream of an older epoch: a follower stays on the
+    /// stream it has when a newer configuration names another primary, and
+    /// ignores epoch tags; a backup promoted to primary keeps applying and
+    /// acknowledging its old primary's stream.
+    pub backup_accepts_old_epoch: bool,
 }

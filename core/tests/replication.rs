@@ -142,7 +142,8 @@ impl Pair {
                     RouterOutput::DropLink(_)
                     | RouterOutput::ToRm(_)
                     | RouterOutput::ToPrimary(_)
-                    | RouterOutput::Committed { .. } => {}
+                    | RouterOutput::Committed { .. }
+                    | RouterOutput::Promoted { .. } => {}
                 }
             }
             while let Some(output) = self.f.poll_output() {

@@ -23,6 +23,10 @@ use crate::now;
 /// with fields `router`, `epoch` and `lsn`.
 pub const COMMIT_TARGET: &str = "peerlink::commit";
 
+/// The `tracing` target of the event logged when a router starts serving as
+/// primary (`info`), with fields `router`, `epoch` and `lsn` (its state).
+pub const ROLE_TARGET: &str = "peerlink::role";
+
 /// The `tracing` target of the event logged when a primary sends a
 /// follower a checkpoint.
 pub const CHECKPOINT_TARGET: &str = "peerlink::checkpoint";
@@ -148,6 +152,10 @@ pub async fn run_router<N: Network>(
                     if let Some(c) = &primary_link.conn {
                         c.send(Outbound::Frame(frame));
                     }
+                }
+                RouterOutput::Promoted { epoch, lsn } => {
+                    let router = router.replica_id().map(ToString::to_string).unwrap_or_default();
+                    tracing::info!(target: ROLE_TARGET, %router, epoch = epoch.0, lsn = lsn.0, "serving as primary");
                 }
                 RouterOutput::Committed { epoch, lsn } => {
                     let router = router.replica_id().map(ToString::to_string).unwrap_or_default();

@@ -83,6 +83,21 @@ pub enum Violation {
         /// The routers that reported commits in it.
         routers: Vec<ReplicaId>,
     },
+    /// A deposed primary committed changes its successor did not have.
+    DeposedCommit {
+        /// The deposed primary.
+        router: ReplicaId,
+        /// Its epoch.
+        epoch: Epoch,
+        /// The commit point it reached.
+        lsn: Lsn,
+        /// The router promoted in its place.
+        successor: ReplicaId,
+        /// The successor's epoch.
+        successor_epoch: Epoch,
+        /// The successor's state when promoted.
+        successor_lsn: Lsn,
+    },
     /// A command was never answered.
     Unanswered {
         /// The peer that issued it.
@@ -121,6 +136,18 @@ impl fmt::Display for Violation {
             Violation::TwoCommitters { epoch, routers } => {
                 write!(f, "two committers: {routers:?} all committed in epoch {epoch}")
             }
+            Violation::DeposedCommit {
+                router,
+                epoch,
+                lsn,
+                successor,
+                successor_epoch,
+                successor_lsn,
+            } => write!(
+                f,
+                "deposed commit: {router} committed up to {lsn} in epoch {epoch} after {successor} was \
+                 promoted in epoch {successor_epoch} with its state at {successor_lsn}"
+            ),
             Violation::Unanswered { peer, command } => write!(f, "unanswered: {peer} issued {command}"),
         }
     }
@@ -332,27 +359,58 @@ pub fn check(history: &History) -> Vec<Violation> {
     v.into_iter().collect()
 }
 
-/// One commit a router reported: as primary of `epoch`, it committed up to `lsn`.
+/// What a router reported about its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// It started serving as primary of `epoch`, its state at `lsn`.
+    Promoted,
+    /// As primary of `epoch`, it committed up to `lsn`.
+    Committed,
+}
+
+/// One step of a router's own replication trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commit {
     /// The router.
     pub router: ReplicaId,
+    /// What it did.
+    pub step: Step,
     /// Its epoch.
     pub epoch: Epoch,
-    /// Its new commit point.
+    /// Its state's LSN (promotion) or new commit point (commit).
     pub lsn: Lsn,
 }
 
-/// Checks the routers' own commit trace, in the order commits happened: at
+/// Checks the routers' own replication trace, in the order it happened: at
 /// most one router commits in any epoch; epochs never go backwards at any
-/// router; and once a router has committed in an epoch, no other router
-/// commits in an older one (a deposed primary commits nothing).
+/// router; once a router has committed in an epoch, no other router commits
+/// in an older one; and once a router is promoted in an epoch with its
+/// state at LSN `l`, no other router commits past `l` in an older epoch (a
+/// deposed primary commits nothing its successor lacks).
 pub fn check_commits(commits: &[Commit]) -> Vec<Violation> {
     let mut by_epoch: BTreeMap<Epoch, BTreeSet<ReplicaId>> = BTreeMap::new();
     let mut last: BTreeMap<ReplicaId, Epoch> = BTreeMap::new();
     let mut newest: Option<(Epoch, ReplicaId)> = None;
+    let mut promotions: Vec<&Commit> = Vec::new();
     let mut violations = Vec::new();
     for commit in commits {
+        if commit.step == Step::Promoted {
+            promotions.push(commit);
+            continue;
+        }
+        let successor = promotions
+            .iter()
+            .find(|p| p.router != commit.router && p.epoch > commit.epoch && p.lsn < commit.lsn);
+        if let Some(successor) = successor {
+            violations.push(Violation::DeposedCommit {
+                router: commit.router.clone(),
+                epoch: commit.epoch,
+                lsn: commit.lsn,
+                successor: successor.router.clone(),
+                successor_epoch: successor.epoch,
+                successor_lsn: successor.lsn,
+            });
+        }
         match &newest {
             Some((epoch, router)) if commit.epoch < *epoch && commit.router != *router => {
                 violations.push(Violation::TwoCommitters {
@@ -688,6 +746,60 @@ mod tests {
                 id: id("a", 1),
                 recipient: p("b")
             }]
+        );
+    }
+
+    fn step(router: &str, step: Step, epoch: u64, lsn: u64) -> Commit {
+        Commit {
+            router: ReplicaId::new(router).unwrap(),
+            step,
+            epoch: Epoch(epoch),
+            lsn: Lsn(lsn),
+        }
+    }
+
+    #[test]
+    fn a_deposed_primary_may_finish_only_what_its_successor_has() {
+        let trace = [
+            step("r1", Step::Committed, 5, 10),
+            step("r2", Step::Promoted, 6, 12),
+            step("r1", Step::Committed, 5, 12),
+            step("r2", Step::Committed, 6, 14),
+        ];
+        assert_eq!(check_commits(&trace), Vec::new());
+    }
+
+    #[test]
+    fn a_deposed_primary_committing_past_its_successor_is_reported() {
+        let trace = [
+            step("r1", Step::Committed, 5, 10),
+            step("r2", Step::Promoted, 6, 12),
+            step("r1", Step::Committed, 5, 13),
+        ];
+        let violations = check_commits(&trace);
+        assert!(
+            matches!(
+                &violations[..],
+                [Violation::DeposedCommit {
+                    lsn: Lsn(13),
+                    successor_lsn: Lsn(12),
+                    ..
+                }]
+            ),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn two_routers_committing_in_one_epoch_are_reported() {
+        let trace = [
+            step("r1", Step::Committed, 5, 10),
+            step("r2", Step::Committed, 5, 11),
+        ];
+        let violations = check_commits(&trace);
+        assert!(
+            matches!(&violations[..], [Violation::TwoCommitters { .. }]),
+            "{violations:?}"
         );
     }
 }

@@ -115,7 +115,7 @@ pub fn run(config: &RunConfig) -> Result<(Trace, Observed), SimError> {
     let logs = LogCapture::default();
     let observed = Observed::default();
     let filter = tracing_subscriber::EnvFilter::new(
-        "warn,peerlink::commit=trace,peerlink::config=info,peerlink::checkpoint=debug",
+        "warn,peerlink::commit=trace,peerlink::role=info,peerlink::config=info,peerlink::checkpoint=debug",
     );
     let subscriber = tracing_subscriber::fmt()
         .with_writer(logs.clone())

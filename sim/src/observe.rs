@@ -8,18 +8,18 @@ use std::sync::{Arc, Mutex};
 
 use peerlink_core::ids::{Epoch, Lsn, ReplicaId};
 use peerlink_runtime::rm_driver::CONFIG_TARGET;
-use peerlink_runtime::router_driver::{CHECKPOINT_TARGET, COMMIT_TARGET};
+use peerlink_runtime::router_driver::{CHECKPOINT_TARGET, COMMIT_TARGET, ROLE_TARGET};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
 
-use crate::checker::Commit;
+use crate::checker::{Commit, Step};
 
 /// One cluster event, in the order it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterEvent {
-    /// A primary committed.
+    /// A router was promoted, or committed as primary.
     Commit(Commit),
     /// The replica manager saved a configuration with this primary.
     Config {
@@ -58,7 +58,7 @@ impl Observed {
         self.0.lock().expect("observer poisoned").get(index).cloned()
     }
 
-    /// Every commit captured.
+    /// Every promotion and commit captured.
     pub fn commits(&self) -> Vec<Commit> {
         self.events()
             .into_iter()
@@ -125,20 +125,26 @@ impl Visit for Fields {
 impl<S: Subscriber> Layer<S> for Capture {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let target = event.metadata().target();
-        if target != COMMIT_TARGET && target != CONFIG_TARGET && target != CHECKPOINT_TARGET {
+        if ![COMMIT_TARGET, ROLE_TARGET, CONFIG_TARGET, CHECKPOINT_TARGET].contains(&target) {
             return;
         }
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let captured = if target == COMMIT_TARGET {
+        let captured = if target == COMMIT_TARGET || target == ROLE_TARGET {
             let (Some(router), Some(epoch), Some(lsn)) = (fields.router, fields.epoch, fields.lsn) else {
                 return;
             };
             let Ok(router) = ReplicaId::new(router) else {
                 return;
             };
+            let step = if target == ROLE_TARGET {
+                Step::Promoted
+            } else {
+                Step::Committed
+            };
             ClusterEvent::Commit(Commit {
                 router,
+                step,
                 epoch: Epoch(epoch),
                 lsn: Lsn(lsn),
             })

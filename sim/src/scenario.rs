@@ -200,7 +200,7 @@ pub fn direct_and_group(seed: u64) -> Result<Trace, SimError> {
 }
 
 /// The named chaos scenarios, in the order `sweep --scenario all` runs them.
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "primary_crash",
     "silent_primary_crash",
     "primary_cut_from_rm",
@@ -209,6 +209,7 @@ pub const SCENARIOS: [&str; 9] = [
     "rm_crash",
     "client_offline_failover",
     "group_churn_failover",
+    "split_brain",
     "mix",
 ];
 
@@ -273,6 +274,29 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
                 duration,
             };
             plan.push(fault(secs(&mut rng, 4, 10), Trigger::Now, Duration::ZERO, action));
+        }
+        "split_brain" => {
+            // A backup loses the RM first, so the RM promotes the other one
+            // with no live backup; a client loses the old primary and moves
+            // to the new one, while the old primary keeps the others.
+            let at = secs(&mut rng, 4, 8);
+            let duration = secs(&mut rng, 6, 10);
+            let backup = Victim::NotPrimary(rng.random_range(0..2));
+            let client = Victim::Named(CLIENTS[rng.random_range(0..CLIENTS.len())]);
+            let cuts = [
+                (at - Duration::from_millis(500), backup, Victim::Named(RM)),
+                (at, Victim::Primary, Victim::Named(RM)),
+                (at, Victim::Primary, client),
+            ];
+            for (at, a, b) in cuts {
+                let action = Action::Partition {
+                    a,
+                    b: vec![b],
+                    oneway: false,
+                    duration,
+                };
+                plan.push(fault(at, Trigger::Now, Duration::ZERO, action));
+            }
         }
         "primary_cut_from_backups" => {
             let duration = secs(&mut rng, 2, 6);

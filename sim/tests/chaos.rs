@@ -47,6 +47,11 @@ fn primary_cut_from_rm() {
 }
 
 #[test]
+fn split_brain() {
+    scenario("split_brain");
+}
+
+#[test]
 fn primary_cut_from_backups() {
     scenario("primary_cut_from_backups");
 }

@@ -78,6 +78,17 @@ fn cut_then_vanish(seed: u64) -> RunConfig {
 }
 
 #[test]
+fn a_backup_accepting_an_old_epoch_is_caught() {
+    let bugs = Bugs {
+        backup_accepts_old_epoch: true,
+        ..Bugs::default()
+    };
+    caught(bugs, named("split_brain"), |v| {
+        matches!(v, Violation::DeposedCommit { .. })
+    });
+}
+
+#[test]
 fn acknowledging_sent_before_replication_loses_messages() {
     let bugs = Bugs {
         sent_before_replication: true,
@@ -124,10 +135,12 @@ fn a_mailbox_that_drops_its_oldest_message_is_caught() {
 
 #[test]
 fn without_bugs_the_same_runs_are_clean() {
-    let mut run = scenario::config("client_offline_failover", 1).expect("a known scenario");
-    run.mailbox_limit = 5;
-    let (trace, observed) = cluster::run(&run).expect("runs");
-    let mut violations = checker::check(&trace.history);
-    violations.extend(checker::check_commits(&observed.commits()));
-    assert!(violations.is_empty(), "{violations:#?}");
+    let mut small_mailboxes = scenario::config("client_offline_failover", 1).expect("a known scenario");
+    small_mailboxes.mailbox_limit = 5;
+    for run in [small_mailboxes, cut_then_vanish(1)] {
+        let (trace, observed) = cluster::run(&run).expect("runs");
+        let mut violations = checker::check(&trace.history);
+        violations.extend(checker::check_commits(&observed.commits()));
+        assert!(violations.is_empty(), "seed {}: {violations:#?}", run.seed);
+    }
 }

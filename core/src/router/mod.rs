@@ -143,6 +143,15 @@ pub enum RouterOutput {
     ToRm(RmRequest),
     /// Write a frame on the primary link.
     ToPrimary(FollowerFrame),
+    /// Informational: the router starts serving as primary of `epoch`, its
+    /// state at `lsn`. Drivers log it; checkers use it to verify that a
+    /// deposed primary commits nothing its successor lacks.
+    Promoted {
+        /// The new epoch.
+        epoch: Epoch,
+        /// The last change the router had applied.
+        lsn: Lsn,
+    },
     /// Informational: as primary of `epoch`, the router committed every
     /// change up to `lsn`. Drivers log it; checkers use it to verify that
     /// only one router commits in an epoch.

@@ -563,7 +563,8 @@ impl Router {
                 if was_primary {
                     self.step_down();
                 }
-                if old != (Role::Follower { primary }) {
+                let keep_old_stream = self.accepts_old_epoch() && matches!(old, Role::Follower { .. });
+                if old != (Role::Follower { primary }) && !keep_old_stream {
                     self.restart_link(Link::Primary, now);
                 }
             }
@@ -585,21 +586,27 @@ impl Router {
     /// router's state.
     fn become_primary(&mut self, now: Instant) {
         let applied = self.outbox.applied;
-        if matches!(
-            self.replication.as_ref().map(|r| r.primary.status),
-            Some(LinkStatus::Up | LinkStatus::Connecting)
-        ) {
-            self.outbox.emit_now(RouterOutput::DropLink(Link::Primary));
+        if !self.accepts_old_epoch() {
+            if matches!(
+                self.replication.as_ref().map(|r| r.primary.status),
+                Some(LinkStatus::Up | LinkStatus::Connecting)
+            ) {
+                self.outbox.emit_now(RouterOutput::DropLink(Link::Primary));
+            }
+            let r = self.replication.as_mut().expect("replicated");
+            r.primary.status = LinkStatus::Off;
         }
         let r = self.replication.as_mut().expect("replicated");
-        r.primary.status = LinkStatus::Off;
         r.log.clear();
         r.streams.clear();
         r.behind_since.clear();
         r.track_lag(now, applied);
+        let epoch = r.epoch();
         // Everything applied so far becomes committed only once the backups
         // have it: reset the commit point rather than inherit a follower's.
         self.outbox.committed = r.commit_point(applied);
+        self.outbox
+            .emit_now(RouterOutput::Promoted { epoch, lsn: applied });
     }
 
     /// Stops serving: forgets clients and followers, and drops every output
@@ -735,17 +742,19 @@ impl Router {
 
     /// A primary's frame, on a follower.
     pub(super) fn handle_primary_frame(&mut self, now: Instant, frame: PrimaryFrame) {
+        let old_epochs = self.accepts_old_epoch();
         let Some(r) = self.replication.as_mut() else {
             return;
         };
-        if !matches!(r.role, Role::Follower { .. }) || r.primary.status != LinkStatus::Up {
+        let following = matches!(r.role, Role::Follower { .. });
+        if !(following || old_epochs) || r.primary.status != LinkStatus::Up {
             return;
         }
         r.primary.heard = now;
-        let my_epoch = r.epoch();
+        let my_epoch = if old_epochs { Epoch(0) } else { r.epoch() };
         match frame {
             PrimaryFrame::Checkpoint { epoch, lsn, state } => {
-                if epoch < my_epoch {
+                if epoch < my_epoch || !following {
                     return self.restart_link(Link::Primary, now);
                 }
 
@@ -769,7 +778,9 @@ impl Router {
                 r.stream_epoch = epoch;
                 self.state.apply(&change);
                 self.outbox.applied = lsn;
-                self.outbox.committed = lsn;
+                if following {
+                    self.outbox.committed = lsn;
+                }
                 self.acknowledge(epoch, lsn);
             }
             PrimaryFrame::Alive { epoch, .. } => {
@@ -784,6 +795,15 @@ impl Router {
                 self.restart_link(Link::Primary, retry_at);
             }
         }
+    }
+
+    /// Whether the planted bug `backup_accepts_old_epoch` is on (never, in
+    /// production builds).
+    fn accepts_old_epoch(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.config.bugs.backup_accepts_old_epoch;
+        #[cfg(not(feature = "planted-bugs"))]
+        false
     }
 
     fn acknowledge(&mut self, epoch: Epoch, lsn: Lsn) {

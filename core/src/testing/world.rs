@@ -316,7 +316,8 @@ impl World {
                 | RouterOutput::DropLink(_)
                 | RouterOutput::ToRm(_)
                 | RouterOutput::ToPrimary(_)
-                | RouterOutput::Committed { .. } => unreachable!("the world runs a standalone router"),
+                | RouterOutput::Committed { .. }
+                | RouterOutput::Promoted { .. } => unreachable!("the world runs a standalone router"),
                 RouterOutput::Close(conn) => {
                     // The client reads the frames already sent, then sees the close.
                     let Some(peer) = self.owners.remove(&conn) else {
