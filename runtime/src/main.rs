@@ -35,6 +35,8 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// Connect to a router as a peer: register, send, join groups.
     Client(cli::client::ClientArgs),
+    /// Measure a cluster under load: throughput, latency, losses, memory.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,7 +44,7 @@ fn main() -> ExitCode {
     let default_level = match args.command {
         Command::Router(_) | Command::Up(_) | Command::Rm(_) => "info",
         Command::Status(_) => "warn",
-        Command::Client(_) => "warn",
+        Command::Client(_) | Command::Bench(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
             Command::Rm(args) => cli::rm::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
             Command::Client(args) => cli::client::run(args).await,
+            Command::Bench(args) => cli::bench::run(args).await,
         }
     });
     // A read of standard input may still be blocked in a runtime thread;

@@ -1,5 +1,7 @@
 //! The subcommands of the `peerlink` binary.
 
+pub(crate) mod bench;
+mod children;
 pub(crate) mod client;
 mod commands;
 mod output;

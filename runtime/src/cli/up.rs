@@ -2,15 +2,14 @@
 //! three routers, as child processes — for trying PeerLink out.
 
 use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use peerlink_core::wire::cluster::{Configuration, RmReply};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
+use super::children::{start, Started};
 use super::{shutdown, status};
 
 /// How many routers `up` starts.
@@ -23,12 +22,6 @@ pub(crate) struct UpArgs {
     /// it, routers r1, r2 and r3 on the next three.
     #[arg(long, default_value_t = 8007, value_parser = clap::value_parser!(u16).range(1..=65_532))]
     base_port: u16,
-}
-
-/// A started child process, killed when dropped.
-struct Started {
-    name: String,
-    child: Child,
 }
 
 /// The cluster's scratch directory (the replica manager's data), removed
@@ -81,39 +74,6 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     outcome?;
     println!("stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Starts `peerlink <flags>` and waits for its "listening" line.
-async fn start(exe: &std::path::Path, name: &str, flags: &[&str]) -> anyhow::Result<Started> {
-    let log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
-    let mut child = Command::new(exe)
-        .args(flags)
-        .env("RUST_LOG", log_filter)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {name}"))?;
-    let stdout = child.stdout.take().context("stdout is piped")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let listening = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await? {
-            if line.contains(" listening on ") {
-                return anyhow::Ok(());
-            }
-        }
-        bail!("it exited")
-    })
-    .await;
-    match listening {
-        Ok(Ok(())) => Ok(Started {
-            name: name.to_owned(),
-            child,
-        }),
-        Ok(Err(e)) => {
-            Err(e).with_context(|| format!("{name} did not start (is its port free? try --base-port)"))
-        }
-        Err(_) => bail!("{name} did not start within 10 s"),
-    }
 }
 
 /// Prints each new configuration until a signal arrives. A child that
