@@ -226,7 +226,10 @@ async fn drive(
     seed: u64,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut issued_at: VecDeque<(Instant, Recipients)> = VecDeque::new();
+    // Issued and not yet answered, oldest first. Answers come in issue
+    // order per addressee (a message can be reported Sent early, when its
+    // receipt overtakes a Sent lost in a failover).
+    let mut issued_at: VecDeque<(Instant, Target, Recipients)> = VecDeque::new();
     // A group's recipients are its members but the sender.
     let others = plan.as_ref().and_then(|p| match &p.targets {
         Targets::Fixed(_, members) => Some(Recipients::Many(Rc::new(
@@ -236,7 +239,6 @@ async fn drive(
     });
     let mut issued: u64 = 0;
     let mut issuing = plan.is_some();
-    let mut router = String::new();
     loop {
         if let Some(plan) = plan.as_ref().filter(|_| issuing) {
             let more = |issued: u64| plan.messages.is_none_or(|k| issued < k) && !*stop.borrow();
@@ -252,10 +254,11 @@ async fn drive(
                     (Targets::Fixed(..), None) => unreachable!("computed above for fixed targets"),
                 };
                 let body = plan.body.clone();
-                if peer.command(Command::Send { to, body }).await.is_err() {
+                let command = Command::Send { to: to.clone(), body };
+                if peer.command(command).await.is_err() {
                     break;
                 }
-                issued_at.push_back((Instant::now(), recipients));
+                issued_at.push_back((Instant::now(), to, recipients));
                 tally.borrow_mut().in_flight += 1;
                 issued += 1;
             }
@@ -276,21 +279,20 @@ async fn drive(
         let now = Instant::now();
         let mut t = tally.borrow_mut();
         match event {
-            ClientEvent::Connected { router: addr } => router = addr,
-            ClientEvent::Sent { id, .. } => {
-                let Some((at, recipients)) = issued_at.pop_front() else {
+            ClientEvent::Sent { id, to } => {
+                let Some((at, _, recipients)) = take_oldest(&mut issued_at, &to) else {
                     continue;
                 };
                 t.in_flight -= 1;
                 t.sent_latency.saturating_record(micros(now - at));
                 t.sent.insert(id, (at, recipients));
                 if let Some((avoid, since)) = &t.avoid {
-                    if t.first_sent_elsewhere.is_none() && router != *avoid && now > *since {
+                    if t.first_sent_elsewhere.is_none() && peer.router != *avoid && now > *since {
                         t.first_sent_elsewhere = Some(now);
                     }
                 }
             }
-            ClientEvent::Failed { .. } if issued_at.pop_front().is_some() => {
+            ClientEvent::Failed { to, .. } if take_oldest(&mut issued_at, &to).is_some() => {
                 t.in_flight -= 1;
                 t.failed += 1;
             }
@@ -309,6 +311,12 @@ async fn drive(
             _ => {}
         }
     }
+}
+
+/// Removes and returns the oldest unanswered message to `to`.
+fn take_oldest<T>(issued: &mut VecDeque<(Instant, Target, T)>, to: &Target) -> Option<(Instant, Target, T)> {
+    let position = issued.iter().position(|(_, t, _)| t == to)?;
+    issued.remove(position)
 }
 
 fn micros(d: Duration) -> u64 {

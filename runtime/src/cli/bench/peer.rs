@@ -18,6 +18,8 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) struct Peer {
     /// Its ID.
     pub(super) id: PeerId,
+    /// The router it last connected to.
+    pub(super) router: String,
     controls: mpsc::Sender<Control>,
     events: mpsc::UnboundedReceiver<ClientEvent>,
 }
@@ -50,7 +52,12 @@ impl Peer {
             events_tx,
             outbox_limit,
         ));
-        let mut peer = Self { id, controls, events };
+        let mut peer = Self {
+            id,
+            router: String::new(),
+            controls,
+            events,
+        };
         peer.command(Command::Register).await?;
         let registered = tokio::time::timeout(REGISTER_TIMEOUT, async {
             loop {
@@ -84,7 +91,11 @@ impl Peer {
 
     /// The client's next event; `None` once it has stopped.
     pub(super) async fn next_event(&mut self) -> Option<ClientEvent> {
-        self.events.recv().await
+        let event = self.events.recv().await;
+        if let Some(ClientEvent::Connected { router }) = &event {
+            self.router.clone_from(router);
+        }
+        event
     }
 
     /// Disconnects: the client stops and its connection closes.
