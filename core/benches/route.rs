@@ -1,0 +1,144 @@
+//! The ceiling the network layers should approach: how many direct
+//! messages one standalone [`Router`] routes per second on one core, in
+//! memory, with no I/O.
+//!
+//! Each message makes the full trip a real one makes: the sender's `send`,
+//! the router's `sent` answer and `message` push, the recipient's `ack`, the
+//! `delivered` receipt to the sender and the sender's `ack` of it. The first
+//! figure feeds the router frames directly; the second also decodes every
+//! client frame from its JSON line and encodes every server frame, as the
+//! drivers do.
+//!
+//! Run with `cargo bench -p peerlink-core --bench route`.
+
+// A benchmark measures wall-clock time; `core`'s ban on clocks is for the
+// machines, which this only drives.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use peerlink_core::ids::{ConnId, PeerId, ReqId, Secret, Seq, Target};
+use peerlink_core::router::{Router, RouterConfig, RouterInput, RouterOutput};
+use peerlink_core::wire::{decode_client_frame, encode_frame, ClientFrame, ServerFrame};
+use peerlink_core::Machine;
+
+/// Peers, as in `peerlink bench dm`.
+const PEERS: u64 = 64;
+/// Message size, as in `peerlink bench dm`.
+const BODY: usize = 128;
+/// How long each measurement runs.
+const RUN: Duration = Duration::from_secs(3);
+/// Messages between clock reads.
+const BATCH: u64 = 1_000;
+
+/// Feeds frames to the router, with or without the codec in between.
+struct Bench {
+    router: Router,
+    now: Instant,
+    codec: bool,
+    line: Vec<u8>,
+    out: BytesMut,
+}
+
+impl Bench {
+    fn new(codec: bool) -> Self {
+        let now = Instant::now();
+        let mut bench = Self {
+            router: Router::new(RouterConfig::default(), 1, now),
+            now,
+            codec,
+            line: Vec::new(),
+            out: BytesMut::new(),
+        };
+        for p in 0..PEERS {
+            bench.router.handle(now, RouterInput::Connected(ConnId(p)));
+            let frame = ClientFrame::Register {
+                req: ReqId(1),
+                peer: peer(p),
+                secret: Secret::new("secret").expect("valid"),
+            };
+            bench.feed(p, frame, &mut Vec::new());
+        }
+        bench
+    }
+
+    /// Hands the router one frame from connection `conn`; collects the
+    /// frames it writes to connections as `(conn, frame)`.
+    fn feed(&mut self, conn: u64, frame: ClientFrame, written: &mut Vec<(u64, ServerFrame)>) {
+        let frame = if self.codec {
+            self.line.clear();
+            serde_json::to_writer(&mut self.line, &frame).expect("serializes");
+            decode_client_frame(&self.line).expect("decodes")
+        } else {
+            frame
+        };
+        self.router.handle(self.now, RouterInput::Frame(ConnId(conn), frame));
+        while let Some(output) = self.router.poll_output() {
+            if let RouterOutput::Send(ConnId(c), frame) = output {
+                if self.codec {
+                    self.out.clear();
+                    encode_frame(&frame, &mut self.out);
+                }
+                written.push((c, frame));
+            }
+        }
+    }
+
+    /// Routes message number `n` all the way to the sender's receipt ack.
+    fn route(&mut self, n: u64, body: &str, written: &mut Vec<(u64, ServerFrame)>) {
+        let from = n % PEERS;
+        let to = (from + 1 + n % (PEERS - 1)) % PEERS;
+        let send = ClientFrame::Send {
+            req: ReqId(n),
+            seq: Seq(n / PEERS + 1),
+            to: Target::from(peer(to)),
+            body: body.to_owned(),
+        };
+        self.feed(from, send, written);
+        // Acknowledge every push (the message, then the receipt) until
+        // nothing more is written.
+        while let Some((conn, frame)) = written.pop() {
+            let delivery = match frame {
+                ServerFrame::Message { delivery, .. } | ServerFrame::Delivered { delivery, .. } => delivery,
+                _ => continue,
+            };
+            self.feed(conn, ClientFrame::Ack { delivery }, written);
+        }
+    }
+}
+
+fn peer(n: u64) -> PeerId {
+    PeerId::new(format!("p{n}")).expect("valid")
+}
+
+/// Routes messages for [`RUN`] and returns messages per second.
+fn measure(codec: bool) -> f64 {
+    let mut bench = Bench::new(codec);
+    let body = "x".repeat(BODY);
+    let mut written = Vec::new();
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < RUN {
+        for _ in 0..BATCH {
+            bench.route(n, &body, &mut written);
+            n += 1;
+        }
+    }
+    assert!(bench.router.mailboxes_empty(), "every message was delivered and acknowledged");
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    // `cargo test --benches` runs this with `--bench` absent: stay quick.
+    if !std::env::args().any(|a| a == "--bench") {
+        let mut bench = Bench::new(true);
+        bench.route(0, "x", &mut Vec::new());
+        assert!(bench.router.mailboxes_empty());
+        return;
+    }
+    let routed = measure(false);
+    let with_codec = measure(true);
+    println!("core route: {routed:.0} messages/s (router only), {with_codec:.0} messages/s (router + JSON codec)");
+    println!("core_router_msgs_per_s={routed:.0} core_router_codec_msgs_per_s={with_codec:.0}");
+}
