@@ -73,7 +73,8 @@ impl Bench {
         } else {
             frame
         };
-        self.router.handle(self.now, RouterInput::Frame(ConnId(conn), frame));
+        self.router
+            .handle(self.now, RouterInput::Frame(ConnId(conn), frame));
         while let Some(output) = self.router.poll_output() {
             if let RouterOutput::Send(ConnId(c), frame) = output {
                 if self.codec {
@@ -125,7 +126,10 @@ fn measure(codec: bool) -> f64 {
             n += 1;
         }
     }
-    assert!(bench.router.mailboxes_empty(), "every message was delivered and acknowledged");
+    assert!(
+        bench.router.mailboxes_empty(),
+        "every message was delivered and acknowledged"
+    );
     n as f64 / started.elapsed().as_secs_f64()
 }
 
@@ -139,6 +143,8 @@ fn main() {
     }
     let routed = measure(false);
     let with_codec = measure(true);
-    println!("core route: {routed:.0} messages/s (router only), {with_codec:.0} messages/s (router + JSON codec)");
+    println!(
+        "core route: {routed:.0} messages/s (router only), {with_codec:.0} messages/s (router + JSON codec)"
+    );
     println!("core_router_msgs_per_s={routed:.0} core_router_codec_msgs_per_s={with_codec:.0}");
 }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::connection::{self, Connection, Inbound, Outbound};
 use crate::net::Network;
 use crate::now;
-use crate::router_driver::sleep_until;
+use crate::timer::{sleep_until, Timer};
 
 /// What the application tells the driver.
 #[derive(Debug, Clone)]
@@ -26,6 +26,10 @@ pub enum Control {
         within: Duration,
     },
 }
+
+/// The most queued frames handled in a row before the driver looks at its
+/// timers and commands again.
+const FRAME_BATCH: usize = 256;
 
 /// Settings of the driver itself (the machine has its own).
 #[derive(Debug, Clone)]
@@ -71,6 +75,7 @@ pub async fn run_client<N: Network>(
     let mut latest_attempt = 0;
     let mut current: Option<(u64, Connection<ClientFrame>)> = None;
     let mut finish_by: Option<tokio::time::Instant> = None;
+    let mut timer = Timer::new();
     loop {
         while let Some(output) = client.poll_output() {
             match output {
@@ -111,11 +116,11 @@ pub async fn run_client<N: Network>(
                 return exit(&client);
             }
         }
-        let timer = client.poll_timeout().map(tokio::time::Instant::from_std);
+        timer.set(client.poll_timeout().map(tokio::time::Instant::from_std));
         let room = finish_by.is_none() && client.outbox_len() < outbox_limit;
         tokio::select! {
             biased;
-            () = sleep_until(timer) => client.handle_timeout(now()),
+            () = timer.fired() => client.handle_timeout(now()),
             Some((attempt, outcome)) = attempts.recv() => {
                 if attempt != latest_attempt {
                     continue;
@@ -132,18 +137,20 @@ pub async fn run_client<N: Network>(
                 client.handle(now(), input);
             }
             Some((attempt, inbound)) = frames.recv() => {
-                if current.as_ref().is_none_or(|(a, _)| *a != attempt) {
-                    continue;
+                let now = now();
+                if let Some(input) = frame_input(&mut current, attempt, inbound) {
+                    client.handle(now, input);
                 }
-                let input = match inbound {
-                    Inbound::Frame(frame) => ClientInput::Frame(frame),
-                    Inbound::Malformed(error) => ClientInput::Malformed(error),
-                    Inbound::Closed(reason) => {
-                        current = None;
-                        ClientInput::Disconnected { attempt, reason }
+                // Take what else has arrived without another trip through
+                // `select!`.
+                for _ in 1..FRAME_BATCH {
+                    let Ok((attempt, inbound)) = frames.try_recv() else {
+                        break;
+                    };
+                    if let Some(input) = frame_input(&mut current, attempt, inbound) {
+                        client.handle(now, input);
                     }
-                };
-                client.handle(now(), input);
+                }
             }
             control = controls.recv(), if room => match control {
                 Some(Control::Command(command)) => client.handle(now(), ClientInput::Command(command)),
@@ -153,6 +160,26 @@ pub async fn run_client<N: Network>(
             () = sleep_until(finish_by) => {}
         }
     }
+}
+
+/// The client's input for what connection `attempt` reported, unless that
+/// is no longer the current connection.
+fn frame_input<C>(
+    current: &mut Option<(u64, C)>,
+    attempt: u64,
+    inbound: Inbound<ServerFrame>,
+) -> Option<ClientInput> {
+    if current.as_ref().is_none_or(|(a, _)| *a != attempt) {
+        return None;
+    }
+    Some(match inbound {
+        Inbound::Frame(frame) => ClientInput::Frame(frame),
+        Inbound::Malformed(error) => ClientInput::Malformed(error),
+        Inbound::Closed(reason) => {
+            *current = None;
+            ClientInput::Disconnected { attempt, reason }
+        }
+    })
 }
 
 fn exit(client: &Client) -> ClientExit {

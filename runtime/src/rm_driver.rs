@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use crate::connection::{self, Connection, Inbound, Outbound};
 use crate::net::Listener;
 use crate::now;
-use crate::router_driver::{sleep_until, ACCEPT_BACKOFF};
+use crate::router_driver::ACCEPT_BACKOFF;
+use crate::timer::sleep_until;
 
 /// The `tracing` target of the event logged for every configuration the
 /// replica manager saves, with fields `epoch`, `primary`, `backups` and

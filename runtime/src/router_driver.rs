@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::connection::{self, Connection, Inbound, Outbound};
 use crate::net::{Listener, Network};
 use crate::now;
+use crate::timer::Timer;
 
 /// The `tracing` target of the event logged at every commit of a primary,
 /// with fields `router`, `epoch` and `lsn`.
@@ -33,6 +34,10 @@ pub const CHECKPOINT_TARGET: &str = "peerlink::checkpoint";
 
 /// How many decoded frames may wait for the router before readers pause.
 const INBOUND_QUEUE: usize = 4096;
+
+/// The most queued client frames handled in a row before the driver looks
+/// at its timers and other inputs again.
+const INBOUND_BATCH: usize = 256;
 
 /// How long the driver waits after a failed `accept` before the next.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -101,6 +106,7 @@ pub async fn run_router<N: Network>(
     let mut rm_link: LinkConn<RmRequest> = LinkConn::new();
     let mut primary_link: LinkConn<FollowerFrame> = LinkConn::new();
     let mut next_conn = ConnId(0);
+    let mut timer = Timer::new();
     tokio::pin!(shutdown);
     loop {
         while let Some(output) = router.poll_output() {
@@ -163,11 +169,11 @@ pub async fn run_router<N: Network>(
                 }
             }
         }
-        let deadline = router.poll_timeout().map(tokio::time::Instant::from_std);
+        timer.set(router.poll_timeout().map(tokio::time::Instant::from_std));
         tokio::select! {
             biased;
             () = &mut shutdown => return,
-            () = sleep_until(deadline) => router.handle_timeout(now()),
+            () = timer.fired() => router.handle_timeout(now()),
             Some((link, attempt, outcome)) = attempts.recv() => {
                 let current = match link {
                     Link::Rm => rm_link.attempt,
@@ -232,20 +238,16 @@ pub async fn run_router<N: Network>(
                 }
             }
             Some((conn, event)) = inbound.recv() => {
-                let input = match event {
-                    Inbound::Frame(RouterInbound::Client(frame)) => RouterInput::Frame(conn, frame),
-                    Inbound::Frame(RouterInbound::Follower(frame)) => RouterInput::Follower(conn, frame),
-                    Inbound::Malformed(error) => {
-                        tracing::debug!(?conn, %error, "malformed frame");
-                        RouterInput::Malformed(conn, error)
-                    }
-                    Inbound::Closed(reason) => {
-                        tracing::debug!(?conn, %reason, "connection ended");
-                        conns.remove(&conn);
-                        RouterInput::Disconnected(conn)
-                    }
-                };
-                router.handle(now(), input);
+                let now = now();
+                router.handle(now, accepted_input(&mut conns, conn, event));
+                // Take what else has arrived without another trip through
+                // `select!`; the budget keeps timers and accepts served.
+                for _ in 1..INBOUND_BATCH {
+                    let Ok((conn, event)) = inbound.try_recv() else {
+                        break;
+                    };
+                    router.handle(now, accepted_input(&mut conns, conn, event));
+                }
             }
             accepted = listener.accept() => {
                 let (stream, addr) = match accepted {
@@ -276,10 +278,24 @@ pub async fn run_router<N: Network>(
     }
 }
 
-/// Sleeps until `deadline`, or forever when there is none.
-pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// The router's input for what an accepted connection reported; forgets
+/// the connection when it ended.
+fn accepted_input(
+    conns: &mut BTreeMap<ConnId, Connection<ToAccepted>>,
+    conn: ConnId,
+    event: Inbound<RouterInbound>,
+) -> RouterInput {
+    match event {
+        Inbound::Frame(RouterInbound::Client(frame)) => RouterInput::Frame(conn, frame),
+        Inbound::Frame(RouterInbound::Follower(frame)) => RouterInput::Follower(conn, frame),
+        Inbound::Malformed(error) => {
+            tracing::debug!(?conn, %error, "malformed frame");
+            RouterInput::Malformed(conn, error)
+        }
+        Inbound::Closed(reason) => {
+            tracing::debug!(?conn, %reason, "connection ended");
+            conns.remove(&conn);
+            RouterInput::Disconnected(conn)
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use peerlink_core::client::{ClientEvent, Command};
-use peerlink_core::ids::{MsgId, PeerId, Target};
+use peerlink_core::ids::{PeerId, Target};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
@@ -40,19 +40,84 @@ pub(super) enum Targets {
     Fixed(Target, Rc<Vec<PeerId>>),
 }
 
-/// Who must receive a message.
+/// Who must receive a message, by peer index.
 #[derive(Debug, Clone)]
 enum Recipients {
-    One(PeerId),
-    Many(Rc<Vec<PeerId>>),
+    One(u32),
+    Many(Rc<Vec<u32>>),
 }
 
 impl Recipients {
-    fn as_slice(&self) -> &[PeerId] {
+    fn as_slice(&self) -> &[u32] {
         match self {
             Recipients::One(p) => std::slice::from_ref(p),
             Recipients::Many(ps) => ps,
         }
+    }
+}
+
+/// Which peers received a message, once per delivery.
+#[derive(Debug, Default)]
+enum ReceivedBy {
+    #[default]
+    Nobody,
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl ReceivedBy {
+    fn push(&mut self, peer: u32) {
+        *self = match std::mem::take(self) {
+            ReceivedBy::Nobody => ReceivedBy::One(peer),
+            ReceivedBy::One(first) => ReceivedBy::Many(vec![first, peer]),
+            ReceivedBy::Many(mut all) => {
+                all.push(peer);
+                ReceivedBy::Many(all)
+            }
+        };
+    }
+
+    fn count(&self, peer: u32) -> u64 {
+        match self {
+            ReceivedBy::Nobody => 0,
+            ReceivedBy::One(p) => u64::from(*p == peer),
+            ReceivedBy::Many(all) => all.iter().filter(|p| **p == peer).count() as u64,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, ReceivedBy::Nobody)
+    }
+}
+
+/// What happened to one message.
+#[derive(Debug, Default)]
+struct Record {
+    /// When it was issued and who must receive it, once it is Sent.
+    sent: Option<(Instant, Recipients)>,
+    received: ReceivedBy,
+}
+
+/// Every message's record, by sender index and then sequence number (a
+/// run's peers are fresh, so their sequences are dense from 1).
+#[derive(Debug)]
+struct Ledger {
+    index: HashMap<PeerId, u32>,
+    records: Vec<Vec<Record>>,
+}
+
+impl Ledger {
+    fn record(&mut self, from: u32, seq: u64) -> &mut Record {
+        let by_seq = &mut self.records[from as usize];
+        let at = usize::try_from(seq).expect("a sequence number fits in memory");
+        if by_seq.len() <= at {
+            by_seq.resize_with(at + 1, Record::default);
+        }
+        &mut by_seq[at]
+    }
+
+    fn get(&self, from: u32, seq: u64) -> Option<&Record> {
+        self.records.get(from as usize)?.get(usize::try_from(seq).ok()?)
     }
 }
 
@@ -65,11 +130,11 @@ pub(super) struct Tally {
     pub(super) sent_latency: Histogram<u64>,
     /// Issue → Delivered (per recipient), in microseconds.
     pub(super) delivered_latency: Histogram<u64>,
-    /// Every message acknowledged Sent: when it was issued, and who must
-    /// receive it.
-    sent: HashMap<MsgId, (Instant, Recipients)>,
-    /// How many times each recipient's application got each message.
-    received: HashMap<(MsgId, PeerId), u32>,
+    ledger: Ledger,
+    /// Messages acknowledged Sent.
+    sent: u64,
+    /// Deliveries those messages owe (one per recipient).
+    expected: u64,
     /// Messages the router refused.
     pub(super) failed: u64,
     /// Deliveries (one per message per recipient).
@@ -100,16 +165,21 @@ pub(super) struct Check {
 }
 
 impl Tally {
-    /// An empty tally; the load starts now.
-    pub(super) fn new() -> Self {
+    /// An empty tally for a load among `peers`; the load starts now.
+    pub(super) fn new(peers: &[PeerId]) -> Self {
         // Microseconds, from 1 µs to an hour, to 3 significant figures.
         let histogram = || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
+        let index = peers.iter().zip(0..).map(|(p, i)| (p.clone(), i)).collect();
         Self {
             started: Instant::now(),
             sent_latency: histogram(),
             delivered_latency: histogram(),
-            sent: HashMap::new(),
-            received: HashMap::new(),
+            ledger: Ledger {
+                index,
+                records: peers.iter().map(|_| Vec::new()).collect(),
+            },
+            sent: 0,
+            expected: 0,
             failed: 0,
             deliveries: 0,
             delivered: 0,
@@ -138,16 +208,18 @@ impl Tally {
         let answered = self.issuing == 0 && self.in_flight == 0;
         match until {
             Until::Sent => answered,
-            Until::Settled => {
-                let expected: u64 = self.sent.values().map(|(_, to)| to.as_slice().len() as u64).sum();
-                answered && self.deliveries >= expected && self.delivered >= expected
-            }
+            Until::Settled => answered && self.deliveries >= self.expected && self.delivered >= self.expected,
         }
     }
 
     /// How many messages were acknowledged Sent.
     pub(super) fn sent(&self) -> u64 {
-        self.sent.len() as u64
+        self.sent
+    }
+
+    /// The index of a peer of the load.
+    fn index_of(&self, peer: &PeerId) -> Option<u32> {
+        self.ledger.index.get(peer).copied()
     }
 
     /// Compares what was Sent with what was received.
@@ -158,20 +230,19 @@ impl Tally {
             duplicated: 0,
             unacknowledged: 0,
         };
-        for (id, (_, recipients)) in &self.sent {
+        for record in self.ledger.records.iter().flatten() {
+            let Some((_, recipients)) = &record.sent else {
+                check.unacknowledged += u64::from(!record.received.is_empty());
+                continue;
+            };
             for peer in recipients.as_slice() {
                 check.expected += 1;
-                match self.received.get(&(id.clone(), peer.clone())) {
-                    None => check.lost += 1,
-                    Some(n) => check.duplicated += u64::from(n - 1),
+                match record.received.count(*peer) {
+                    0 => check.lost += 1,
+                    n => check.duplicated += n - 1,
                 }
             }
         }
-        check.unacknowledged = self
-            .received
-            .keys()
-            .filter(|(id, _)| !self.sent.contains_key(id))
-            .count() as u64;
         check
     }
 }
@@ -226,15 +297,27 @@ async fn drive(
     seed: u64,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
-    // Issued and not yet answered, oldest first. Answers come in issue
-    // order per addressee (a message can be reported Sent early, when its
-    // receipt overtakes a Sent lost in a failover).
-    let mut issued_at: VecDeque<(Instant, Target, Recipients)> = VecDeque::new();
-    // A group's recipients are its members but the sender.
-    let others = plan.as_ref().and_then(|p| match &p.targets {
-        Targets::Fixed(_, members) => Some(Recipients::Many(Rc::new(
-            members.iter().filter(|m| **m != peer.id).cloned().collect(),
-        ))),
+    let Some(me) = tally.borrow().index_of(&peer.id) else {
+        return;
+    };
+    // Issued and not yet answered, oldest first, with the addressee's
+    // index. Answers come in issue order per addressee (a message can be
+    // reported Sent early, when its receipt overtakes a Sent lost in a
+    // failover).
+    let mut issued_at: VecDeque<(Instant, u32, Recipients)> = VecDeque::new();
+    // A fixed addressee's index, and its recipients: for a group, its
+    // members but the sender.
+    let fixed = plan.as_ref().and_then(|p| match &p.targets {
+        Targets::Fixed(to, members) => {
+            let t = tally.borrow();
+            let to = t.index_of(&PeerId::new(to.as_str()).ok()?).unwrap_or(u32::MAX);
+            let others = members
+                .iter()
+                .filter_map(|m| t.index_of(m))
+                .filter(|i| *i != me)
+                .collect();
+            Some((to, Recipients::Many(Rc::new(others))))
+        }
         Targets::RandomPeer(_) => None,
     });
     let mut issued: u64 = 0;
@@ -243,22 +326,24 @@ async fn drive(
         if let Some(plan) = plan.as_ref().filter(|_| issuing) {
             let more = |issued: u64| plan.messages.is_none_or(|k| issued < k) && !*stop.borrow();
             while issued_at.len() < plan.window && more(issued) {
-                let (to, recipients) = match (&plan.targets, &others) {
+                let (to, index, recipients) = match (&plan.targets, &fixed) {
                     (Targets::RandomPeer(peers), _) => loop {
-                        let to = &peers[rng.random_range(0..peers.len())];
-                        if *to != peer.id || peers.len() == 1 {
-                            break (Target::from(to.clone()), Recipients::One(to.clone()));
+                        let i = rng.random_range(0..peers.len());
+                        let index = u32::try_from(i).expect("peers fit in u32");
+                        if index != me || peers.len() == 1 {
+                            break (Target::from(peers[i].clone()), index, Recipients::One(index));
                         }
                     },
-                    (Targets::Fixed(to, _), Some(others)) => (to.clone(), others.clone()),
+                    (Targets::Fixed(to, _), Some((index, recipients))) => {
+                        (to.clone(), *index, recipients.clone())
+                    }
                     (Targets::Fixed(..), None) => unreachable!("computed above for fixed targets"),
                 };
                 let body = plan.body.clone();
-                let command = Command::Send { to: to.clone(), body };
-                if peer.command(command).await.is_err() {
+                if peer.command(Command::Send { to, body }).await.is_err() {
                     break;
                 }
-                issued_at.push_back((Instant::now(), to, recipients));
+                issued_at.push_back((Instant::now(), index, recipients));
                 tally.borrow_mut().in_flight += 1;
                 issued += 1;
             }
@@ -280,25 +365,31 @@ async fn drive(
         let mut t = tally.borrow_mut();
         match event {
             ClientEvent::Sent { id, to } => {
-                let Some((at, _, recipients)) = take_oldest(&mut issued_at, &to) else {
+                let addressee = addressee_index(&t, &to, &fixed);
+                let Some((at, _, recipients)) = take_oldest(&mut issued_at, addressee) else {
                     continue;
                 };
                 t.in_flight -= 1;
+                t.sent += 1;
+                t.expected += recipients.as_slice().len() as u64;
                 t.sent_latency.saturating_record(micros(now - at));
-                t.sent.insert(id, (at, recipients));
+                t.ledger.record(me, id.seq.0).sent = Some((at, recipients));
                 if let Some((avoid, since)) = &t.avoid {
                     if t.first_sent_elsewhere.is_none() && peer.router != *avoid && now > *since {
                         t.first_sent_elsewhere = Some(now);
                     }
                 }
             }
-            ClientEvent::Failed { to, .. } if take_oldest(&mut issued_at, &to).is_some() => {
-                t.in_flight -= 1;
-                t.failed += 1;
+            ClientEvent::Failed { to, .. } => {
+                let addressee = addressee_index(&t, &to, &fixed);
+                if take_oldest(&mut issued_at, addressee).is_some() {
+                    t.in_flight -= 1;
+                    t.failed += 1;
+                }
             }
             ClientEvent::Delivered { id, .. } => {
                 t.delivered += 1;
-                if let Some((at, _)) = t.sent.get(&id) {
+                if let Some((at, _)) = t.ledger.get(me, id.seq.0).and_then(|r| r.sent.as_ref()) {
                     let latency = micros(now - *at);
                     t.delivered_latency.saturating_record(latency);
                 }
@@ -306,16 +397,29 @@ async fn drive(
             ClientEvent::Received { id, .. } => {
                 t.deliveries += 1;
                 t.last_received = Some(now);
-                *t.received.entry((id, peer.id.clone())).or_insert(0) += 1;
+                if let Some(from) = t.index_of(&id.from) {
+                    t.ledger.record(from, id.seq.0).received.push(me);
+                }
             }
             _ => {}
         }
     }
 }
 
-/// Removes and returns the oldest unanswered message to `to`.
-fn take_oldest<T>(issued: &mut VecDeque<(Instant, Target, T)>, to: &Target) -> Option<(Instant, Target, T)> {
-    let position = issued.iter().position(|(_, t, _)| t == to)?;
+/// The index of the addressee of a Sent or Failed report.
+fn addressee_index(tally: &Tally, to: &Target, fixed: &Option<(u32, Recipients)>) -> u32 {
+    match fixed {
+        Some((index, _)) => *index,
+        None => PeerId::new(to.as_str())
+            .ok()
+            .and_then(|p| tally.index_of(&p))
+            .unwrap_or(u32::MAX),
+    }
+}
+
+/// Removes and returns the oldest unanswered message to `addressee`.
+fn take_oldest<T>(issued: &mut VecDeque<(Instant, u32, T)>, addressee: u32) -> Option<(Instant, u32, T)> {
+    let position = issued.iter().position(|(_, a, _)| *a == addressee)?;
     issued.remove(position)
 }
 

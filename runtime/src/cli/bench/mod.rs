@@ -201,6 +201,10 @@ fn stop_after(args: &BenchArgs) -> watch::Receiver<bool> {
     rx
 }
 
+fn ids_of(peers: &[Peer]) -> Vec<PeerId> {
+    peers.iter().map(|p| p.id.clone()).collect()
+}
+
 fn body(size: u64) -> String {
     "x".repeat(size as usize)
 }
@@ -217,8 +221,8 @@ async fn dm(args: &BenchArgs, cluster: &mut Cluster) -> anyhow::Result<Report> {
         window,
         messages: args.messages,
     };
+    let tally = Rc::new(RefCell::new(Tally::new(&ids_of(&peers))));
     let peers = peers.into_iter().map(|p| (p, Some(plan.clone()))).collect();
-    let tally = Rc::new(RefCell::new(Tally::new()));
     let stop = stop_after(args);
     let settle = Duration::from_secs_f64(args.settle_timeout);
     let load = load::run(peers, tally.clone(), stop, Until::Settled, settle);
@@ -270,8 +274,8 @@ async fn group(args: &BenchArgs, cluster: &Cluster) -> anyhow::Result<Report> {
         window,
         messages: args.messages,
     };
+    let tally = Rc::new(RefCell::new(Tally::new(&ids_of(&peers))));
     let peers = peers.into_iter().map(|p| (p, Some(plan.clone()))).collect();
-    let tally = Rc::new(RefCell::new(Tally::new()));
     let settle = Duration::from_secs_f64(args.settle_timeout);
     load::run(peers, tally.clone(), stop_after(args), Until::Settled, settle).await;
     let tally = tally.borrow();
@@ -297,7 +301,10 @@ async fn drain(args: &BenchArgs, cluster: &Cluster) -> anyhow::Result<Report> {
         window,
         messages: Some(args.drain_messages),
     };
-    let tally = Rc::new(RefCell::new(Tally::new()));
+    let tally = Rc::new(RefCell::new(Tally::new(&[
+        sender_id.clone(),
+        recipient_id.clone(),
+    ])));
     let (_stop_tx, stop) = watch::channel(false);
     let settle = Duration::from_secs_f64(args.settle_timeout);
     load::run(
