@@ -218,23 +218,15 @@ pub async fn run_router<N: Network>(
                 }
             }
             Some((attempt, event)) = from_primary.recv() => {
-                if attempt != primary_link.attempt || primary_link.conn.is_none() {
-                    continue;
-                }
-                match event {
-                    Inbound::Frame(frame) => router.handle(now(), RouterInput::FromPrimary(frame)),
-                    Inbound::Malformed(error) => {
-                        // A router that is not (yet) primary answers with a
-                        // client redirect; either way, this stream is over.
-                        tracing::debug!(%error, "unexpected frame on the primary link");
-                        primary_link.conn = None;
-                        router.handle(now(), RouterInput::LinkDown { link: Link::Primary, attempt });
-                    }
-                    Inbound::Closed(reason) => {
-                        tracing::debug!(%reason, "primary link lost");
-                        primary_link.conn = None;
-                        router.handle(now(), RouterInput::LinkDown { link: Link::Primary, attempt });
-                    }
+                let now = now();
+                primary_input(&mut router, &mut primary_link, now, attempt, event);
+                // A follower applies what else has arrived before the driver
+                // writes its (cumulative) acknowledgement.
+                for _ in 1..INBOUND_BATCH {
+                    let Ok((attempt, event)) = from_primary.try_recv() else {
+                        break;
+                    };
+                    primary_input(&mut router, &mut primary_link, now, attempt, event);
                 }
             }
             Some((conn, event)) = inbound.recv() => {
@@ -274,6 +266,47 @@ pub async fn run_router<N: Network>(
                 conns.insert(conn, c);
                 router.handle(now(), RouterInput::Connected(conn));
             }
+        }
+    }
+}
+
+/// Hands the router what its primary link reported, unless it came from
+/// an earlier attempt.
+fn primary_input(
+    router: &mut Router,
+    link: &mut LinkConn<FollowerFrame>,
+    now: std::time::Instant,
+    attempt: u64,
+    event: Inbound<PrimaryFrame>,
+) {
+    if attempt != link.attempt || link.conn.is_none() {
+        return;
+    }
+    match event {
+        Inbound::Frame(frame) => router.handle(now, RouterInput::FromPrimary(frame)),
+        Inbound::Malformed(error) => {
+            // A router that is not (yet) primary answers with a client
+            // redirect; either way, this stream is over.
+            tracing::debug!(%error, "unexpected frame on the primary link");
+            link.conn = None;
+            router.handle(
+                now,
+                RouterInput::LinkDown {
+                    link: Link::Primary,
+                    attempt,
+                },
+            );
+        }
+        Inbound::Closed(reason) => {
+            tracing::debug!(%reason, "primary link lost");
+            link.conn = None;
+            router.handle(
+                now,
+                RouterInput::LinkDown {
+                    link: Link::Primary,
+                    attempt,
+                },
+            );
         }
     }
 }

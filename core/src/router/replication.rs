@@ -808,6 +808,16 @@ impl Router {
 
     fn acknowledge(&mut self, epoch: Epoch, lsn: Lsn) {
         let frame = FollowerFrame::Applied { epoch, lsn };
+        // Acknowledgements are cumulative: one of the same epoch not yet
+        // taken by the driver is superseded rather than followed.
+        if let Some(RouterOutput::ToPrimary(last @ FollowerFrame::Applied { .. })) =
+            self.outbox.ready.back_mut()
+        {
+            if matches!(last, FollowerFrame::Applied { epoch: e, .. } if *e == epoch) {
+                *last = frame;
+                return;
+            }
+        }
         self.outbox.emit_now(RouterOutput::ToPrimary(frame));
     }
 }

@@ -392,11 +392,23 @@ pub enum RouterInbound {
 /// Decodes one line arriving at a router. Errors are reported as for a
 /// client frame, since followers speak correctly.
 pub fn decode_router_inbound(line: &[u8]) -> Result<RouterInbound, FrameError> {
+    // Followers' frames, as PeerLink writes them, start with their type:
+    // try the likely kind first, so neither pays for a failed parse.
+    let follower_first = [&b"{\"type\":\"applied\""[..], b"{\"type\":\"follow\""]
+        .iter()
+        .any(|prefix| line.starts_with(prefix));
+    if follower_first {
+        if let Ok(frame) = serde_json::from_slice::<cluster::FollowerFrame>(line) {
+            return Ok(RouterInbound::Follower(frame));
+        }
+    }
     if let Ok(frame) = serde_json::from_slice::<ClientFrame>(line) {
         return Ok(RouterInbound::Client(frame));
     }
-    if let Ok(frame) = serde_json::from_slice::<cluster::FollowerFrame>(line) {
-        return Ok(RouterInbound::Follower(frame));
+    if !follower_first {
+        if let Ok(frame) = serde_json::from_slice::<cluster::FollowerFrame>(line) {
+            return Ok(RouterInbound::Follower(frame));
+        }
     }
     decode_frame::<ClientFrame>(line).map(RouterInbound::Client)
 }
