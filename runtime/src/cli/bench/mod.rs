@@ -64,9 +64,9 @@ pub(crate) struct BenchArgs {
     /// The cluster to start on loopback (when --router is not given).
     #[arg(long, value_enum, default_value_t = Spawn::Standalone)]
     spawn: Spawn,
-    /// Backups of the started replicated cluster.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
-    backups: u16,
+    /// Backups of the started replicated cluster [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4))]
+    backups: Option<u16>,
     /// The first port of the started cluster (the replica manager's, when
     /// replicated; the routers take the next ones).
     #[arg(long, default_value_t = 18_007, value_parser = clap::value_parser!(u16).range(1..=65_530))]
@@ -125,9 +125,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             Spawn::Standalone if args.workload == Workload::Failover => {
                 bail!("failover needs a replicated cluster: use --spawn replicated")
             }
+            Spawn::Standalone if args.backups.is_some() => {
+                bail!("--backups applies to a replicated cluster: add --spawn replicated")
+            }
             Spawn::Standalone => Cluster::standalone(&exe, args.base_port, mailbox_limit).await?,
             Spawn::Replicated => {
-                Cluster::replicated(&exe, args.base_port, args.backups, mailbox_limit).await?
+                let backups = args.backups.unwrap_or(1);
+                Cluster::replicated(&exe, args.base_port, backups, mailbox_limit).await?
             }
         }
     };
@@ -157,7 +161,11 @@ fn setup(args: &BenchArgs, cluster: &Cluster) -> Vec<(&'static str, String)> {
     } else {
         "standalone".to_owned()
     };
-    let backups = if cluster.is_replicated() { args.backups } else { 0 };
+    let backups = if cluster.is_replicated() {
+        args.backups.unwrap_or(1)
+    } else {
+        0
+    };
     vec![
         ("workload", workload.unwrap_or_default()),
         ("spawn", spawn),
