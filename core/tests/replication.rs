@@ -456,3 +456,28 @@ fn a_primary_whose_only_backup_lags_waits_without_spinning() {
     }
     assert_eq!(pair.answers, 0, "nothing is committed without the backup");
 }
+
+#[test]
+fn a_follower_acknowledges_a_batch_of_entries_once() {
+    let mut pair = Pair::new();
+    pair.heal();
+    for n in 0..3 {
+        pair.send(0, 1 + n % 2);
+    }
+    assert!(pair.to_f.len() >= 3, "the primary shipped one entry per change");
+    let last = match pair.to_f.back() {
+        Some(PrimaryFrame::Entry { lsn, .. }) => *lsn,
+        other => panic!("expected an entry, got {other:?}"),
+    };
+    // The driver hands over every queued frame before it takes outputs.
+    while let Some(frame) = pair.to_f.pop_front() {
+        pair.f.handle(pair.now, RouterInput::FromPrimary(frame));
+    }
+    let acks: Vec<Lsn> = std::iter::from_fn(|| pair.f.poll_output())
+        .filter_map(|output| match output {
+            RouterOutput::ToPrimary(FollowerFrame::Applied { lsn, .. }) => Some(lsn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![last], "one cumulative acknowledgement for the batch");
+}

@@ -625,4 +625,27 @@ mod tests {
             assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{code}\""));
         }
     }
+
+    #[test]
+    fn a_router_tells_follower_frames_from_client_frames() {
+        let applied = br#"{"type":"applied","epoch":3,"lsn":7}"#;
+        assert!(matches!(
+            decode_router_inbound(applied),
+            Ok(RouterInbound::Follower(_))
+        ));
+        let send = br#"{"type":"send","req":1,"seq":1,"to":"b","body":"hi"}"#;
+        assert!(matches!(
+            decode_router_inbound(send),
+            Ok(RouterInbound::Client(_))
+        ));
+        // Keys in another order than PeerLink writes them still decode.
+        let reordered = br#"{"lsn":7,"epoch":3,"type":"applied"}"#;
+        assert!(matches!(
+            decode_router_inbound(reordered),
+            Ok(RouterInbound::Follower(_))
+        ));
+        // A broken frame that looks like a follower's is diagnosed as a client's.
+        let broken = br#"{"type":"applied","epoch":"x"}"#;
+        assert!(decode_router_inbound(broken).is_err());
+    }
 }
