@@ -1,8 +1,10 @@
-//! `peerlink`: run a PeerLink router or client.
+//! `peerlink`: run a PeerLink cluster, a client, or a benchmark.
 //!
-//! `peerlink router` serves peers; `peerlink client` is a peer, interactive on
-//! a terminal and line-oriented in scripts. `peerlink --help` and
-//! `peerlink <command> --help` explain every flag.
+//! `peerlink up` starts a local cluster; `peerlink router` and `peerlink rm`
+//! run its parts; `peerlink status` shows its configuration; `peerlink
+//! client` is a peer, interactive on a terminal and line-oriented in
+//! scripts; `peerlink bench` measures a cluster under load. `peerlink --help`
+//! and `peerlink <command> --help` explain every flag.
 
 mod cli;
 
