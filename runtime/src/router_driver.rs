@@ -282,33 +282,20 @@ fn primary_input(
     if attempt != link.attempt || link.conn.is_none() {
         return;
     }
-    match event {
-        Inbound::Frame(frame) => router.handle(now, RouterInput::FromPrimary(frame)),
-        Inbound::Malformed(error) => {
-            // A router that is not (yet) primary answers with a client
-            // redirect; either way, this stream is over.
-            tracing::debug!(%error, "unexpected frame on the primary link");
-            link.conn = None;
-            router.handle(
-                now,
-                RouterInput::LinkDown {
-                    link: Link::Primary,
-                    attempt,
-                },
-            );
-        }
-        Inbound::Closed(reason) => {
-            tracing::debug!(%reason, "primary link lost");
-            link.conn = None;
-            router.handle(
-                now,
-                RouterInput::LinkDown {
-                    link: Link::Primary,
-                    attempt,
-                },
-            );
-        }
-    }
+    let reason = match event {
+        Inbound::Frame(frame) => return router.handle(now, RouterInput::FromPrimary(frame)),
+        // A router that is not (yet) primary answers with a client
+        // redirect; either way, this stream is over.
+        Inbound::Malformed(error) => format!("unexpected frame: {error}"),
+        Inbound::Closed(reason) => reason,
+    };
+    tracing::debug!(%reason, "primary link lost");
+    link.conn = None;
+    let input = RouterInput::LinkDown {
+        link: Link::Primary,
+        attempt,
+    };
+    router.handle(now, input);
 }
 
 /// The router's input for what an accepted connection reported; forgets

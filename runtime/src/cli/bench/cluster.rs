@@ -148,7 +148,7 @@ impl Cluster {
         }
     }
 
-    /// Every router's address, the primary's first when known.
+    /// Every router's address, in the order they were started (or given).
     pub(super) fn addrs(&self) -> Vec<String> {
         self.routers.iter().map(|r| r.addr.clone()).collect()
     }

@@ -135,12 +135,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let report = match args.workload {
+    let mut report = match args.workload {
         Workload::Dm | Workload::Failover => dm(&args, &mut cluster).await?,
         Workload::Group => group(&args, &cluster).await?,
         Workload::Drain => drain(&args, &cluster).await?,
     };
-    let mut report = report;
     report.peak_rss = cluster.peak_router_rss();
     report.setup = setup(&args, &cluster);
     report.print();
