@@ -20,4 +20,11 @@ pub struct Bugs {
     /// ignores epoch tags; a backup promoted to primary keeps applying and
     /// acknowledging its old primary's stream.
     pub backup_accepts_old_epoch: bool,
+    /// A primary that restarted (and lost its state) keeps its role: the
+    /// replica manager leaves it in place, the router serves with whatever
+    /// incarnation the configuration names, and followers accept a
+    /// checkpoint behind their own state.
+    pub restarted_primary_keeps_role: bool,
+    /// The primary commits without the minimum number of backups.
+    pub commit_below_min_backups: bool,
 }

@@ -42,6 +42,7 @@ fn configuration(epoch: u64) -> Configuration {
         primary: Some(member("p")),
         backups: vec![member("f")],
         candidates: vec![],
+        min_backups: 1,
     }
 }
 
@@ -143,6 +144,7 @@ impl Pair {
                     | RouterOutput::ToRm(_)
                     | RouterOutput::ToPrimary(_)
                     | RouterOutput::Committed { .. }
+                    | RouterOutput::BelowMinBackups { .. }
                     | RouterOutput::Promoted { .. } => {}
                 }
             }

@@ -163,6 +163,18 @@ pub async fn run_router<N: Network>(
                     let router = router.replica_id().map(ToString::to_string).unwrap_or_default();
                     tracing::info!(target: ROLE_TARGET, %router, epoch = epoch.0, lsn = lsn.0, "serving as primary");
                 }
+                RouterOutput::BelowMinBackups {
+                    epoch,
+                    backups,
+                    min_backups,
+                } => {
+                    let router = router.replica_id().map(ToString::to_string).unwrap_or_default();
+                    tracing::warn!(
+                        %router, epoch = epoch.0, backups, min_backups,
+                        "commits wait: the primary has fewer backups than the minimum; \
+                         answers are held until a candidate catches up and becomes a backup"
+                    );
+                }
                 RouterOutput::Committed { epoch, lsn } => {
                     let router = router.replica_id().map(ToString::to_string).unwrap_or_default();
                     tracing::trace!(target: COMMIT_TARGET, %router, epoch = epoch.0, lsn = lsn.0, "committed");

@@ -18,9 +18,18 @@
 //!   it restarts (a new incarnation), because a restarted router has lost
 //!   its state.
 //! - When the primary misses heartbeats for [`RmConfig::failure_timeout`],
-//!   or restarts, the RM promotes the live backup with the highest LSN; only
-//!   backups can be promoted, because only they hold every committed change.
-//!   With no live backup, nothing is promoted.
+//!   or restarts, the RM promotes the backup with the highest LSN among
+//!   those heard within half the failure timeout; only backups can be
+//!   promoted, because only they hold every committed change. With no such
+//!   backup, a silent primary keeps its role (it may only be cut off from
+//!   the RM).
+//! - A primary that restarted has lost its state, so it never keeps its
+//!   role: with no backup to promote, the RM withdraws the role (no primary)
+//!   and promotes the first backup of the configuration that checks in.
+//!   Until then the cluster is unavailable, never wiped.
+//! - Every configuration carries [`RmConfig::min_backups`]: the primary
+//!   commits nothing while it has fewer backups (see
+//!   [`Configuration::min_backups`]).
 
 #[cfg(test)]
 mod tests;
@@ -40,12 +49,23 @@ pub struct RmConfig {
     /// routers' 100 ms heartbeats, five lost in a row, and a promotion well
     /// within a second of the primary's death.
     pub failure_timeout: Duration,
+    /// The fewest backups a primary needs to commit, written into every
+    /// configuration. Default 1: no acknowledged change exists in a single
+    /// copy. 0 lets a lone primary commit (a crash of it then loses what it
+    /// acknowledged).
+    pub min_backups: usize,
+    /// Deliberate bugs (tests only).
+    #[cfg(feature = "planted-bugs")]
+    pub bugs: crate::bugs::Bugs,
 }
 
 impl Default for RmConfig {
     fn default() -> Self {
         Self {
             failure_timeout: Duration::from_millis(500),
+            min_backups: 1,
+            #[cfg(feature = "planted-bugs")]
+            bugs: crate::bugs::Bugs::default(),
         }
     }
 }
@@ -122,14 +142,21 @@ impl ReplicaManager {
                 (m.id.clone(), state)
             })
             .collect();
-        Self {
+        let mut rm = Self {
             config,
             current: restored,
             proposed: None,
             members,
             conns: BTreeMap::new(),
             outputs: VecDeque::new(),
+        };
+        // An operator who restarts the RM with another minimum gets it at
+        // once, under a new epoch like every change.
+        if rm.current.epoch > Epoch(0) && rm.current.min_backups != rm.config.min_backups {
+            let next = rm.next_configuration();
+            rm.propose(next);
         }
+        rm
     }
 
     /// The configuration announced to routers.
@@ -153,13 +180,25 @@ impl ReplicaManager {
     fn next_configuration(&self) -> Configuration {
         let mut next = self.latest().clone();
         next.epoch = next.epoch.next();
+        next.min_backups = self.config.min_backups;
         next
     }
 
+    /// Whether `id` heartbeated within the failure timeout (or the RM
+    /// restarted less than that ago and has not yet heard from it).
     fn is_alive(&self, id: &ReplicaId, now: Instant) -> bool {
         self.members
             .get(id)
             .is_some_and(|m| m.last_heartbeat + self.config.failure_timeout > now)
+    }
+
+    /// Whether `id` may be promoted: really heard, within half the failure
+    /// timeout, so a backup that died with the primary is not chosen in its
+    /// place.
+    fn is_promotable(&self, id: &ReplicaId, now: Instant) -> bool {
+        self.members
+            .get(id)
+            .is_some_and(|m| m.heard && m.last_heartbeat + self.config.failure_timeout / 2 > now)
     }
 
     fn reply(&mut self, conn: ConnId, reply: RmReply) {
@@ -283,9 +322,21 @@ impl ReplicaManager {
         let latest = self.latest();
         if restarted {
             self.handle_restart(now, &id);
-            if let Some(proposed) = &mut self.proposed {
+            if self.proposed.is_none() {
+                // A restarted candidate keeps its place; the configuration
+                // still records its new life, so a later restart is seen.
+                let mut next = self.next_configuration();
+                record_incarnation(&mut next, &id, incarnation);
+                if next.find(&id).is_some() {
+                    self.propose(next);
+                }
+            } else if let Some(proposed) = &mut self.proposed {
                 record_incarnation(proposed, &id, incarnation);
             }
+        } else if latest.primary.is_none() && latest.is_backup(&id) {
+            // The role was withdrawn from a restarted primary: the first
+            // backup that checks in takes it.
+            self.fail_over(now);
         } else if latest.find(&id).is_none() {
             let mut next = self.next_configuration();
             let member = Member {
@@ -308,6 +359,16 @@ impl ReplicaManager {
         let latest = self.latest();
         if latest.is_primary(id) {
             self.fail_over(now);
+            if self.restarted_primary_keeps_role() {
+                return;
+            }
+            if self.latest().is_primary(id) {
+                // No backup to promote yet: withdraw the role rather than
+                // let an empty router serve, or ship its emptiness.
+                let mut next = self.next_configuration();
+                next.candidates.extend(next.primary.take());
+                self.propose(next);
+            }
         } else if latest.is_backup(id) {
             let mut next = self.next_configuration();
             let position = next.backups.iter().position(|m| m.id == *id);
@@ -317,14 +378,24 @@ impl ReplicaManager {
         }
     }
 
-    /// Replaces the primary with the live backup that has the highest LSN.
-    /// Backups that are not alive become candidates; so does the old primary.
+    /// Whether the planted bug `restarted_primary_keeps_role` is on (never,
+    /// in production builds).
+    fn restarted_primary_keeps_role(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.config.bugs.restarted_primary_keeps_role;
+        #[cfg(not(feature = "planted-bugs"))]
+        false
+    }
+
+    /// Replaces the primary with the promotable backup that has the highest
+    /// LSN. Backups that are not alive become candidates; so does the old
+    /// primary.
     fn fail_over(&mut self, now: Instant) {
         let latest = self.latest();
         let chosen = latest
             .backups
             .iter()
-            .filter(|m| self.is_alive(&m.id, now))
+            .filter(|m| self.is_promotable(&m.id, now))
             .max_by_key(|m| {
                 (
                     self.members.get(&m.id).map_or(Lsn(0), |s| s.lsn),
@@ -432,16 +503,17 @@ impl Machine for ReplicaManager {
         }
         let primary = self.current.primary.as_ref()?;
         let deadline = self.members.get(&primary.id)?.last_heartbeat + self.config.failure_timeout;
-        // A failover needs a backup still alive when the primary is declared
-        // dead; without one, the next heartbeat re-arms the timer.
-        let last_backup_alive = self
+        // A failover needs a backup still promotable when the primary is
+        // declared dead; without one, the next heartbeat re-arms the timer.
+        let last_backup_promotable = self
             .current
             .backups
             .iter()
             .filter_map(|m| self.members.get(&m.id))
-            .map(|s| s.last_heartbeat + self.config.failure_timeout)
+            .filter(|s| s.heard)
+            .map(|s| s.last_heartbeat + self.config.failure_timeout / 2)
             .max()?;
-        (last_backup_alive > deadline).then_some(deadline)
+        (last_backup_promotable > deadline).then_some(deadline)
     }
 
     fn poll_output(&mut self) -> Option<RmOutput> {

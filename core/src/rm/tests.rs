@@ -291,8 +291,10 @@ fn a_restored_rm_keeps_its_configuration_and_gives_members_time() {
         "backups and primary share the same grace"
     );
     rm.handle(now, RmInput::Connected(ConnId(1)));
+    // A backup is promotable for half the failure timeout after it is
+    // heard, so one heard 300 ms in covers the primary's deadline.
     rm.handle(
-        now + Duration::from_millis(100),
+        now + Duration::from_millis(300),
         RmInput::Request(
             ConnId(1),
             RmRequest::Heartbeat {

@@ -149,6 +149,19 @@ impl Router {
             self.error(conn, Some(req), ErrorCode::InvalidSeq, message);
             return;
         }
+        if seq == Seq(u64::MAX) {
+            let message = format!("sequence numbers must stay below {}", u64::MAX);
+            self.error(conn, Some(req), ErrorCode::InvalidSeq, message);
+            return;
+        }
+        // Every seq up to `last_seq` was accepted or refused, never skipped,
+        // so one at or below it that was not refused was accepted.
+        let expected = record.last_seq.next();
+        if seq > expected {
+            let message = format!("message {me}#{seq} skips ahead: the next sequence number is {expected}");
+            self.error(conn, Some(req), ErrorCode::InvalidSeq, message);
+            return;
+        }
         if seq <= record.last_seq {
             if let Some(code) = record.rejected.get(&seq).copied() {
                 let message = format!("message {me}#{seq} was refused: {code}");

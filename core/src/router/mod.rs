@@ -152,6 +152,18 @@ pub enum RouterOutput {
         /// The last change the router had applied.
         lsn: Lsn,
     },
+    /// Informational: as primary of `epoch`, the router has `backups`
+    /// backups, fewer than the configuration's `min_backups`, so it commits
+    /// nothing and holds every answer until a candidate has caught up and
+    /// become a backup. Drivers log it as a warning.
+    BelowMinBackups {
+        /// The router's epoch.
+        epoch: Epoch,
+        /// The backups it has.
+        backups: usize,
+        /// The fewest it needs.
+        min_backups: usize,
+    },
     /// Informational: as primary of `epoch`, the router committed every
     /// change up to `lsn`. Drivers log it; checkers use it to verify that
     /// only one router commits in an epoch.
@@ -312,13 +324,11 @@ impl Router {
             None => self.outbox.commit(lsn),
             Some(replication) => {
                 replication.ship(lsn, change, &mut self.outbox);
-                #[allow(unused_mut)]
-                let mut committed = replication.commit_point(lsn);
                 #[cfg(feature = "planted-bugs")]
                 if self.config.bugs.sent_before_replication {
-                    committed = lsn;
+                    return self.commit_to(lsn);
                 }
-                self.commit_to(committed);
+                self.commit_up_to(lsn);
             }
         }
     }

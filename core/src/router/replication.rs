@@ -18,11 +18,21 @@
 //!   a change acknowledged — and so cannot commit — once the backups have
 //!   heard of the new epoch. A follower that sees a gap resyncs.
 //! - The commit point is the lowest LSN acknowledged by every backup of the
-//!   configuration (and by candidates the primary has asked to promote).
+//!   configuration (and by candidates the primary has asked to promote),
+//!   and does not move at all while the configuration has fewer than
+//!   [`Configuration::min_backups`] backups: the primary then holds every
+//!   answer until a candidate has caught up and become a backup.
 //!   A backup that stays behind for [`ReplicationConfig::ack_timeout`] is
-//!   reported to the RM for removal — unless it is the last one: a primary
-//!   never runs without a backup, it waits instead. A candidate that has
-//!   caught up is proposed as a backup.
+//!   reported to the RM for removal — unless it is the last one, which may
+//!   be all that holds the committed state. A candidate that has caught up —
+//!   holds every change this primary committed and every change it held
+//!   when it was promoted — is proposed as a backup.
+//! - A router takes the role of primary only from a configuration that
+//!   names it with its own incarnation: a router that restarted has lost its
+//!   state and never serves, or ships, that empty state in a role it held
+//!   before. A follower refuses a checkpoint behind its own state from the
+//!   stream epoch it follows, so no replica's state moves backwards within
+//!   an epoch.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -157,6 +167,10 @@ pub(super) struct Replication {
     pending_removal: BTreeSet<ReplicaId>,
     /// Primary: since when each lagging backup has made no progress.
     behind_since: BTreeMap<ReplicaId, Instant>,
+    /// Primary: the last change applied when it was promoted. Changes up to
+    /// it may have been committed by an earlier primary, so a candidate is
+    /// caught up only once it has them.
+    promoted_at: Lsn,
 
     /// Follower: the epoch of the primary frames the state came from.
     stream_epoch: Epoch,
@@ -184,6 +198,7 @@ impl Replication {
             pending_add: BTreeSet::new(),
             pending_removal: BTreeSet::new(),
             behind_since: BTreeMap::new(),
+            promoted_at: Lsn(0),
 
             stream_epoch: Epoch(0),
         }
@@ -229,9 +244,21 @@ impl Replication {
         self.streams.get(id).map_or(Lsn(0), |s| s.acked)
     }
 
-    /// The highest LSN every required follower has, capped at `applied`.
-    pub(super) fn commit_point(&self, applied: Lsn) -> Lsn {
-        self.required().map(|id| self.acked(id)).fold(applied, Lsn::min)
+    /// The highest LSN every required follower has, capped at `applied`;
+    /// `None` while the configuration has fewer backups than its minimum,
+    /// when nothing may commit (unless the planted bug `ignore_minimum`).
+    pub(super) fn commit_point(&self, applied: Lsn, ignore_minimum: bool) -> Option<Lsn> {
+        if self.configuration.below_min_backups() && !ignore_minimum {
+            return None;
+        }
+        Some(self.required().map(|id| self.acked(id)).fold(applied, Lsn::min))
+    }
+
+    /// Why commits wait, if they wait for the configuration rather than for
+    /// acknowledgements: `(backups, min_backups)`.
+    fn below_minimum(&self) -> Option<(usize, usize)> {
+        let c = &self.configuration;
+        (self.is_primary() && c.below_min_backups()).then_some((c.backups.len(), c.min_backups))
     }
 
     /// Logs a change just applied by the primary and ships it to every
@@ -278,6 +305,7 @@ impl Replication {
         if self.rm.status != LinkStatus::Up {
             return;
         }
+        let committed = committed.max(self.promoted_at);
         let caught_up: Vec<ReplicaId> = self
             .configuration
             .candidates
@@ -534,7 +562,19 @@ impl Router {
         r.pending_add.clear();
         r.pending_removal.clear();
         let me = r.config.id.clone();
-        let role = if r.configuration.is_primary(&me) {
+        let named_as_me = r
+            .configuration
+            .find(&me)
+            .is_some_and(|m| m.incarnation == 0 || m.incarnation == r.config.incarnation);
+        let keeps_role = named_as_me || self.restarted_primary_keeps_role();
+        let Some(r) = self.replication_mut() else {
+            return;
+        };
+        let role = if r.configuration.is_primary(&me) && !keeps_role {
+            // Named primary for a life before this one: the state that role
+            // needs is gone. Wait for the RM to withdraw it.
+            Role::Waiting
+        } else if r.configuration.is_primary(&me) {
             match r.role {
                 Role::Primary { term } => Role::Primary { term },
                 _ => Role::Primary { term: r.epoch() },
@@ -556,8 +596,8 @@ impl Router {
             Role::Primary { .. } => {
                 let r = self.replication.as_mut().expect("replicated");
                 r.track_lag(now, applied);
-                let committed = r.commit_point(applied);
-                self.commit_to(committed);
+                self.commit_up_to(applied);
+                self.report_minimum();
             }
             Role::Follower { primary } => {
                 if was_primary {
@@ -601,12 +641,53 @@ impl Router {
         r.streams.clear();
         r.behind_since.clear();
         r.track_lag(now, applied);
+        r.promoted_at = applied;
         let epoch = r.epoch();
         // Everything applied so far becomes committed only once the backups
         // have it: reset the commit point rather than inherit a follower's.
-        self.outbox.committed = r.commit_point(applied);
+        let ignore_minimum = self.commits_below_minimum();
+        let r = self.replication.as_ref().expect("replicated");
+        self.outbox.committed = r.commit_point(applied, ignore_minimum).unwrap_or(Lsn(0));
         self.outbox
             .emit_now(RouterOutput::Promoted { epoch, lsn: applied });
+        self.report_minimum();
+    }
+
+    /// Moves the commit point as far as the followers' acknowledgements and
+    /// the configuration's minimum allow.
+    pub(super) fn commit_up_to(&mut self, applied: Lsn) {
+        let ignore_minimum = self.commits_below_minimum();
+        let point = self
+            .replication
+            .as_ref()
+            .and_then(|r| r.commit_point(applied, ignore_minimum));
+        if let Some(point) = point {
+            self.commit_to(point);
+        }
+    }
+
+    /// Tells the driver, when the primary has too few backups to commit.
+    fn report_minimum(&mut self) {
+        let Some(r) = self.replication.as_ref() else {
+            return;
+        };
+        if let Some((backups, min_backups)) = r.below_minimum() {
+            let epoch = r.epoch();
+            self.outbox.emit_now(RouterOutput::BelowMinBackups {
+                epoch,
+                backups,
+                min_backups,
+            });
+        }
+    }
+
+    /// Whether the planted bug `commit_below_min_backups` is on (never, in
+    /// production builds).
+    fn commits_below_minimum(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.config.bugs.commit_below_min_backups;
+        #[cfg(not(feature = "planted-bugs"))]
+        false
     }
 
     /// Stops serving: forgets clients and followers, and drops every output
@@ -711,8 +792,7 @@ impl Router {
                 }
                 let r = self.replication.as_mut().expect("replicated");
                 r.track_lag(now, applied);
-                let committed = r.commit_point(applied);
-                self.commit_to(committed);
+                self.commit_up_to(applied);
             }
             FollowerFrame::Applied { lsn, .. } => {
                 let Some((id, stream)) = r.streams.iter_mut().find(|(_, s)| s.conn == conn) else {
@@ -724,8 +804,7 @@ impl Router {
                     r.behind_since.remove(&id);
                 }
                 r.track_lag(now, applied);
-                let committed = r.commit_point(applied);
-                self.commit_to(committed);
+                self.commit_up_to(applied);
                 let r = self.replication.as_mut().expect("replicated");
                 r.propose_caught_up(self.outbox.committed, false, &mut self.outbox);
             }
@@ -743,6 +822,7 @@ impl Router {
     /// A primary's frame, on a follower.
     pub(super) fn handle_primary_frame(&mut self, now: Instant, frame: PrimaryFrame) {
         let old_epochs = self.accepts_old_epoch();
+        let accepts_regression = self.restarted_primary_keeps_role();
         let Some(r) = self.replication.as_mut() else {
             return;
         };
@@ -756,6 +836,14 @@ impl Router {
             PrimaryFrame::Checkpoint { epoch, lsn, state } => {
                 if epoch < my_epoch || !following {
                     return self.restart_link(Link::Primary, now);
+                }
+                let regresses = epoch == r.stream_epoch && lsn < self.outbox.applied;
+                if regresses && !accepts_regression {
+                    // Only a primary that lost its state offers less than it
+                    // already shipped in the same epoch: refuse, and ask
+                    // again later (by then the RM has withdrawn its role).
+                    let retry_at = now + r.config.retry_interval;
+                    return self.restart_link(Link::Primary, retry_at);
                 }
 
                 r.stream_epoch = epoch;
@@ -795,6 +883,15 @@ impl Router {
                 self.restart_link(Link::Primary, retry_at);
             }
         }
+    }
+
+    /// Whether the planted bug `restarted_primary_keeps_role` is on (never,
+    /// in production builds).
+    fn restarted_primary_keeps_role(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.config.bugs.restarted_primary_keeps_role;
+        #[cfg(not(feature = "planted-bugs"))]
+        false
     }
 
     /// Whether the planted bug `backup_accepts_old_epoch` is on (never, in

@@ -339,14 +339,53 @@ fn sequence_numbers_are_checked() {
     h.online(1, "alice");
     h.online(2, "bob");
     assert_eq!(errors(&h.send(1, 0, "bob", "x")), vec![ErrorCode::InvalidSeq]);
-    assert_eq!(sent(&h.send(1, 5000, "bob", "x")), vec![5000]);
-    assert_eq!(errors(&h.send(1, 3000, "bob", "x")), vec![ErrorCode::InvalidSeq]);
     assert_eq!(
-        sent(&h.send(1, 4000, "bob", "x")),
-        vec![4000],
-        "within the window: a duplicate"
+        errors(&h.send(1, 2, "bob", "x")),
+        vec![ErrorCode::InvalidSeq],
+        "a gap is refused"
     );
-    assert_eq!(h.router.queued_messages(&peer("bob")), 1);
+    assert_eq!(
+        errors(&h.send(1, 2, "bob", "x")),
+        vec![ErrorCode::InvalidSeq],
+        "and not recorded: it is refused again, never answered sent"
+    );
+    assert_eq!(sent(&h.send(1, 1, "bob", "x")), vec![1]);
+    assert_eq!(sent(&h.send(1, 1, "bob", "x")), vec![1], "a duplicate");
+    assert_eq!(errors(&h.send(1, 3, "bob", "x")), vec![ErrorCode::InvalidSeq]);
+    assert_eq!(sent(&h.send(1, 2, "bob", "x")), vec![2]);
+    assert_eq!(
+        errors(&h.send(1, u64::MAX, "bob", "x")),
+        vec![ErrorCode::InvalidSeq]
+    );
+    assert_eq!(h.router.queued_messages(&peer("bob")), 2);
+    for seq in 3..=1100 {
+        assert_eq!(sent(&h.send(1, seq, "bob", "x")), vec![seq]);
+    }
+    assert_eq!(
+        errors(&h.send(1, 3, "bob", "x")),
+        vec![ErrorCode::InvalidSeq],
+        "too far behind to judge"
+    );
+    assert_eq!(sent(&h.send(1, 100, "bob", "x")), vec![100], "within the window");
+}
+
+#[test]
+fn the_last_sequence_number_is_refused_so_next_seq_never_wraps() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    assert_eq!(
+        errors(&h.send(1, u64::MAX, "bob", "x")),
+        vec![ErrorCode::InvalidSeq]
+    );
+    let out = h.online(3, "alice");
+    assert!(matches!(
+        out.last(),
+        Some(RouterOutput::Send(
+            ConnId(3),
+            ServerFrame::Registered { next_seq: Seq(1), .. }
+        ))
+    ));
 }
 
 #[test]

@@ -317,6 +317,7 @@ impl World {
                 | RouterOutput::ToRm(_)
                 | RouterOutput::ToPrimary(_)
                 | RouterOutput::Committed { .. }
+                | RouterOutput::BelowMinBackups { .. }
                 | RouterOutput::Promoted { .. } => unreachable!("the world runs a standalone router"),
                 RouterOutput::Close(conn) => {
                     // The client reads the frames already sent, then sees the close.

@@ -37,6 +37,17 @@ pub struct Configuration {
     pub backups: Vec<Member>,
     /// Routers catching up from the primary before they become backups.
     pub candidates: Vec<Member>,
+    /// The fewest backups the primary needs to commit anything: with fewer,
+    /// it holds every answer that depends on a change (Sent, group results,
+    /// registrations) until a candidate has caught up and become a backup.
+    /// Set by the replica manager; a configuration saved before this field
+    /// existed reads as 1.
+    #[serde(default = "one")]
+    pub min_backups: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Configuration {
@@ -57,6 +68,12 @@ impl Configuration {
     /// Whether `id` is a backup.
     pub fn is_backup(&self, id: &ReplicaId) -> bool {
         self.backups.iter().any(|m| m.id == *id)
+    }
+
+    /// Whether the primary has fewer backups than [`Self::min_backups`], and
+    /// so may commit nothing.
+    pub fn below_min_backups(&self) -> bool {
+        self.backups.len() < self.min_backups
     }
 }
 

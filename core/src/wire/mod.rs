@@ -220,7 +220,8 @@ pub enum ErrorCode {
     MailboxFull,
     /// The message body is too large to forward in one frame.
     BodyTooLarge,
-    /// The sequence number is 0, or too far behind the newest to judge.
+    /// The sequence number is 0 or `u64::MAX`, skips past the next one
+    /// expected, or is too far behind the newest to judge.
     InvalidSeq,
     /// The client's outbox is full (reported by the client machine only).
     OutboxFull,
