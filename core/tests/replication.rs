@@ -483,3 +483,125 @@ fn a_follower_acknowledges_a_batch_of_entries_once() {
         .collect();
     assert_eq!(acks, vec![last], "one cumulative acknowledgement for the batch");
 }
+
+/// Epoch `epoch` with `f` demoted to a candidate: `p` has no backup.
+fn without_backups(epoch: u64, min_backups: usize) -> Configuration {
+    Configuration {
+        backups: vec![],
+        candidates: vec![member("f")],
+        min_backups,
+        ..configuration(epoch)
+    }
+}
+
+fn adopt(router: &mut Router, now: Instant, config: Configuration) -> Vec<RouterOutput> {
+    router.handle(now, RouterInput::FromRm(RmReply::Config { config }));
+    std::iter::from_fn(|| router.poll_output()).collect()
+}
+
+#[test]
+fn a_primary_below_its_minimum_commits_nothing_until_a_backup_returns() {
+    let mut pair = Pair::new();
+    pair.heal();
+    let out = adopt(&mut pair.p, pair.now, without_backups(3, 1));
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            RouterOutput::BelowMinBackups {
+                backups: 0,
+                min_backups: 1,
+                ..
+            }
+        )),
+        "the primary says why commits wait: {out:?}"
+    );
+    pair.f.handle(
+        pair.now,
+        RouterInput::FromRm(RmReply::Config {
+            config: without_backups(3, 1),
+        }),
+    );
+    pair.pump();
+    pair.send(0, 1);
+    for _ in 0..20 {
+        pair.deliver_to_f(usize::MAX);
+        pair.deliver_to_p(usize::MAX);
+        pair.tick(Duration::from_millis(50));
+    }
+    assert_eq!(pair.f.applied_lsn(), pair.p.applied_lsn(), "the candidate has it");
+    assert_eq!(pair.answers, 0, "but a candidate does not count: no Sent");
+    assert!(pair.p.committed_lsn() < pair.p.applied_lsn());
+
+    // The RM makes the candidate a backup again: the answer goes out.
+    let back = Configuration {
+        epoch: Epoch(4),
+        ..configuration(4)
+    };
+    pair.p.handle(
+        pair.now,
+        RouterInput::FromRm(RmReply::Config { config: back.clone() }),
+    );
+    pair.f
+        .handle(pair.now, RouterInput::FromRm(RmReply::Config { config: back }));
+    pair.pump();
+    pair.heal();
+    assert_eq!(pair.answers, 1);
+    assert!(pair.violations.is_empty(), "{:?}", pair.violations);
+}
+
+#[test]
+fn a_minimum_of_zero_lets_a_lone_primary_commit() {
+    let mut pair = Pair::new();
+    pair.heal();
+    adopt(&mut pair.p, pair.now, without_backups(3, 0));
+    pair.drop_stream();
+    pair.send(0, 1);
+    assert_eq!(pair.answers, 1, "min_backups 0: the operator chose a single copy");
+}
+
+#[test]
+fn a_router_named_primary_for_an_earlier_life_does_not_serve() {
+    let now = epoch();
+    let replication = ReplicationConfig::new(ReplicaId::new("p").unwrap(), "p:1".into(), "rm:1".into(), 2);
+    let config = RouterConfig {
+        replication: Some(replication),
+        ..RouterConfig::default()
+    };
+    let mut restarted = Router::new(config, 3, now);
+    // The configuration still names `p` with incarnation 1: the process
+    // that held the state.
+    let out = adopt(&mut restarted, now, configuration(2));
+    assert!(!restarted.is_serving(), "a restarted router kept the role");
+    assert!(
+        !out.iter().any(|o| matches!(o, RouterOutput::Promoted { .. })),
+        "{out:?}"
+    );
+    restarted.handle(now, RouterInput::Connected(ConnId(7)));
+    let out: Vec<RouterOutput> = std::iter::from_fn(|| restarted.poll_output()).collect();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, RouterOutput::Send(ConnId(7), ServerFrame::Redirect { .. }))),
+        "clients are sent away: {out:?}"
+    );
+}
+
+#[test]
+fn a_follower_refuses_a_checkpoint_behind_its_own_state_in_the_same_epoch() {
+    let mut pair = Pair::new();
+    pair.heal();
+    pair.send(0, 1);
+    pair.heal();
+    let before = pair.f.state().clone();
+    let applied = pair.f.applied_lsn();
+    assert!(applied > Lsn(0));
+    // What a primary that restarted empty would ship in the same epoch.
+    let empty = PrimaryFrame::Checkpoint {
+        epoch: Epoch(2),
+        lsn: Lsn(0),
+        state: Default::default(),
+    };
+    pair.f.handle(pair.now, RouterInput::FromPrimary(empty));
+    pair.pump();
+    assert_eq!(pair.f.state(), &before, "the follower's state moved backwards");
+    assert_eq!(pair.f.applied_lsn(), applied);
+}

@@ -510,3 +510,83 @@ fn a_primary_that_restarted_while_the_rm_was_down_is_replaced() {
         restarted.config()
     );
 }
+
+#[test]
+fn a_restarted_primary_with_no_backup_in_reach_loses_its_role_until_a_backup_checks_in() {
+    let mut h = Harness::three_routers();
+    // The backups are cut off from the RM; the primary restarts.
+    h.now += Duration::from_secs(2);
+    h.beat(1, "r1", 11, 9, true);
+    let out = h.beat(4, "r1", 99, 0, true);
+    let config = h.config().clone();
+    assert_eq!(config.primary, None, "never left to serve empty: {config:?}");
+    assert_eq!(
+        Harness::names(&config.backups),
+        vec!["r2", "r3"],
+        "still promotable"
+    );
+    let r1 = config
+        .candidates
+        .iter()
+        .find(|m| m.id == id("r1"))
+        .expect("r1 is a candidate");
+    assert_eq!(r1.incarnation, 99, "its new life is recorded");
+    assert!(
+        !out.iter().any(|o| matches!(o, RmOutput::Send(ConnId(4), RmReply::Config { config }) if config.is_primary(&id("r1")) && config.find(&id("r1")).unwrap().incarnation == 99)),
+        "r1 is never named primary in its new life: {out:?}"
+    );
+    // A backup checks in again: it takes the role at once.
+    h.beat(3, "r3", 33, 9, true);
+    assert!(h.config().is_primary(&id("r3")), "{:?}", h.config());
+    assert!(!h.config().is_primary(&id("r1")));
+}
+
+#[test]
+fn a_restarted_candidate_is_recorded_with_its_new_incarnation() {
+    let mut h = Harness::new();
+    h.beat(1, "r1", 11, 0, true);
+    h.beat(2, "r2", 22, 0, true);
+    h.beat(5, "r2", 23, 0, true);
+    let r2 = h.config().find(&id("r2")).cloned().expect("r2 is known");
+    assert_eq!(r2.incarnation, 23);
+    assert_eq!(Harness::names(&h.config().candidates), vec!["r2"]);
+}
+
+#[test]
+fn every_configuration_carries_the_minimum_and_a_restart_with_a_new_one_announces_it() {
+    let mut h = Harness::three_routers();
+    assert_eq!(h.config().min_backups, 1);
+    let saved = h.config().clone();
+    let config = RmConfig {
+        min_backups: 2,
+        ..RmConfig::default()
+    };
+    let mut rm = ReplicaManager::new(config, saved.clone(), h.now);
+    let out = drain(&mut rm);
+    let [RmOutput::Persist(next)] = out.as_slice() else {
+        panic!("expected one persist, got {out:?}");
+    };
+    assert_eq!(next.min_backups, 2);
+    assert_eq!(next.epoch, saved.epoch.next());
+    h.rm = rm;
+    h.rm.handle(h.now, RmInput::Persisted(next.epoch));
+    assert_eq!(h.config().min_backups, 2);
+}
+
+#[test]
+fn a_backup_not_heard_for_half_the_failure_timeout_is_not_promoted() {
+    let mut h = Harness::three_routers();
+    h.now += Duration::from_millis(200);
+    h.beat(2, "r2", 22, 50, true);
+    h.now += Duration::from_millis(200);
+    h.beat(3, "r3", 33, 10, true);
+    // r1 was last heard 400 ms ago, r2 200 ms ago, r3 just now.
+    h.now += Duration::from_millis(100);
+    h.rm.handle_timeout(h.now);
+    h.settle();
+    let config = h.config();
+    assert!(
+        config.is_primary(&id("r3")),
+        "r2 has the higher LSN but was last heard 300 ms ago: {config:?}"
+    );
+}
