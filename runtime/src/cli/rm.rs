@@ -27,6 +27,12 @@ pub(crate) struct RmArgs {
     /// milliseconds.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     failure_timeout_ms: u64,
+    /// The fewest backups a primary needs to commit. With fewer, clients
+    /// wait (nothing is acknowledged in a single copy) until a router has
+    /// caught up and become a backup. 0 lets a lone primary acknowledge what
+    /// its crash would lose.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=16))]
+    min_backups: u64,
 }
 
 /// Runs the replica manager until Ctrl-C or SIGTERM.
@@ -47,9 +53,13 @@ pub(crate) async fn run(args: RmArgs) -> anyhow::Result<ExitCode> {
         .context("cannot read the listening address")?;
     let config = RmConfig {
         failure_timeout: Duration::from_millis(args.failure_timeout_ms),
+        min_backups: usize::try_from(args.min_backups).context("--min-backups is too large")?,
     };
     println!("rm listening on {addr}");
-    tracing::info!(%addr, data = %dir.display(), epoch = %restored.epoch, "replica manager started");
+    tracing::info!(
+        %addr, data = %dir.display(), epoch = %restored.epoch, min_backups = config.min_backups,
+        "replica manager started"
+    );
     let rm = ReplicaManager::new(config, restored, peerlink_runtime::now());
     run_rm(rm, listener, store, DEFAULT_MAX_FRAME_LEN, shutdown::signal()).await;
     Ok(ExitCode::SUCCESS)

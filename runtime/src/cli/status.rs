@@ -55,6 +55,16 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .find(|m| m.role == "primary")
         .map_or(0, |m| m.lsn.0);
     println!("epoch {}", config.epoch);
+    if config.primary.is_some() && config.below_min_backups() {
+        println!(
+            "commits wait: {} backup(s), fewer than the minimum of {}; clients are held until a \
+             candidate catches up and becomes a backup",
+            config.backups.len(),
+            config.min_backups
+        );
+    } else if config.primary.is_none() && !config.backups.is_empty() {
+        println!("no primary: waiting for a backup to check in and be promoted");
+    }
     println!(
         "{:<8} {:<10} {:<22} {:>10} {:>8} {:>10}",
         "router", "role", "address", "lsn", "lag", "heard"

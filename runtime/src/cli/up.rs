@@ -22,6 +22,10 @@ pub(crate) struct UpArgs {
     /// it, routers r1, r2 and r3 on the next three.
     #[arg(long, default_value_t = 8007, value_parser = clap::value_parser!(u16).range(1..=65_532))]
     base_port: u16,
+    /// The fewest backups the primary needs to commit (see `peerlink rm
+    /// --help`). With three routers, 1 survives any one router's loss.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=2))]
+    min_backups: u64,
 }
 
 /// The cluster's scratch directory (the replica manager's data), removed
@@ -44,7 +48,17 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let data_dir = data_dir
         .to_str()
         .context("the temporary directory is not UTF-8")?;
-    let mut children = vec![start(&exe, "rm", &["rm", "--listen", &rm_addr, "--data-dir", data_dir]).await?];
+    let min_backups = args.min_backups.to_string();
+    let rm_flags = [
+        "rm",
+        "--listen",
+        &rm_addr,
+        "--data-dir",
+        data_dir,
+        "--min-backups",
+        &min_backups,
+    ];
+    let mut children = vec![start(&exe, "rm", &rm_flags).await?];
     let mut addrs = Vec::new();
     for n in 1..=ROUTERS {
         let id = format!("r{n}");
