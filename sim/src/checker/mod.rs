@@ -8,6 +8,8 @@
 //! group), `Join` and `Leave`. Call it after the world was healed and drained
 //! (see `World::heal_and_drain`): it treats anything still missing as lost.
 
+mod state;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -98,6 +100,14 @@ pub enum Violation {
         /// The successor's state when promoted.
         successor_lsn: Lsn,
     },
+    /// A router forgot acknowledged state: a registration, a sequence
+    /// number, a group or a membership (see the `state` module's rules).
+    StateLost {
+        /// The peer that saw it.
+        peer: PeerId,
+        /// What it saw.
+        detail: String,
+    },
     /// A command was never answered.
     Unanswered {
         /// The peer that issued it.
@@ -148,6 +158,7 @@ impl fmt::Display for Violation {
                 "deposed commit: {router} committed up to {lsn} in epoch {epoch} after {successor} was \
                  promoted in epoch {successor_epoch} with its state at {successor_lsn}"
             ),
+            Violation::StateLost { peer, detail } => write!(f, "state lost: {peer}: {detail}"),
             Violation::Unanswered { peer, command } => write!(f, "unanswered: {peer} issued {command}"),
         }
     }
@@ -356,6 +367,7 @@ pub fn check(history: &History) -> Vec<Violation> {
             });
         }
     }
+    v.extend(state::check_state(history));
     v.into_iter().collect()
 }
 
