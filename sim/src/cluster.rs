@@ -61,7 +61,7 @@ pub struct RunConfig {
     pub latency: Duration,
     /// Each router's mailbox limit.
     pub mailbox_limit: usize,
-    /// Deliberate bugs to switch on in every router and client.
+    /// Deliberate bugs to switch on in the RM and every router and client.
     #[cfg(feature = "planted-bugs")]
     pub bugs: peerlink_core::bugs::Bugs,
 }
@@ -141,12 +141,18 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
     let recorder = Recorder::default();
 
     let store = MemoryStore::default();
+    let rm_config = RmConfig {
+        #[cfg(feature = "planted-bugs")]
+        bugs: config.bugs,
+        ..RmConfig::default()
+    };
     sim.host(RM, move || {
         let mut store = store.clone();
+        let rm_config = rm_config.clone();
         async move {
             let restored = store.load()?;
             let listener = TurmoilNetwork.bind(&format!("0.0.0.0:{RM_PORT}")).await?;
-            let rm = ReplicaManager::new(RmConfig::default(), restored, peerlink_runtime::now());
+            let rm = ReplicaManager::new(rm_config, restored, peerlink_runtime::now());
             run_rm(rm, listener, store, DEFAULT_MAX_FRAME_LEN, std::future::pending()).await;
             Ok(())
         }

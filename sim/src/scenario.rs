@@ -200,7 +200,7 @@ pub fn direct_and_group(seed: u64) -> Result<Trace, SimError> {
 }
 
 /// The named chaos scenarios, in the order `sweep --scenario all` runs them.
-pub const SCENARIOS: [&str; 10] = [
+pub const SCENARIOS: [&str; 14] = [
     "primary_crash",
     "silent_primary_crash",
     "primary_cut_from_rm",
@@ -211,6 +211,10 @@ pub const SCENARIOS: [&str; 10] = [
     "group_churn_failover",
     "split_brain",
     "mix",
+    "restart_while_backups_cut_from_rm",
+    "slow_network_primary_crash",
+    "rolling_restarts",
+    "paused_primary",
 ];
 
 /// What one scenario run found.
@@ -428,6 +432,77 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
                 };
                 plan.push(fault(at, trigger, delay, action));
             }
+        }
+        "restart_while_backups_cut_from_rm" => {
+            // Both backups lose the RM but keep the primary; the primary then
+            // crashes and comes back at once, empty. The RM hears only it.
+            let at = secs(&mut rng, 4, 8);
+            let duration = secs(&mut rng, 3, 6);
+            let action = Action::Partition {
+                a: Victim::Named(RM),
+                b: vec![Victim::NotPrimary(0), Victim::NotPrimary(1)],
+                oneway: false,
+                duration,
+            };
+            plan.push(fault(at, Trigger::Now, Duration::ZERO, action));
+            let down = Duration::from_millis(rng.random_range(100..700));
+            let trigger = if rng.random_bool(0.5) {
+                Trigger::NextSent
+            } else {
+                Trigger::Now
+            };
+            let crash = Action::Crash {
+                host: Victim::Primary,
+                down,
+            };
+            let after = Duration::from_millis(rng.random_range(600..1500));
+            plan.push(fault(at + after, trigger, Duration::ZERO, crash));
+        }
+        "slow_network_primary_crash" => {
+            // Latency up to 900 ms on every link (spurious failovers
+            // included), and the primary crashes in the middle of it.
+            let at = secs(&mut rng, 3, 6);
+            let max = Duration::from_millis([100, 300, 900][rng.random_range(0..3)]);
+            let duration = secs(&mut rng, 6, 10);
+            plan.push(fault(at, Trigger::Now, Duration::ZERO, Action::Latency { max, duration }));
+            let down = secs(&mut rng, 1, 3);
+            let crash = Action::Crash {
+                host: Victim::Primary,
+                down,
+            };
+            plan.push(fault(at + secs(&mut rng, 1, 4), Trigger::NextSent, Duration::ZERO, crash));
+        }
+        "rolling_restarts" => {
+            // Every router restarts in turn, as an operator upgrading them
+            // would; the primary's turn may come at any point.
+            let mut at = secs(&mut rng, 3, 5);
+            for router in ROUTERS {
+                let down = Duration::from_millis(rng.random_range(200..1500));
+                let action = Action::Crash {
+                    host: Victim::Named(router),
+                    down,
+                };
+                plan.push(fault(at, Trigger::Now, Duration::ZERO, action));
+                at += down + secs(&mut rng, 1, 3);
+            }
+        }
+        "paused_primary" => {
+            // The primary's process is paused: everything it sends or is
+            // sent is held, then released after the RM has replaced it.
+            let at = secs(&mut rng, 4, 8);
+            let duration = secs(&mut rng, 1, 4);
+            let others = [RM]
+                .into_iter()
+                .chain(ROUTERS)
+                .chain(CLIENTS)
+                .map(Victim::Named)
+                .collect();
+            let action = Action::Hold {
+                a: Victim::Primary,
+                b: others,
+                duration,
+            };
+            plan.push(fault(at, Trigger::NextSent, Duration::ZERO, action));
         }
         _ => return None,
     }

@@ -99,3 +99,23 @@ fn two_seeds_give_different_traces() {
     let b = run_scenario("mix", 8).expect("seed 8");
     assert_ne!(a.trace.digest(), b.trace.digest());
 }
+
+#[test]
+fn restart_while_backups_cut_from_rm() {
+    scenario("restart_while_backups_cut_from_rm");
+}
+
+#[test]
+fn slow_network_primary_crash() {
+    scenario("slow_network_primary_crash");
+}
+
+#[test]
+fn rolling_restarts() {
+    scenario("rolling_restarts");
+}
+
+#[test]
+fn paused_primary() {
+    scenario("paused_primary");
+}
