@@ -464,13 +464,23 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
             let at = secs(&mut rng, 3, 6);
             let max = Duration::from_millis([100, 300, 900][rng.random_range(0..3)]);
             let duration = secs(&mut rng, 6, 10);
-            plan.push(fault(at, Trigger::Now, Duration::ZERO, Action::Latency { max, duration }));
+            plan.push(fault(
+                at,
+                Trigger::Now,
+                Duration::ZERO,
+                Action::Latency { max, duration },
+            ));
             let down = secs(&mut rng, 1, 3);
             let crash = Action::Crash {
                 host: Victim::Primary,
                 down,
             };
-            plan.push(fault(at + secs(&mut rng, 1, 4), Trigger::NextSent, Duration::ZERO, crash));
+            plan.push(fault(
+                at + secs(&mut rng, 1, 4),
+                Trigger::NextSent,
+                Duration::ZERO,
+                crash,
+            ));
         }
         "rolling_restarts" => {
             // Every router restarts in turn, as an operator upgrading them

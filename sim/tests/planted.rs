@@ -133,6 +133,82 @@ fn a_mailbox_that_drops_its_oldest_message_is_caught() {
     caught(bugs, small_mailboxes, |v| matches!(v, Violation::Lost { .. }));
 }
 
+/// The primary is cut off from everything and one backup from the RM, so
+/// the RM promotes the other backup with no backup of its own; a little
+/// later that new primary crashes.
+fn lone_primary_then_crash(seed: u64) -> RunConfig {
+    let mut run = RunConfig::new(seed, Vec::new());
+    let all_but = |victim: Victim| -> Vec<Victim> {
+        let mut others: Vec<Victim> = [sim::faults::RM]
+            .into_iter()
+            .chain(CLIENTS)
+            .map(Victim::Named)
+            .collect();
+        others.push(victim);
+        others
+    };
+    let faults = [
+        (
+            3_000,
+            Action::Partition {
+                a: Victim::NotPrimary(1),
+                b: vec![Victim::Named(sim::faults::RM)],
+                oneway: false,
+                duration: Duration::from_secs(12),
+            },
+        ),
+        (
+            3_500,
+            Action::Partition {
+                a: Victim::Primary,
+                b: all_but(Victim::NotPrimary(0)),
+                oneway: false,
+                duration: Duration::from_secs(12),
+            },
+        ),
+        // Late enough for the clients to have left the old primary (they
+        // wait out a request timeout on its wedged connections).
+        (
+            10_000,
+            Action::Crash {
+                host: Victim::Primary,
+                down: Duration::from_secs(2),
+            },
+        ),
+    ];
+    for (ms, action) in faults {
+        run.plan.push(Fault {
+            at: Duration::from_millis(ms),
+            trigger: Trigger::Now,
+            delay: Duration::ZERO,
+            action,
+        });
+    }
+    run
+}
+
+#[test]
+fn a_restarted_primary_keeping_its_role_is_caught() {
+    let bugs = Bugs {
+        restarted_primary_keeps_role: true,
+        ..Bugs::default()
+    };
+    caught(bugs, named("restart_while_backups_cut_from_rm"), |v| {
+        matches!(v, Violation::StateLost { .. } | Violation::Lost { .. })
+    });
+}
+
+#[test]
+fn committing_below_the_minimum_of_backups_is_caught() {
+    let bugs = Bugs {
+        commit_below_min_backups: true,
+        ..Bugs::default()
+    };
+    caught(bugs, lone_primary_then_crash, |v| {
+        matches!(v, Violation::Lost { .. } | Violation::StateLost { .. })
+    });
+}
+
 #[test]
 fn without_bugs_the_same_runs_are_clean() {
     let mut small_mailboxes = scenario::config("client_offline_failover", 1).expect("a known scenario");
