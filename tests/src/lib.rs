@@ -183,6 +183,18 @@ impl Process {
         }
     }
 
+    /// Sends the process a signal by name (`STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{name} {} failed: {status}", self.name);
+        }
+        Ok(())
+    }
+
     /// Kills the process at once (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -273,16 +285,28 @@ impl Cluster {
 
     /// Starts router `r<i>` on a free port.
     pub fn start_router(&self, i: usize) -> Result<(Process, String)> {
+        self.start_router_at(i, "127.0.0.1:0")
+    }
+
+    /// Restarts the killed router `r<i>` on the address it had, so that
+    /// followers and clients that knew it reconnect to the new process.
+    pub fn restart_router_in_place(&mut self, i: usize) -> Result<()> {
+        let addr = self.addrs[i - 1].clone();
+        let (router, _) = self.start_router_at(i, &addr)?;
+        self.routers[i - 1] = Some(router);
+        Ok(())
+    }
+
+    /// The running router `r<i>`.
+    pub fn router(&self, i: usize) -> Result<&Process> {
+        self.routers[i - 1]
+            .as_ref()
+            .ok_or_else(|| anyhow!("r{i} is not running"))
+    }
+
+    fn start_router_at(&self, i: usize, listen: &str) -> Result<(Process, String)> {
         let id = format!("r{i}");
-        let args = [
-            "router",
-            "--id",
-            &id,
-            "--listen",
-            "127.0.0.1:0",
-            "--rm",
-            &self.rm_addr,
-        ];
+        let args = ["router", "--id", &id, "--listen", listen, "--rm", &self.rm_addr];
         let mut router = Process::start(&id, &args, &[])?;
         let addr = listening_addr(&mut router)?;
         Ok((router, addr))
