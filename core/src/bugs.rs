@@ -27,4 +27,7 @@ pub struct Bugs {
     pub restarted_primary_keeps_role: bool,
     /// The primary commits without the minimum number of backups.
     pub commit_below_min_backups: bool,
+    /// A primary serves on without a lease: cut off from the RM while its
+    /// backups still hear it, it goes on serving.
+    pub primary_ignores_lease: bool,
 }

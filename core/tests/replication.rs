@@ -11,7 +11,7 @@ use peerlink_core::ids::{ConnId, DeliveryId, Epoch, Lsn, PeerId, ReplicaId, ReqI
 use peerlink_core::router::replication::{Link, ReplicationConfig};
 use peerlink_core::router::{Router, RouterConfig, RouterInput, RouterOutput};
 use peerlink_core::testing::epoch;
-use peerlink_core::wire::cluster::{Configuration, FollowerFrame, Member, PrimaryFrame, RmReply};
+use peerlink_core::wire::cluster::{Configuration, FollowerFrame, Member, PrimaryFrame, RmReply, RmRequest};
 use peerlink_core::wire::{ClientFrame, ServerFrame};
 use peerlink_core::Machine;
 use proptest::prelude::*;
@@ -43,6 +43,7 @@ fn configuration(epoch: u64) -> Configuration {
         backups: vec![member("f")],
         candidates: vec![],
         min_backups: 1,
+        failure_timeout_ms: 500,
     }
 }
 
@@ -68,6 +69,9 @@ struct Pair {
     answers: usize,
     sends: usize,
     violations: Vec<String>,
+    /// Whether the RM answers the primary's heartbeats, and the follower's.
+    p_hears_rm: bool,
+    f_hears_rm: bool,
 }
 
 impl Pair {
@@ -88,13 +92,13 @@ impl Pair {
             answers: 0,
             sends: 0,
             violations: Vec::new(),
+            p_hears_rm: true,
+            f_hears_rm: false,
         };
-        pair.p.handle(
-            now,
-            RouterInput::FromRm(RmReply::Config {
-                config: configuration(2),
-            }),
-        );
+        // The primary learns its role from the RM's answer to a heartbeat,
+        // which also starts its lease: one tick connects, one heartbeats.
+        pair.tick(Duration::ZERO);
+        pair.tick(Duration::ZERO);
         pair.f.handle(
             now,
             RouterInput::FromRm(RmReply::Config {
@@ -140,11 +144,18 @@ impl Pair {
                     RouterOutput::Connect { link, attempt, .. } => {
                         self.p.handle(self.now, RouterInput::LinkUp { link, attempt });
                     }
+                    RouterOutput::ToRm(RmRequest::Heartbeat { beat, .. }) if self.p_hears_rm => {
+                        // The RM answers, renewing the primary's lease.
+                        let config = configuration(2);
+                        self.p
+                            .handle(self.now, RouterInput::FromRm(RmReply::Heard { beat, config }));
+                    }
                     RouterOutput::DropLink(_)
                     | RouterOutput::ToRm(_)
                     | RouterOutput::ToPrimary(_)
                     | RouterOutput::Committed { .. }
                     | RouterOutput::BelowMinBackups { .. }
+                    | RouterOutput::LeaseLost { .. }
                     | RouterOutput::Promoted { .. } => {}
                 }
             }
@@ -185,6 +196,11 @@ impl Pair {
                         );
                     }
                     RouterOutput::DropLink(Link::Primary) => self.drop_stream(),
+                    RouterOutput::ToRm(RmRequest::Heartbeat { beat, .. }) if self.f_hears_rm => {
+                        let config = configuration(2);
+                        self.f
+                            .handle(self.now, RouterInput::FromRm(RmReply::Heard { beat, config }));
+                    }
                     _ => {}
                 }
             }
@@ -282,11 +298,25 @@ impl Pair {
         }
     }
 
+    /// Lets `by` pass as drivers would: waking both routers at every
+    /// deadline they ask for on the way, not only at the end.
     fn tick(&mut self, by: Duration) {
-        self.now += by;
-        self.p.handle_timeout(self.now);
-        self.f.handle_timeout(self.now);
-        self.pump();
+        let until = self.now + by;
+        loop {
+            let next = [self.p.poll_timeout(), self.f.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .filter(|t| *t > self.now)
+                .min()
+                .map_or(until, |t| t.min(until));
+            self.now = next;
+            self.p.handle_timeout(self.now);
+            self.f.handle_timeout(self.now);
+            self.pump();
+            if self.now >= until {
+                return;
+            }
+        }
     }
 
     /// Delivers everything, letting links reconnect, until both agree.
@@ -604,4 +634,51 @@ fn a_follower_refuses_a_checkpoint_behind_its_own_state_in_the_same_epoch() {
     pair.pump();
     assert_eq!(pair.f.state(), &before, "the follower's state moved backwards");
     assert_eq!(pair.f.applied_lsn(), applied);
+}
+
+#[test]
+fn a_primary_cut_from_the_rm_stops_serving_within_its_lease_when_a_backup_hears_the_rm() {
+    let mut pair = Pair::new();
+    pair.f_hears_rm = true;
+    pair.heal();
+    pair.tick(Duration::from_millis(200));
+    assert!(pair.p.is_serving());
+    pair.p_hears_rm = false;
+    let cut_at = pair.now;
+    let mut stopped = None;
+    for _ in 0..100 {
+        pair.tick(Duration::from_millis(10));
+        if !pair.p.is_serving() {
+            stopped = Some(pair.now - cut_at);
+            break;
+        }
+    }
+    let stopped = stopped.expect("the primary kept serving without a lease");
+    // The lease is 300 ms from the last answered heartbeat (sent up to
+    // 100 ms before the cut); the RM may promote 500 ms after it last heard.
+    assert!(
+        stopped <= Duration::from_millis(400),
+        "stopped only after {stopped:?}"
+    );
+    // The RM answers again, in the same epoch: it serves again.
+    pair.p_hears_rm = true;
+    pair.tick(Duration::from_millis(200));
+    assert!(pair.p.is_serving(), "the primary did not resume");
+}
+
+#[test]
+fn a_primary_whose_backups_do_not_hear_the_rm_either_keeps_serving() {
+    let mut pair = Pair::new();
+    pair.heal();
+    // The RM is down for everyone: nobody can be promoted, so the data path
+    // keeps running.
+    pair.p_hears_rm = false;
+    for _ in 0..30 {
+        pair.tick(Duration::from_millis(100));
+        pair.heal();
+        assert!(pair.p.is_serving(), "stopped serving with the RM down");
+    }
+    pair.send(0, 1);
+    pair.heal();
+    assert_eq!(pair.answers, 1);
 }

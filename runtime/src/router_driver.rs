@@ -175,6 +175,14 @@ pub async fn run_router<N: Network>(
                          answers are held until a candidate catches up and becomes a backup"
                     );
                 }
+                RouterOutput::LeaseLost { epoch } => {
+                    let router = router.replica_id().map(ToString::to_string).unwrap_or_default();
+                    tracing::warn!(
+                        %router, epoch = epoch.0,
+                        "stopped serving: the replica manager is out of reach and a backup still hears it; \
+                         clients are sent to the other routers"
+                    );
+                }
                 RouterOutput::Committed { epoch, lsn } => {
                     let router = router.replica_id().map(ToString::to_string).unwrap_or_default();
                     tracing::trace!(target: COMMIT_TARGET, %router, epoch = epoch.0, lsn = lsn.0, "committed");

@@ -4,8 +4,8 @@
 //!
 //! Rules:
 //! - Routers heartbeat the RM; every heartbeat is answered with the current
-//!   configuration, and every new configuration is pushed to every router
-//!   connected.
+//!   configuration ([`RmReply::Heard`], which renews the primary's lease),
+//!   and every new configuration is pushed to every router connected.
 //! - A new configuration is announced only after the driver has persisted
 //!   it ([`RmOutput::Persist`], acknowledged by [`RmInput::Persisted`]), so
 //!   a restarted RM never reuses an epoch. Every change bumps the epoch.
@@ -59,14 +59,22 @@ pub struct RmConfig {
     pub bugs: crate::bugs::Bugs,
 }
 
-impl Default for RmConfig {
-    fn default() -> Self {
+impl RmConfig {
+    /// The given settings, with no planted bugs.
+    pub fn new(failure_timeout: Duration, min_backups: usize) -> Self {
         Self {
-            failure_timeout: Duration::from_millis(500),
-            min_backups: 1,
+            failure_timeout,
+            min_backups,
             #[cfg(feature = "planted-bugs")]
             bugs: crate::bugs::Bugs::default(),
         }
+    }
+}
+
+impl Default for RmConfig {
+    /// A 500 ms failure timeout and a minimum of one backup.
+    fn default() -> Self {
+        Self::new(Duration::from_millis(500), 1)
     }
 }
 
@@ -152,7 +160,9 @@ impl ReplicaManager {
         };
         // An operator who restarts the RM with another minimum gets it at
         // once, under a new epoch like every change.
-        if rm.current.epoch > Epoch(0) && rm.current.min_backups != rm.config.min_backups {
+        let settings = (rm.config.min_backups, rm.failure_timeout_ms());
+        if rm.current.epoch > Epoch(0) && (rm.current.min_backups, rm.current.failure_timeout_ms) != settings
+        {
             let next = rm.next_configuration();
             rm.propose(next);
         }
@@ -181,7 +191,12 @@ impl ReplicaManager {
         let mut next = self.latest().clone();
         next.epoch = next.epoch.next();
         next.min_backups = self.config.min_backups;
+        next.failure_timeout_ms = self.failure_timeout_ms();
         next
+    }
+
+    fn failure_timeout_ms(&self) -> u64 {
+        u64::try_from(self.config.failure_timeout.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Whether `id` heartbeated within the failure timeout (or the RM
@@ -214,7 +229,12 @@ impl ReplicaManager {
                 epoch: _,
                 lsn,
                 may_lead,
-            } => self.handle_heartbeat(now, conn, id, addr, incarnation, lsn, may_lead),
+                beat,
+            } => {
+                self.handle_heartbeat(now, conn, id, addr, incarnation, lsn, may_lead);
+                let config = self.current.clone();
+                self.reply(conn, RmReply::Heard { beat, config });
+            }
             RmRequest::AddBackup { id, epoch, backup } => {
                 match self.check_primary(&id, epoch) {
                     Err((code, message)) => self.reply(conn, RmReply::Error { code, message }),
@@ -351,7 +371,6 @@ impl ReplicaManager {
             }
             self.propose(next);
         }
-        self.reply_config(conn);
     }
 
     /// A member came back with a new incarnation: whatever it held is gone.

@@ -26,6 +26,7 @@ impl Harness {
     fn beat(&mut self, conn: u64, name: &str, incarnation: u64, lsn: u64, may_lead: bool) -> Vec<RmOutput> {
         self.rm.handle(self.now, RmInput::Connected(ConnId(conn)));
         let request = RmRequest::Heartbeat {
+            beat: 1,
             id: id(name),
             addr: format!("{name}:1"),
             incarnation,
@@ -93,6 +94,7 @@ fn the_first_router_leads_and_a_configuration_is_announced_only_once_persisted()
     let mut h = Harness::new();
     h.rm.handle(h.now, RmInput::Connected(ConnId(1)));
     let request = RmRequest::Heartbeat {
+        beat: 1,
         id: id("r1"),
         addr: "r1:1".into(),
         incarnation: 1,
@@ -109,7 +111,7 @@ fn the_first_router_leads_and_a_configuration_is_announced_only_once_persisted()
     assert_eq!(proposed.epoch, Epoch(1));
     assert!(proposed.is_primary(&id("r1")));
     assert!(
-        matches!(&out[1], RmOutput::Send(_, RmReply::Config { config }) if config.epoch == Epoch(0)),
+        matches!(&out[1], RmOutput::Send(_, RmReply::Heard { config, beat: 1 }) if config.epoch == Epoch(0)),
         "the unpersisted configuration is not announced: {out:?}"
     );
     h.rm.handle(h.now, RmInput::Persisted(Epoch(1)));
@@ -298,6 +300,7 @@ fn a_restored_rm_keeps_its_configuration_and_gives_members_time() {
         RmInput::Request(
             ConnId(1),
             RmRequest::Heartbeat {
+                beat: 1,
                 id: id("r2"),
                 addr: "r2:1".into(),
                 incarnation: 22,
@@ -407,6 +410,7 @@ mod properties {
                             incarnations[router] += 10;
                         }
                         let request = RmRequest::Heartbeat {
+                            beat: 1,
                             id: id(&format!("r{router}")),
                             addr: format!("r{router}:1"),
                             incarnation: incarnations[router],
@@ -455,7 +459,7 @@ mod properties {
                             unpersisted.push(config.epoch);
                             decided.insert(config.epoch, config);
                         }
-                        RmOutput::Send(_, RmReply::Config { config }) => {
+                        RmOutput::Send(_, RmReply::Config { config } | RmReply::Heard { config, .. }) => {
                             prop_assert!(persisted.contains(&config.epoch), "announced unpersisted {:?}", config.epoch);
                             prop_assert!(config.epoch >= announced.epoch, "epoch went back");
                             let all = names(&config);
@@ -532,7 +536,11 @@ fn a_restarted_primary_with_no_backup_in_reach_loses_its_role_until_a_backup_che
         .expect("r1 is a candidate");
     assert_eq!(r1.incarnation, 99, "its new life is recorded");
     assert!(
-        !out.iter().any(|o| matches!(o, RmOutput::Send(ConnId(4), RmReply::Config { config }) if config.is_primary(&id("r1")) && config.find(&id("r1")).unwrap().incarnation == 99)),
+        !out.iter().any(|o| matches!(
+            o,
+            RmOutput::Send(_, RmReply::Config { config } | RmReply::Heard { config, .. })
+                if config.is_primary(&id("r1")) && config.find(&id("r1")).unwrap().incarnation == 99
+        )),
         "r1 is never named primary in its new life: {out:?}"
     );
     // A backup checks in again: it takes the role at once.

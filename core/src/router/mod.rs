@@ -164,6 +164,13 @@ pub enum RouterOutput {
         /// The fewest it needs.
         min_backups: usize,
     },
+    /// Informational: the primary of `epoch` stopped serving because it
+    /// lost its lease (it does not hear the RM, and a backup does). Drivers
+    /// log it as a warning.
+    LeaseLost {
+        /// The router's epoch.
+        epoch: Epoch,
+    },
     /// Informational: as primary of `epoch`, the router committed every
     /// change up to `lsn`. Drivers log it; checkers use it to verify that
     /// only one router commits in an epoch.

@@ -145,7 +145,13 @@ struct Stream {
     conn: ConnId,
     acked: Lsn,
     started: Instant,
+    /// When the follower last acknowledged, and whether it then heard the RM.
+    heard: Instant,
+    rm_live: bool,
 }
+
+/// How many unanswered heartbeats a router remembers the send time of.
+const BEATS_KEPT: usize = 64;
 
 /// A router's replication state. See the module docs.
 #[derive(Debug)]
@@ -174,6 +180,15 @@ pub(super) struct Replication {
 
     /// Follower: the epoch of the primary frames the state came from.
     stream_epoch: Epoch,
+
+    /// Heartbeats sent and not yet answered: their numbers and send times.
+    beats: VecDeque<(u64, Instant)>,
+    next_beat: u64,
+    /// The send time of the newest heartbeat the RM answered.
+    rm_lease_from: Option<Instant>,
+    /// The primary of the current epoch lost its lease and stopped serving;
+    /// it resumes when the RM answers it again in the same epoch.
+    suspended: bool,
 }
 
 impl Replication {
@@ -201,6 +216,55 @@ impl Replication {
             promoted_at: Lsn(0),
 
             stream_epoch: Epoch(0),
+            beats: VecDeque::new(),
+            next_beat: 0,
+            rm_lease_from: None,
+            suspended: false,
+        }
+    }
+
+    /// Whether this router hears the RM: the RM answered a heartbeat sent
+    /// less than a lease ago.
+    fn rm_live(&self, now: Instant) -> bool {
+        self.rm_lease_from
+            .is_some_and(|t| t + self.configuration.lease() > now)
+    }
+
+    /// Whether the primary may go on serving: it hears the RM, or no backup
+    /// of its configuration does (each acknowledged within the lease that it
+    /// does not) — the RM promotes only routers it hears, so it cannot
+    /// replace this one. A primary cut off from the RM whose backups still
+    /// hear it stops before the RM may promote one of them.
+    fn lease_holds(&self, now: Instant) -> bool {
+        let lease = self.configuration.lease();
+        self.rm_live(now)
+            || self.configuration.backups.iter().all(|b| {
+                self.streams
+                    .get(&b.id)
+                    .is_some_and(|s| !s.rm_live && s.heard + lease > now)
+            })
+    }
+
+    /// Numbers a heartbeat about to be sent and remembers when it left.
+    fn number_beat(&mut self, now: Instant) -> u64 {
+        self.next_beat += 1;
+        self.beats.push_back((self.next_beat, now));
+        while self.beats.len() > BEATS_KEPT {
+            self.beats.pop_front();
+        }
+        self.next_beat
+    }
+
+    /// The RM answered heartbeat `beat`: the lease runs from its send time.
+    fn heard_beat(&mut self, beat: u64) {
+        while let Some(&(b, sent)) = self.beats.front() {
+            if b > beat {
+                break;
+            }
+            self.beats.pop_front();
+            if b == beat {
+                self.rm_lease_from = Some(self.rm_lease_from.map_or(sent, |t| t.max(sent)));
+            }
         }
     }
 
@@ -221,12 +285,28 @@ impl Replication {
         self.is_primary().then(|| self.epoch())
     }
 
-    /// `None` when serving; otherwise the redirect to give clients.
+    /// `None` when serving; otherwise the redirect to give clients: the
+    /// primary, only while this router follows it on a live link (right
+    /// after a primary dies, the configuration still names it), else none,
+    /// and the client tries its other routers.
     pub(super) fn redirect(&self) -> Option<Option<String>> {
-        if self.is_primary() {
-            return None;
+        match &self.role {
+            Role::Primary { .. } => None,
+            Role::Follower { primary } if self.primary.status == LinkStatus::Up => {
+                Some(Some(primary.addr.clone()))
+            }
+            _ => Some(None),
         }
-        Some(self.configuration.primary.as_ref().map(|p| p.addr.clone()))
+    }
+
+    /// The primary of the configuration just adopted, if it is another
+    /// router: where a router that steps down sends its clients.
+    fn successor(&self) -> Option<String> {
+        self.configuration
+            .primary
+            .as_ref()
+            .filter(|p| p.id != self.config.id)
+            .map(|p| p.addr.clone())
     }
 
     /// The backups (and promised candidates) every commit must reach.
@@ -486,10 +566,15 @@ impl Router {
                     epoch: r.epoch(),
                     lsn: applied,
                     may_lead: r.config.may_lead,
+                    beat: r.number_beat(now),
                 };
                 self.outbox.emit_now(RouterOutput::ToRm(beat));
             }
         }
+        if r.is_primary() && !r.lease_holds(now) && !self.ignores_lease() {
+            return self.suspend();
+        }
+        let r = self.replication.as_mut().expect("replicated");
         if r.is_primary() {
             r.propose_caught_up(self.outbox.committed, true, &mut self.outbox);
             r.track_lag(now, applied);
@@ -535,7 +620,12 @@ impl Router {
         match reply {
             RmReply::Config { config } => {
                 r.rm.heard = now;
-                self.adopt(now, config);
+                self.adopt(now, config, false);
+            }
+            RmReply::Heard { beat, config } => {
+                r.rm.heard = now;
+                r.heard_beat(beat);
+                self.adopt(now, config, true);
             }
             RmReply::Error { .. } => {
                 r.rm.heard = now;
@@ -548,16 +638,19 @@ impl Router {
         }
     }
 
-    /// Adopts a configuration newer than the one known, and takes the role
-    /// it gives this router.
-    fn adopt(&mut self, now: Instant, config: Configuration) {
+    /// Adopts a configuration newer than the one known — or, with
+    /// `renews` (an answer to a heartbeat) the same one again after this
+    /// router lost its lease — and takes the role it gives this router.
+    fn adopt(&mut self, now: Instant, config: Configuration, renews: bool) {
         let applied = self.outbox.applied;
         let Some(r) = self.replication_mut() else {
             return;
         };
-        if config.epoch <= r.configuration.epoch {
+        let resumes = renews && r.suspended && config.epoch == r.configuration.epoch;
+        if config.epoch <= r.configuration.epoch && !resumes {
             return;
         }
+        r.suspended = false;
         r.configuration = config;
         r.pending_add.clear();
         r.pending_removal.clear();
@@ -690,14 +783,23 @@ impl Router {
         false
     }
 
+    /// The primary lost its lease: it stops serving (clients are sent to
+    /// try other routers) until the RM answers it again in this epoch.
+    fn suspend(&mut self) {
+        let Some(r) = self.replication.as_mut() else {
+            return;
+        };
+        r.role = Role::Waiting;
+        r.suspended = true;
+        let epoch = r.epoch();
+        self.outbox.emit_now(RouterOutput::LeaseLost { epoch });
+        self.step_down();
+    }
+
     /// Stops serving: forgets clients and followers, and drops every output
     /// still waiting for a commit that will never come.
     fn step_down(&mut self) {
-        let primary = self
-            .replication
-            .as_ref()
-            .and_then(Replication::redirect)
-            .flatten();
+        let primary = self.replication.as_ref().and_then(Replication::successor);
         self.outbox.held.clear();
         let conns: Vec<ConnId> = self.conns.keys().copied().collect();
         let followers: Vec<ConnId> = self
@@ -765,6 +867,9 @@ impl Router {
                         conn,
                         acked,
                         started: now,
+                        heard: now,
+                        // Until it says otherwise, it may hear the RM.
+                        rm_live: true,
                     },
                 ) {
                     if old.conn != conn {
@@ -794,11 +899,13 @@ impl Router {
                 r.track_lag(now, applied);
                 self.commit_up_to(applied);
             }
-            FollowerFrame::Applied { lsn, .. } => {
+            FollowerFrame::Applied { lsn, rm_live, .. } => {
                 let Some((id, stream)) = r.streams.iter_mut().find(|(_, s)| s.conn == conn) else {
                     return;
                 };
                 let id = id.clone();
+                stream.heard = now;
+                stream.rm_live = rm_live;
                 if lsn > stream.acked {
                     stream.acked = lsn.min(applied);
                     r.behind_since.remove(&id);
@@ -850,7 +957,7 @@ impl Router {
                 self.state = state;
                 self.outbox.applied = lsn;
                 self.outbox.committed = lsn;
-                self.acknowledge(epoch, lsn);
+                self.acknowledge(now, epoch, lsn);
             }
             PrimaryFrame::Entry { epoch, lsn, change } => {
                 if epoch < my_epoch {
@@ -869,20 +976,29 @@ impl Router {
                 if following {
                     self.outbox.committed = lsn;
                 }
-                self.acknowledge(epoch, lsn);
+                self.acknowledge(now, epoch, lsn);
             }
             PrimaryFrame::Alive { epoch, .. } => {
                 if epoch < my_epoch {
                     return self.restart_link(Link::Primary, now);
                 }
                 let applied = self.outbox.applied;
-                self.acknowledge(epoch, applied);
+                self.acknowledge(now, epoch, applied);
             }
             PrimaryFrame::NotPrimary { .. } => {
                 let retry_at = now + r.config.retry_interval;
                 self.restart_link(Link::Primary, retry_at);
             }
         }
+    }
+
+    /// Whether the planted bug `primary_ignores_lease` is on (never, in
+    /// production builds).
+    fn ignores_lease(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.config.bugs.primary_ignores_lease;
+        #[cfg(not(feature = "planted-bugs"))]
+        false
     }
 
     /// Whether the planted bug `restarted_primary_keeps_role` is on (never,
@@ -903,8 +1019,9 @@ impl Router {
         false
     }
 
-    fn acknowledge(&mut self, epoch: Epoch, lsn: Lsn) {
-        let frame = FollowerFrame::Applied { epoch, lsn };
+    fn acknowledge(&mut self, now: Instant, epoch: Epoch, lsn: Lsn) {
+        let rm_live = self.replication.as_ref().is_some_and(|r| r.rm_live(now));
+        let frame = FollowerFrame::Applied { epoch, lsn, rm_live };
         // Acknowledgements are cumulative: one of the same epoch not yet
         // taken by the driver is superseded rather than followed.
         if let Some(RouterOutput::ToPrimary(last @ FollowerFrame::Applied { .. })) =

@@ -318,6 +318,7 @@ impl World {
                 | RouterOutput::ToPrimary(_)
                 | RouterOutput::Committed { .. }
                 | RouterOutput::BelowMinBackups { .. }
+                | RouterOutput::LeaseLost { .. }
                 | RouterOutput::Promoted { .. } => unreachable!("the world runs a standalone router"),
                 RouterOutput::Close(conn) => {
                     // The client reads the frames already sent, then sees the close.

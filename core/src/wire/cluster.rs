@@ -44,10 +44,20 @@ pub struct Configuration {
     /// existed reads as 1.
     #[serde(default = "one")]
     pub min_backups: usize,
+    /// The replica manager's failure timeout, in milliseconds: it may
+    /// replace a primary it has not heard for this long. Routers derive
+    /// their primary lease from it ([`Configuration::lease`]), so the RM and
+    /// the routers agree on one setting.
+    #[serde(default = "default_failure_timeout_ms")]
+    pub failure_timeout_ms: u64,
 }
 
 fn one() -> usize {
     1
+}
+
+fn default_failure_timeout_ms() -> u64 {
+    500
 }
 
 impl Configuration {
@@ -68,6 +78,14 @@ impl Configuration {
     /// Whether `id` is a backup.
     pub fn is_backup(&self, id: &ReplicaId) -> bool {
         self.backups.iter().any(|m| m.id == *id)
+    }
+
+    /// How long a primary may serve after the send time of the last
+    /// heartbeat the RM answered: 60 % of the failure timeout, so that a
+    /// primary cut off from the RM stops serving before the RM may promote
+    /// another router.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.failure_timeout_ms * 3 / 5)
     }
 
     /// Whether the primary has fewer backups than [`Self::min_backups`], and
@@ -96,6 +114,10 @@ pub enum RmRequest {
         lsn: Lsn,
         /// Whether it may be made primary of an empty cluster.
         may_lead: bool,
+        /// Numbers the heartbeat; the RM echoes it in [`RmReply::Heard`], so
+        /// the router knows when the heartbeat that was answered left.
+        #[serde(default)]
+        beat: u64,
     },
     /// The primary of `epoch` asks to make a caught-up candidate a backup.
     AddBackup {
@@ -142,8 +164,17 @@ pub struct MemberStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RmReply {
-    /// The current configuration (the answer to every heartbeat and request).
+    /// The current configuration (the answer to every request but a
+    /// heartbeat, and pushed to every router when it changes).
     Config {
+        /// The configuration.
+        config: Configuration,
+    },
+    /// The answer to heartbeat `beat`: the current configuration. It renews
+    /// the lease of the primary it names, from the heartbeat's send time.
+    Heard {
+        /// The heartbeat answered.
+        beat: u64,
         /// The configuration.
         config: Configuration,
     },
@@ -189,6 +220,12 @@ pub enum FollowerFrame {
         epoch: Epoch,
         /// The last change applied.
         lsn: Lsn,
+        /// Whether the follower hears the replica manager (answered a
+        /// heartbeat within the lease). A primary that does not hear the RM
+        /// keeps serving only while no backup does: then the RM, which
+        /// promotes only routers it hears, cannot replace it.
+        #[serde(default)]
+        rm_live: bool,
     },
 }
 

@@ -51,10 +51,8 @@ pub(crate) async fn run(args: RmArgs) -> anyhow::Result<ExitCode> {
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
-    let config = RmConfig {
-        failure_timeout: Duration::from_millis(args.failure_timeout_ms),
-        min_backups: usize::try_from(args.min_backups).context("--min-backups is too large")?,
-    };
+    let min_backups = usize::try_from(args.min_backups).context("--min-backups is too large")?;
+    let config = RmConfig::new(Duration::from_millis(args.failure_timeout_ms), min_backups);
     println!("rm listening on {addr}");
     tracing::info!(
         %addr, data = %dir.display(), epoch = %restored.epoch, min_backups = config.min_backups,
