@@ -72,6 +72,8 @@ struct Pair {
     /// Whether the RM answers the primary's heartbeats, and the follower's.
     p_hears_rm: bool,
     f_hears_rm: bool,
+    /// Requests the primary sent the RM other than heartbeats.
+    to_rm: Vec<RmRequest>,
 }
 
 impl Pair {
@@ -94,6 +96,7 @@ impl Pair {
             violations: Vec::new(),
             p_hears_rm: true,
             f_hears_rm: false,
+            to_rm: Vec::new(),
         };
         // The primary learns its role from the RM's answer to a heartbeat,
         // which also starts its lease: one tick connects, one heartbeats.
@@ -150,12 +153,18 @@ impl Pair {
                         self.p
                             .handle(self.now, RouterInput::FromRm(RmReply::Heard { beat, config }));
                     }
+                    RouterOutput::ToRm(
+                        request @ (RmRequest::Resign { .. } | RmRequest::RemoveBackup { .. }),
+                    ) => {
+                        self.to_rm.push(request);
+                    }
                     RouterOutput::DropLink(_)
                     | RouterOutput::ToRm(_)
                     | RouterOutput::ToPrimary(_)
                     | RouterOutput::Committed { .. }
                     | RouterOutput::BelowMinBackups { .. }
                     | RouterOutput::LeaseLost { .. }
+                    | RouterOutput::Resigning { .. }
                     | RouterOutput::Promoted { .. } => {}
                 }
             }
@@ -681,4 +690,54 @@ fn a_primary_whose_backups_do_not_hear_the_rm_either_keeps_serving() {
     pair.send(0, 1);
     pair.heal();
     assert_eq!(pair.answers, 1);
+}
+
+#[test]
+fn a_ping_is_answered_at_once_while_answers_wait_for_a_commit() {
+    let mut pair = Pair::new();
+    pair.heal();
+    pair.send(0, 1);
+    assert_eq!(pair.answers, 0, "the Sent waits for the backup");
+    pair.p.handle(
+        pair.now,
+        RouterInput::Frame(ConnId(100), ClientFrame::Ping { req: ReqId(77) }),
+    );
+    let out: Vec<RouterOutput> = std::iter::from_fn(|| pair.p.poll_output()).collect();
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            RouterOutput::Send(ConnId(100), ServerFrame::Pong { req: ReqId(77) })
+        )),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_primary_that_hears_no_backup_for_the_ack_timeout_asks_to_resign() {
+    let mut pair = Pair::new();
+    pair.heal();
+    let mut resigned_after = None;
+    for step in 1..=30 {
+        // Nothing from the backup gets through any more.
+        pair.to_f.clear();
+        pair.to_p.clear();
+        pair.tick(Duration::from_millis(100));
+        if pair.to_rm.iter().any(|r| matches!(r, RmRequest::Resign { .. })) {
+            resigned_after = Some(step * 100);
+            break;
+        }
+    }
+    let after = resigned_after.expect("the primary never asked to resign");
+    assert!(
+        (1000..=1200).contains(&after),
+        "asked after {after} ms; the ack timeout is 1 s"
+    );
+    assert!(
+        !pair
+            .to_rm
+            .iter()
+            .any(|r| matches!(r, RmRequest::RemoveBackup { .. })),
+        "the last backup is never removed: {:?}",
+        pair.to_rm
+    );
 }

@@ -183,6 +183,14 @@ pub async fn run_router<N: Network>(
                          clients are sent to the other routers"
                     );
                 }
+                RouterOutput::Resigning { epoch } => {
+                    let router = router.replica_id().map(ToString::to_string).unwrap_or_default();
+                    tracing::warn!(
+                        %router, epoch = epoch.0,
+                        "no backup has answered within the ack timeout: asking the replica manager \
+                         to hand the primary role to a backup it still hears"
+                    );
+                }
                 RouterOutput::Committed { epoch, lsn } => {
                     let router = router.replica_id().map(ToString::to_string).unwrap_or_default();
                     tracing::trace!(target: COMMIT_TARGET, %router, epoch = epoch.0, lsn = lsn.0, "committed");

@@ -18,7 +18,12 @@
 //! The client reconnects by itself, trying its routers in turn with seeded,
 //! jittered exponential backoff, and treats a connection that has been
 //! silent for [`ClientConfig::dead_after`] as dead (it pings every
-//! [`ClientConfig::ping_interval`] so a healthy one never is).
+//! [`ClientConfig::ping_interval`] so a healthy one never is). While a
+//! request waits for its answer it checks much sooner: it pings every
+//! [`ClientConfig::busy_ping_interval`] (routers answer pings at once, even
+//! while answers wait for a commit) and gives up on a connection silent for
+//! [`ClientConfig::busy_dead_after`] — a paused or cut-off router costs its
+//! clients about a second, not the whole request timeout.
 
 #[cfg(test)]
 mod tests;
@@ -47,6 +52,13 @@ pub struct ClientConfig {
     /// A connection on which nothing arrives for this long is dropped and
     /// replaced. Default 30 s.
     pub dead_after: Duration,
+    /// While a request is unanswered, how often the connection is pinged.
+    /// Default 250 ms.
+    pub busy_ping_interval: Duration,
+    /// While a request is unanswered, a connection on which nothing arrives
+    /// for this long (counted from the request at the earliest) is dropped
+    /// and replaced. Default 1 s.
+    pub busy_dead_after: Duration,
     /// A connection on which a request stays unanswered for this long is
     /// dropped and replaced, so a client stuck on a router that can no
     /// longer commit (a deposed primary) moves on. Default 5 s.
@@ -73,6 +85,8 @@ impl ClientConfig {
             routers,
             ping_interval: Duration::from_secs(10),
             dead_after: Duration::from_secs(30),
+            busy_ping_interval: Duration::from_millis(250),
+            busy_dead_after: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_millis(250),
@@ -288,7 +302,10 @@ enum Link {
     Up {
         registered: bool,
         last_rx: Instant,
+        /// When an idle connection is pinged next.
         next_ping: Instant,
+        /// When the last ping was sent (or the connection came up).
+        last_ping: Instant,
     },
     /// Replaced by a newer session: the client does nothing more.
     Stopped,
@@ -397,6 +414,34 @@ impl Client {
         self.next_req = self.next_req.next();
         self.pending.insert(self.next_req, (pending, now));
         self.next_req
+    }
+
+    /// When the oldest unanswered request other than a ping was sent: while
+    /// there is one, the connection is watched closely.
+    fn oldest_busy(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .filter(|(p, _)| !matches!(p, Pending::Ping))
+            .map(|(_, sent)| *sent)
+            .min()
+    }
+
+    /// When the next ping is due: on the idle schedule, or sooner while a
+    /// request waits.
+    fn ping_due(&self, next_ping: Instant, last_ping: Instant) -> Instant {
+        match self.oldest_busy() {
+            Some(sent) => next_ping.min(last_ping.max(sent) + self.config.busy_ping_interval),
+            None => next_ping,
+        }
+    }
+
+    /// When the current connection counts as dead for silence.
+    fn silence_deadline(&self, last_rx: Instant) -> Instant {
+        let idle = last_rx + self.config.dead_after;
+        match self.oldest_busy() {
+            Some(sent) => idle.min(last_rx.max(sent) + self.config.busy_dead_after),
+            None => idle,
+        }
     }
 
     /// Takes the request `req` out of the pending set.
@@ -756,6 +801,7 @@ impl Machine for Client {
                     registered: false,
                     last_rx: now,
                     next_ping: now + self.config.ping_interval,
+                    last_ping: now,
                 };
                 let router = self.current_router.clone();
                 self.emit(ClientEvent::Connected { router });
@@ -785,20 +831,34 @@ impl Machine for Client {
         let stuck = self
             .oldest_request()
             .is_some_and(|t| t + self.config.request_timeout <= now);
+        let silent_since = match self.link {
+            Link::Up { last_rx, .. } if self.silence_deadline(last_rx) <= now => Some(last_rx),
+            _ => None,
+        };
+        let ping_due = match self.link {
+            Link::Up {
+                next_ping, last_ping, ..
+            } => self.ping_due(next_ping, last_ping) <= now,
+            _ => false,
+        };
         match &mut self.link {
             Link::Idle { retry_at } if *retry_at <= now => self.connect(),
-            Link::Up { last_rx, .. } if *last_rx + self.config.dead_after <= now => {
-                let silence = self.config.dead_after.as_secs_f64();
+            Link::Up { .. } if silent_since.is_some() => {
+                let silence = now.saturating_duration_since(silent_since.unwrap_or(now));
                 self.outputs.push_back(ClientOutput::Disconnect);
-                self.lose_link(now, format!("no answer from the router for {silence} s"));
+                let silence = silence.as_secs_f64();
+                self.lose_link(now, format!("no answer from the router for {silence:.1} s"));
             }
             Link::Up { .. } if stuck => {
                 let waited = self.config.request_timeout.as_secs_f64();
                 self.outputs.push_back(ClientOutput::Disconnect);
                 self.lose_link(now, format!("a request went unanswered for {waited} s"));
             }
-            Link::Up { next_ping, .. } if *next_ping <= now => {
-                *next_ping = now + self.config.ping_interval;
+            Link::Up {
+                next_ping, last_ping, ..
+            } if ping_due => {
+                *last_ping = now;
+                *next_ping = (*next_ping).max(now + self.config.ping_interval);
                 let req = self.request(now, Pending::Ping);
                 self.transmit(ClientFrame::Ping { req });
             }
@@ -814,11 +874,15 @@ impl Machine for Client {
         match &self.link {
             Link::Idle { retry_at } => Some(*retry_at),
             Link::Up {
-                last_rx, next_ping, ..
+                last_rx,
+                next_ping,
+                last_ping,
+                ..
             } => {
-                let silence = *last_rx + self.config.dead_after;
+                let silence = self.silence_deadline(*last_rx);
                 let stuck = self.oldest_request().map(|t| t + self.config.request_timeout);
-                Some(silence.min(*next_ping).min(stuck.unwrap_or(silence)))
+                let ping = self.ping_due(*next_ping, *last_ping);
+                Some(silence.min(ping).min(stuck.unwrap_or(silence)))
             }
             Link::Connecting | Link::Stopped => None,
         }

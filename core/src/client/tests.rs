@@ -398,3 +398,49 @@ fn the_outbox_is_bounded() {
     ));
     assert_eq!(h.client.outbox_len(), 2);
 }
+
+#[test]
+fn a_connection_silent_while_a_request_waits_is_dropped_after_a_second() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    register_reply(&mut h, &register, 1);
+    h.now += Duration::from_secs(3);
+    h.send("bob", "hi");
+    // Pings come every 250 ms while the send waits.
+    let mut pings = 0;
+    for _ in 0..3 {
+        h.now += Duration::from_millis(250);
+        assert_eq!(h.client.poll_timeout(), Some(h.now));
+        h.client.handle_timeout(h.now);
+        let out = drain(&mut h.client);
+        pings += out
+            .iter()
+            .filter(|o| matches!(o, ClientOutput::Transmit(ClientFrame::Ping { .. })))
+            .count();
+    }
+    assert_eq!(pings, 3);
+    // Nothing has arrived for a second since the send: the router is gone.
+    h.now += Duration::from_millis(250);
+    assert_eq!(h.client.poll_timeout(), Some(h.now));
+    h.client.handle_timeout(h.now);
+    let out = drain(&mut h.client);
+    assert_eq!(out[0], ClientOutput::Disconnect, "{out:?}");
+}
+
+#[test]
+fn an_answering_router_keeps_a_waiting_request_on_its_connection() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    register_reply(&mut h, &register, 1);
+    h.send("bob", "hi");
+    for _ in 0..12 {
+        h.now += Duration::from_millis(250);
+        h.client.handle_timeout(h.now);
+        for out in drain(&mut h.client) {
+            if let ClientOutput::Transmit(ClientFrame::Ping { req }) = out {
+                h.frame(ServerFrame::Pong { req });
+            }
+            assert_ne!(out, ClientOutput::Disconnect, "dropped a live router");
+        }
+    }
+}

@@ -23,6 +23,8 @@
 //!   promoted, because only they hold every committed change. With no such
 //!   backup, a silent primary keeps its role (it may only be cut off from
 //!   the RM).
+//! - A primary that hears none of its backups asks to resign
+//!   ([`RmRequest::Resign`]); the RM promotes a backup it hears, if any.
 //! - A primary that restarted has lost its state, so it never keeps its
 //!   role: with no backup to promote, the RM withdraws the role (no primary)
 //!   and promotes the first backup of the configuration that checks in.
@@ -264,6 +266,15 @@ impl ReplicaManager {
                         self.propose(next);
                     }
                     Ok(()) => {}
+                }
+                self.reply_config(conn);
+            }
+            RmRequest::Resign { id, epoch } => {
+                match self.check_primary(&id, epoch) {
+                    Err((code, message)) => self.reply(conn, RmReply::Error { code, message }),
+                    // Only if a backup the RM hears can take over; otherwise
+                    // the primary stays, waiting for its backups.
+                    Ok(()) => self.fail_over(now),
                 }
                 self.reply_config(conn);
             }

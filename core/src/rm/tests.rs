@@ -598,3 +598,28 @@ fn a_backup_not_heard_for_half_the_failure_timeout_is_not_promoted() {
         "r2 has the higher LSN but was last heard 300 ms ago: {config:?}"
     );
 }
+
+#[test]
+fn a_primary_that_resigns_is_replaced_by_a_backup_the_rm_hears() {
+    let mut h = Harness::three_routers();
+    h.now += Duration::from_millis(100);
+    h.beat(2, "r2", 22, 7, true);
+    h.beat(3, "r3", 33, 8, true);
+    let epoch = h.config().epoch;
+    h.request(1, RmRequest::Resign { id: id("r2"), epoch });
+    assert!(h.config().is_primary(&id("r1")), "only the primary may resign");
+    h.request(1, RmRequest::Resign { id: id("r1"), epoch });
+    let config = h.config();
+    assert!(config.is_primary(&id("r3")), "{config:?}");
+    assert!(config.candidates.iter().any(|m| m.id == id("r1")));
+}
+
+#[test]
+fn a_primary_resigning_with_no_backup_in_reach_stays() {
+    let mut h = Harness::three_routers();
+    h.now += Duration::from_secs(3);
+    h.beat(1, "r1", 11, 9, true);
+    let epoch = h.config().epoch;
+    h.request(1, RmRequest::Resign { id: id("r1"), epoch });
+    assert!(h.config().is_primary(&id("r1")), "{:?}", h.config());
+}

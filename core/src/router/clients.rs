@@ -63,7 +63,14 @@ impl Router {
             ClientFrame::Register { req, peer, secret } => {
                 return self.handle_register(conn, req, peer, secret)
             }
-            ClientFrame::Ping { req } => return self.send(conn, ServerFrame::Pong { req }),
+            // A pong depends on no change: it goes out at once, even while
+            // answers wait for a commit, so a client can tell a live router
+            // from a paused one.
+            ClientFrame::Ping { req } => {
+                return self
+                    .outbox
+                    .emit_now(RouterOutput::Send(conn, ServerFrame::Pong { req }))
+            }
             _ => {}
         }
         let Some(me) = self.session_peer(conn) else {

@@ -171,6 +171,13 @@ pub enum RouterOutput {
         /// The router's epoch.
         epoch: Epoch,
     },
+    /// Informational: the primary of `epoch` has heard none of its backups
+    /// for the ack timeout and asked the RM to hand its role to a backup the
+    /// RM still hears. Drivers log it as a warning.
+    Resigning {
+        /// The router's epoch.
+        epoch: Epoch,
+    },
     /// Informational: as primary of `epoch`, the router committed every
     /// change up to `lsn`. Drivers log it; checkers use it to verify that
     /// only one router commits in an epoch.

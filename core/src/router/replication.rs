@@ -186,6 +186,11 @@ pub(super) struct Replication {
     next_beat: u64,
     /// The send time of the newest heartbeat the RM answered.
     rm_lease_from: Option<Instant>,
+    /// Primary: when each backup of the configuration last acknowledged
+    /// (or when this router became primary, or the backup was added).
+    backup_heard: BTreeMap<ReplicaId, Instant>,
+    /// Primary: it asked the RM to resign in the current epoch.
+    resigned: bool,
     /// The primary of the current epoch lost its lease and stopped serving;
     /// it resumes when the RM answers it again in the same epoch.
     suspended: bool,
@@ -220,7 +225,31 @@ impl Replication {
             next_beat: 0,
             rm_lease_from: None,
             suspended: false,
+            backup_heard: BTreeMap::new(),
+            resigned: false,
         }
+    }
+
+    /// Starts tracking, from `now`, the backups of a configuration just
+    /// adopted as primary.
+    fn track_backups(&mut self, now: Instant) {
+        let backups: Vec<ReplicaId> = self.configuration.backups.iter().map(|m| m.id.clone()).collect();
+        self.backup_heard.retain(|id, _| backups.contains(id));
+        for id in backups {
+            self.backup_heard.entry(id).or_insert(now);
+        }
+        self.resigned = false;
+    }
+
+    /// Whether every backup of the configuration has been silent for the
+    /// ack timeout: the primary is cut off from all of them.
+    fn lost_every_backup(&self, now: Instant) -> bool {
+        !self.configuration.backups.is_empty()
+            && self.configuration.backups.iter().all(|b| {
+                self.backup_heard
+                    .get(&b.id)
+                    .is_none_or(|t| *t + self.config.ack_timeout <= now)
+            })
     }
 
     /// Whether this router hears the RM: the RM answered a heartbeat sent
@@ -575,6 +604,17 @@ impl Router {
             return self.suspend();
         }
         let r = self.replication.as_mut().expect("replicated");
+        if r.is_primary() && !r.resigned && r.lost_every_backup(now) && r.rm.status == LinkStatus::Up {
+            r.resigned = true;
+            let epoch = r.epoch();
+            let request = RmRequest::Resign {
+                id: r.config.id.clone(),
+                epoch,
+            };
+            self.outbox.emit_now(RouterOutput::ToRm(request));
+            self.outbox.emit_now(RouterOutput::Resigning { epoch });
+        }
+        let r = self.replication.as_mut().expect("replicated");
         if r.is_primary() {
             r.propose_caught_up(self.outbox.committed, true, &mut self.outbox);
             r.track_lag(now, applied);
@@ -688,6 +728,7 @@ impl Router {
             Role::Primary { .. } if !was_primary => self.become_primary(now),
             Role::Primary { .. } => {
                 let r = self.replication.as_mut().expect("replicated");
+                r.track_backups(now);
                 r.track_lag(now, applied);
                 self.commit_up_to(applied);
                 self.report_minimum();
@@ -733,6 +774,8 @@ impl Router {
         r.log.clear();
         r.streams.clear();
         r.behind_since.clear();
+        r.backup_heard.clear();
+        r.track_backups(now);
         r.track_lag(now, applied);
         r.promoted_at = applied;
         let epoch = r.epoch();
@@ -855,6 +898,7 @@ impl Router {
                     }
                 }
                 let r = self.replication.as_mut().expect("replicated");
+                r.backup_heard.insert(id.clone(), now);
                 let epoch = r.epoch();
                 let log_start = r.log.front().map_or(applied, |(l, _)| Lsn(l.0 - 1));
                 // A follower whose state came from this primary's own stream
@@ -906,6 +950,7 @@ impl Router {
                 let id = id.clone();
                 stream.heard = now;
                 stream.rm_live = rm_live;
+                r.backup_heard.insert(id.clone(), now);
                 if lsn > stream.acked {
                     stream.acked = lsn.min(applied);
                     r.behind_since.remove(&id);

@@ -319,6 +319,7 @@ impl World {
                 | RouterOutput::Committed { .. }
                 | RouterOutput::BelowMinBackups { .. }
                 | RouterOutput::LeaseLost { .. }
+                | RouterOutput::Resigning { .. }
                 | RouterOutput::Promoted { .. } => unreachable!("the world runs a standalone router"),
                 RouterOutput::Close(conn) => {
                     // The client reads the frames already sent, then sees the close.

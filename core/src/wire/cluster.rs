@@ -138,6 +138,14 @@ pub enum RmRequest {
         /// The backup.
         backup: ReplicaId,
     },
+    /// The primary of `epoch` has heard no backup for its ack timeout and
+    /// asks the RM to hand its role to one the RM still hears.
+    Resign {
+        /// The primary's name.
+        id: ReplicaId,
+        /// The primary's epoch, which must still be current.
+        epoch: Epoch,
+    },
     /// Asks for the configuration and every member's state (`peerlink status`).
     Status {
         /// Echoed in the reply.
