@@ -61,6 +61,8 @@ pub struct RunConfig {
     pub latency: Duration,
     /// Each router's mailbox limit.
     pub mailbox_limit: usize,
+    /// The replica manager's failure timeout.
+    pub failure_timeout: Duration,
     /// Deliberate bugs to switch on in the RM and every router and client.
     #[cfg(feature = "planted-bugs")]
     pub bugs: peerlink_core::bugs::Bugs,
@@ -77,6 +79,7 @@ impl RunConfig {
             churn: 15,
             latency: Duration::from_millis(10),
             mailbox_limit: RouterConfig::default().mailbox_limit,
+            failure_timeout: RmConfig::default().failure_timeout,
             #[cfg(feature = "planted-bugs")]
             bugs: Default::default(),
         }
@@ -144,7 +147,7 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
     let rm_config = RmConfig {
         #[cfg(feature = "planted-bugs")]
         bugs: config.bugs,
-        ..RmConfig::default()
+        ..RmConfig::new(config.failure_timeout, RmConfig::default().min_backups)
     };
     sim.host(RM, move || {
         let mut store = store.clone();

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run -p sim --release -- sweep --scenario all --seeds 100
 //! cargo run -p sim --release -- replay --scenario primary_crash --seed 42
+//! cargo run -p sim --release -- failovers --latency-ms 300 --seeds 100
 //! ```
 
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use sim::failovers::{slow_run, SlowRun};
 use sim::scenario::{replay_command, run_scenario, SCENARIOS};
 
 /// Deterministic chaos testing of PeerLink on turmoil.
@@ -41,6 +43,22 @@ enum Command {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// Count spurious failovers: runs with no fault but a slow network, in
+    /// which every change of primary is a mistake of the failure detector.
+    Failovers {
+        /// The largest one-way message latency on every link.
+        #[arg(long)]
+        latency_ms: u64,
+        /// The replica manager's failure timeout.
+        #[arg(long, default_value_t = 500)]
+        failure_timeout_ms: u64,
+        /// How many seeds.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// Worker threads [default: the number of cores].
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
     /// Run one scenario with one seed and print its whole trace.
     Replay {
         /// The scenario.
@@ -61,6 +79,17 @@ fn main() -> ExitCode {
             jobs,
         } => sweep(&scenario, seeds, from, jobs),
         Command::Replay { scenario, seed } => replay(&scenario, seed),
+        Command::Failovers {
+            latency_ms,
+            failure_timeout_ms,
+            seeds,
+            jobs,
+        } => failovers(
+            Duration::from_millis(latency_ms),
+            Duration::from_millis(failure_timeout_ms),
+            seeds,
+            jobs,
+        ),
     }
 }
 
@@ -127,6 +156,53 @@ fn sweep(scenario: &str, seeds: u64, from: u64, jobs: Option<usize>) -> ExitCode
         failed_any |= !failures.is_empty();
     }
     if failed_any {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn failovers(latency: Duration, failure_timeout: Duration, seeds: u64, jobs: Option<usize>) -> ExitCode {
+    let jobs = jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let next = AtomicU64::new(0);
+    let runs: Mutex<Vec<(u64, Result<SlowRun, String>)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= seeds {
+                    return;
+                }
+                let run = slow_run(seed, latency, failure_timeout).map_err(|e| e.to_string());
+                runs.lock().expect("not poisoned").push((seed, run));
+            });
+        }
+    });
+    let mut runs = runs.into_inner().expect("not poisoned");
+    runs.sort_by_key(|(seed, _)| *seed);
+    let (mut failovers, mut with_failover, mut violations, mut unfinished) = (0, 0, 0, 0);
+    for (seed, run) in &runs {
+        match run {
+            Ok(run) => {
+                failovers += run.failovers;
+                with_failover += usize::from(run.failovers > 0);
+                violations += run.violations;
+            }
+            Err(e) => {
+                unfinished += 1;
+                println!("  seed {seed} did not finish: {e}");
+            }
+        }
+    }
+    println!(
+        "latency <= {} ms, failure timeout {} ms: {seeds} runs, {failovers} spurious failovers, \
+         {with_failover} runs with at least one, {violations} violations, {unfinished} unfinished",
+        latency.as_millis(),
+        failure_timeout.as_millis()
+    );
+    if violations + unfinished > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -105,3 +105,71 @@ fn a_primary_restarted_while_its_backups_are_unheard_never_serves_empty() -> Res
     );
     Ok(())
 }
+
+#[test]
+fn two_quick_deaths_make_the_cluster_wait_and_a_restart_brings_it_back() -> Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    let first = cluster.status()?;
+    let primary = index(&first.primary().context("a primary")?);
+    let backups: Vec<usize> = first.backups().iter().map(|b| index(b)).collect();
+    let dir = TempDir::new()?;
+    let routers = cluster.router_list();
+    let mut alice = registered("alice", &routers, dir.path())?;
+    let mut bob = registered("bob", &routers, dir.path())?;
+    bob.kill();
+    for n in 0..MESSAGES {
+        alice.send(&format!("SEND_MSG bob m{n}"))?;
+    }
+    alice.expect_count("sent ", MESSAGES)?;
+
+    // The primary and a backup die 300 ms apart.
+    cluster.kill_router(primary);
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.kill_router(backups[0]);
+
+    // One copy is left: the cluster takes messages but acknowledges none.
+    for n in MESSAGES..2 * MESSAGES {
+        alice.send(&format!("SEND_MSG bob m{n}"))?;
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = alice.drain().iter().filter(|l| l.starts_with("sent ")).count();
+    ensure!(
+        sent == MESSAGES,
+        "{} messages were acknowledged with a single copy",
+        sent - MESSAGES
+    );
+    let waiting = cluster.status()?;
+    ensure!(
+        waiting.primary().is_some_and(|p| index(&p) == backups[1]),
+        "the surviving backup is primary: {waiting:?}"
+    );
+
+    // One of the dead comes back: it catches up, becomes a backup, and the
+    // held answers go out.
+    let restarted_at = Instant::now();
+    cluster.restart_router(primary)?;
+    alice.expect_count("sent ", 2 * MESSAGES)?;
+    let resumed = restarted_at.elapsed();
+    eprintln!(
+        "acknowledgements resumed {} ms after the restart",
+        resumed.as_millis()
+    );
+    ensure!(
+        resumed < Duration::from_secs(5),
+        "service took {resumed:?} to resume after the restart"
+    );
+
+    let mut bob = registered("bob", &cluster.router_list(), dir.path())?;
+    for n in 0..2 * MESSAGES {
+        let line = bob.expect("received alice#")?;
+        ensure!(line.ends_with(&format!(": m{n}")), "lost or out of order: {line}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let from_alice = bob
+        .drain()
+        .iter()
+        .filter(|l| l.starts_with("received alice#"))
+        .count();
+    ensure!(from_alice == 2 * MESSAGES, "bob got {from_alice} messages");
+    Ok(())
+}

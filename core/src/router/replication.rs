@@ -552,7 +552,11 @@ impl Router {
         let Some(r) = self.replication.as_mut() else {
             return;
         };
-        let silence = r.config.heartbeat_interval * SILENT_BEATS;
+        // At least the RM's failure timeout: on a slow network, where the
+        // operator raised it, links are not given up sooner than the RM
+        // would give up on a router.
+        let ft = Duration::from_millis(r.configuration.failure_timeout_ms);
+        let silence = (r.config.heartbeat_interval * SILENT_BEATS).max(ft);
         for link in [Link::Rm, Link::Primary] {
             let r = self.replication.as_mut().expect("replicated");
             if r.link_mut(link).is_silent(now, silence) {
