@@ -580,7 +580,11 @@ impl Client {
         }
         self.pending.clear();
         self.failures = self.failures.saturating_add(1);
-        self.router_index = (self.router_index + 1) % self.config.routers.len();
+        // Next, the router after the one just left: after a redirect that
+        // one is not where the list index points, and trying it again first
+        // would wait out a connect timeout on a dead router.
+        let left = self.config.routers.iter().position(|r| *r == self.current_router);
+        self.router_index = (left.unwrap_or(self.router_index) + 1) % self.config.routers.len();
         let ceiling = self
             .config
             .reconnect_min

@@ -444,3 +444,42 @@ fn an_answering_router_keeps_a_waiting_request_on_its_connection() {
         }
     }
 }
+
+#[test]
+fn losing_a_router_reached_by_redirect_tries_the_one_after_it() {
+    let config = ClientConfig::new(
+        peer("alice"),
+        Secret::new("s").unwrap(),
+        vec!["r1".into(), "r2".into(), "r3".into()],
+    );
+    let now = epoch();
+    let mut h = Harness {
+        client: Client::new(config, 1, now),
+        now,
+    };
+    h.client.handle_timeout(h.now);
+    drain(&mut h.client);
+    h.input(ClientInput::Connected { attempt: 1 });
+    // r1 sends the client to the primary, r3.
+    h.frame(ServerFrame::Redirect {
+        primary: Some("r3".into()),
+    });
+    h.now = h.client.poll_timeout().unwrap();
+    h.client.handle_timeout(h.now);
+    drain(&mut h.client);
+    h.input(ClientInput::Connected { attempt: 2 });
+    // r3 dies: the next attempt goes to r1, not to r3 again.
+    h.input(ClientInput::Disconnected {
+        attempt: 2,
+        reason: "reset".into(),
+    });
+    h.now = h.client.poll_timeout().unwrap();
+    h.client.handle_timeout(h.now);
+    assert_eq!(
+        drain(&mut h.client),
+        vec![ClientOutput::Connect {
+            attempt: 3,
+            router: "r1".into()
+        }]
+    );
+}

@@ -241,6 +241,14 @@ impl Replication {
         self.resigned = false;
     }
 
+    /// How long a backup may lag or be silent before the primary acts: the
+    /// router's own setting, or the RM's failure timeout if that is longer
+    /// (an operator who raised it for a slow network raised both).
+    fn ack_timeout(&self) -> Duration {
+        let ft = Duration::from_millis(self.configuration.failure_timeout_ms);
+        self.config.ack_timeout.max(ft)
+    }
+
     /// Whether every backup of the configuration has been silent for the
     /// ack timeout: the primary is cut off from all of them.
     fn lost_every_backup(&self, now: Instant) -> bool {
@@ -248,7 +256,7 @@ impl Replication {
             && self.configuration.backups.iter().all(|b| {
                 self.backup_heard
                     .get(&b.id)
-                    .is_none_or(|t| *t + self.config.ack_timeout <= now)
+                    .is_none_or(|t| *t + self.ack_timeout() <= now)
             })
     }
 
@@ -450,7 +458,7 @@ impl Replication {
     /// both its start and its last progress.
     fn stalled_at(&self, id: &ReplicaId, stream: &Stream) -> Option<Instant> {
         let since = self.behind_since.get(id)?;
-        Some((*since).max(stream.started) + self.config.ack_timeout / 2)
+        Some((*since).max(stream.started) + self.ack_timeout() / 2)
     }
 
     /// A follower's connection is gone.
@@ -467,7 +475,7 @@ impl Replication {
             .behind_since
             .iter()
             .filter(|(id, _)| self.may_remove(id))
-            .map(|(_, since)| *since + self.config.ack_timeout)
+            .map(|(_, since)| *since + self.ack_timeout())
             .chain(self.streams.iter().filter_map(|(id, s)| self.stalled_at(id, s)))
             .min();
         // Only a follower reconnects to a primary.
@@ -639,7 +647,7 @@ impl Router {
             let stuck: Vec<ReplicaId> = r
                 .behind_since
                 .iter()
-                .filter(|(id, since)| **since + r.config.ack_timeout <= now && r.may_remove(id))
+                .filter(|(id, since)| **since + r.ack_timeout() <= now && r.may_remove(id))
                 .map(|(id, _)| id.clone())
                 .collect();
             for backup in stuck {
