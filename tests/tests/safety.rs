@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use peerlink_tests::{client, registered, Cluster, TempDir};
+use peerlink_tests::{binary, client, registered, Cluster, TempDir};
 
 const MESSAGES: usize = 20;
 
@@ -142,6 +142,14 @@ fn two_quick_deaths_make_the_cluster_wait_and_a_restart_brings_it_back() -> Resu
     ensure!(
         waiting.primary().is_some_and(|p| index(&p) == backups[1]),
         "the surviving backup is primary: {waiting:?}"
+    );
+    let status = std::process::Command::new(binary())
+        .args(["status", "--rm", &cluster.rm_addr])
+        .output()?;
+    let status = String::from_utf8_lossy(&status.stdout);
+    ensure!(
+        status.contains("commits wait:"),
+        "status does not say why commits wait:\n{status}"
     );
 
     // One of the dead comes back: it catches up, becomes a backup, and the

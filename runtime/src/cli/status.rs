@@ -65,6 +65,26 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     } else if config.primary.is_none() && !config.backups.is_empty() {
         println!("no primary: waiting for a backup to check in and be promoted");
     }
+    // A backup the RM has not heard for its failure timeout is most likely
+    // down, and every commit waits for its acknowledgement.
+    for backup in &config.backups {
+        let heard = members
+            .iter()
+            .find(|m| m.id == backup.id)
+            .and_then(|m| m.last_heartbeat_ms);
+        match heard {
+            Some(ms) if ms <= config.failure_timeout_ms => {}
+            Some(ms) => println!(
+                "commits wait: backup {} has not been heard for {ms} ms; they resume when it is back \
+                 or a candidate has caught up to replace it",
+                backup.id
+            ),
+            None => println!(
+                "commits wait: backup {} has not been heard since the replica manager started",
+                backup.id
+            ),
+        }
+    }
     println!(
         "{:<8} {:<10} {:<22} {:>10} {:>8} {:>10}",
         "router", "role", "address", "lsn", "lag", "heard"
