@@ -24,7 +24,10 @@ pub(crate) struct RmArgs {
     #[arg(long, env = "PEERLINK_RM_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Promote a backup when the primary has been silent this many
-    /// milliseconds.
+    /// milliseconds. Every configuration carries it to the routers, which
+    /// derive their primary lease (60 %) and their patience with silent
+    /// links and lagging backups from it. On a slow network keep it above
+    /// twice the worst round trip (docs/operations.md, "Slow networks").
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     failure_timeout_ms: u64,
     /// The fewest backups a primary needs to commit. With fewer, clients

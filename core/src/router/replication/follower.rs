@@ -1,0 +1,93 @@
+//! The follower's side of replication: applying what the primary ships,
+//! strictly in order, and acknowledging it.
+
+use std::time::Instant;
+
+use super::{Link, LinkStatus, Role};
+use crate::ids::{Epoch, Lsn};
+use crate::router::{Router, RouterOutput};
+use crate::wire::cluster::{FollowerFrame, PrimaryFrame};
+
+impl Router {
+    /// A primary's frame, on a follower.
+    pub(in crate::router) fn handle_primary_frame(&mut self, now: Instant, frame: PrimaryFrame) {
+        let old_epochs = self.accepts_old_epoch();
+        let accepts_regression = self.restarted_primary_keeps_role();
+        let Some(r) = self.replication.as_mut() else {
+            return;
+        };
+        let following = matches!(r.role, Role::Follower { .. });
+        if !(following || old_epochs) || r.primary.status != LinkStatus::Up {
+            return;
+        }
+        r.primary.heard = now;
+        let my_epoch = if old_epochs { Epoch(0) } else { r.epoch() };
+        match frame {
+            PrimaryFrame::Checkpoint { epoch, lsn, state } => {
+                if epoch < my_epoch || !following {
+                    return self.restart_link(Link::Primary, now);
+                }
+                let regresses = epoch == r.stream_epoch && lsn < self.outbox.applied;
+                if regresses && !accepts_regression {
+                    // Only a primary that lost its state offers less than it
+                    // already shipped in the same epoch: refuse, and ask
+                    // again later (by then the RM has withdrawn its role).
+                    let retry_at = now + r.config.retry_interval;
+                    return self.restart_link(Link::Primary, retry_at);
+                }
+
+                r.stream_epoch = epoch;
+                self.state = state;
+                self.outbox.applied = lsn;
+                self.outbox.committed = lsn;
+                self.acknowledge(now, epoch, lsn);
+            }
+            PrimaryFrame::Entry { epoch, lsn, change } => {
+                if epoch < my_epoch {
+                    return self.restart_link(Link::Primary, now);
+                }
+                if lsn <= self.outbox.applied {
+                    return;
+                }
+                if lsn != self.outbox.applied.next() {
+                    // A gap: resync from a checkpoint.
+                    return self.restart_link(Link::Primary, now);
+                }
+                r.stream_epoch = epoch;
+                self.state.apply(&change);
+                self.outbox.applied = lsn;
+                if following {
+                    self.outbox.committed = lsn;
+                }
+                self.acknowledge(now, epoch, lsn);
+            }
+            PrimaryFrame::Alive { epoch, .. } => {
+                if epoch < my_epoch {
+                    return self.restart_link(Link::Primary, now);
+                }
+                let applied = self.outbox.applied;
+                self.acknowledge(now, epoch, applied);
+            }
+            PrimaryFrame::NotPrimary { .. } => {
+                let retry_at = now + r.config.retry_interval;
+                self.restart_link(Link::Primary, retry_at);
+            }
+        }
+    }
+
+    pub(in crate::router) fn acknowledge(&mut self, now: Instant, epoch: Epoch, lsn: Lsn) {
+        let rm_live = self.replication.as_ref().is_some_and(|r| r.rm_live(now));
+        let frame = FollowerFrame::Applied { epoch, lsn, rm_live };
+        // Acknowledgements are cumulative: one of the same epoch not yet
+        // taken by the driver is superseded rather than followed.
+        if let Some(RouterOutput::ToPrimary(last @ FollowerFrame::Applied { .. })) =
+            self.outbox.ready.back_mut()
+        {
+            if matches!(last, FollowerFrame::Applied { epoch: e, .. } if *e == epoch) {
+                *last = frame;
+                return;
+            }
+        }
+        self.outbox.emit_now(RouterOutput::ToPrimary(frame));
+    }
+}
