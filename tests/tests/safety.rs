@@ -162,8 +162,10 @@ fn two_quick_deaths_make_the_cluster_wait_and_a_restart_brings_it_back() -> Resu
         "acknowledgements resumed {} ms after the restart",
         resumed.as_millis()
     );
+    // The issue allows 2 s from the end of the catch-up; this counts the
+    // catch-up too.
     ensure!(
-        resumed < Duration::from_secs(5),
+        resumed < Duration::from_secs(2),
         "service took {resumed:?} to resume after the restart"
     );
 
