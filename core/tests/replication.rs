@@ -153,6 +153,9 @@ impl Pair {
                         self.p
                             .handle(self.now, RouterInput::FromRm(RmReply::Heard { beat, config }));
                     }
+                    RouterOutput::ToRm(request @ RmRequest::Heartbeat { .. }) if !self.p_hears_rm => {
+                        self.to_rm.push(request);
+                    }
                     RouterOutput::ToRm(
                         request @ (RmRequest::Resign { .. } | RmRequest::RemoveBackup { .. }),
                     ) => {
@@ -740,4 +743,29 @@ fn a_primary_that_hears_no_backup_for_the_ack_timeout_asks_to_resign() {
         "the last backup is never removed: {:?}",
         pair.to_rm
     );
+}
+
+#[test]
+fn a_suspended_primary_does_not_resume_on_an_answer_older_than_its_lease() {
+    let mut pair = Pair::new();
+    pair.f_hears_rm = true;
+    pair.heal();
+    pair.p_hears_rm = false;
+    pair.tick(Duration::from_millis(600));
+    assert!(!pair.p.is_serving(), "the lease ran out");
+    // A heartbeat is sent now, and its answer arrives 400 ms later: past the
+    // 300 ms lease it would start.
+    pair.to_rm.clear();
+    pair.tick(Duration::from_millis(100));
+    let beat = pair.to_rm.iter().rev().find_map(|r| match r {
+        RmRequest::Heartbeat { beat, .. } => Some(*beat),
+        _ => None,
+    });
+    let beat = beat.expect("the primary heartbeats");
+    pair.now += Duration::from_millis(400);
+    let config = configuration(2);
+    pair.p
+        .handle(pair.now, RouterInput::FromRm(RmReply::Heard { beat, config }));
+    pair.pump();
+    assert!(!pair.p.is_serving(), "resumed on a stale lease");
 }

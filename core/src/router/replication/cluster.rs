@@ -192,7 +192,11 @@ impl Router {
             RmReply::Heard { beat, config } => {
                 r.rm.heard = now;
                 r.heard_beat(beat);
-                self.adopt(now, config, true);
+                // An answer that took longer than the lease renews nothing:
+                // a suspended primary resumes only with a lease that holds,
+                // or on a slow network it would flap between the two.
+                let renews = r.rm_live(now);
+                self.adopt(now, config, renews);
             }
             RmReply::Error { .. } => {
                 r.rm.heard = now;
