@@ -30,7 +30,7 @@ run w1-1-backup dm --window 1 --spawn replicated --backups 1
 run w1-2-backups dm --window 1 --spawn replicated --backups 2
 run group-standalone group
 run drain-standalone drain
-run failover-1-backup failover --spawn replicated --backups 1
+run failover-2-backups failover --spawn replicated --backups 2
 for i in $(seq "$RUNS"); do
     line=$(cargo bench -q -p peerlink-core --bench route | tail -n 1)
     echo "core $line" | tee -a "$LOG"

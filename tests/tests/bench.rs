@@ -43,7 +43,7 @@ fn failover_on_a_cluster_bench_starts_loses_nothing() -> Result<()> {
         "--spawn",
         "replicated",
         "--backups",
-        "1",
+        "2",
         "--base-port",
         "28007",
         "--peers",
@@ -72,6 +72,7 @@ fn contradictory_flags_are_refused() -> Result<()> {
         &["failover"][..],
         &["dm", "--backups", "2"],
         &["dm", "--peers", "1"],
+        &["failover", "--spawn", "replicated", "--backups", "1"],
     ] {
         let (succeeded, line) = bench(args)?;
         assert!(!succeeded, "bench {args:?} ran: {line}");

@@ -64,7 +64,8 @@ pub(crate) struct BenchArgs {
     /// The cluster to start on loopback (when --router is not given).
     #[arg(long, value_enum, default_value_t = Spawn::Standalone)]
     spawn: Spawn,
-    /// Backups of the started replicated cluster [default: 1].
+    /// Backups of the started replicated cluster [default: 1; 2 for
+    /// failover, which needs one left after the kill].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4))]
     backups: Option<u16>,
     /// The first port of the started cluster (the replica manager's, when
@@ -108,6 +109,13 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+/// How many backups a replicated cluster gets: `--backups`, or 1 (2 for
+/// `failover`, so that a backup remains after the kill).
+fn backups(args: &BenchArgs) -> u16 {
+    let default = if args.workload == Workload::Failover { 2 } else { 1 };
+    args.backups.unwrap_or(default)
+}
+
 /// Runs the benchmark and prints its report.
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mailbox_limit = match args.workload {
@@ -130,7 +138,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
             Spawn::Standalone => Cluster::standalone(&exe, args.base_port, mailbox_limit).await?,
             Spawn::Replicated => {
-                let backups = args.backups.unwrap_or(1);
+                let backups = backups(&args);
+                if args.workload == Workload::Failover && backups < 2 {
+                    bail!(
+                        "failover needs --backups 2 or more: the replica manager lets a primary commit \
+                         only with a backup (--min-backups 1), so one must remain after the kill"
+                    );
+                }
                 Cluster::replicated(&exe, args.base_port, backups, mailbox_limit).await?
             }
         }
@@ -161,7 +175,7 @@ fn setup(args: &BenchArgs, cluster: &Cluster) -> Vec<(&'static str, String)> {
         "standalone".to_owned()
     };
     let backups = if cluster.is_replicated() {
-        args.backups.unwrap_or(1)
+        backups(&args)
     } else {
         0
     };
