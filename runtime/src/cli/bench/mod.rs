@@ -175,7 +175,7 @@ fn setup(args: &BenchArgs, cluster: &Cluster) -> Vec<(&'static str, String)> {
         "standalone".to_owned()
     };
     let backups = if cluster.is_replicated() {
-        backups(&args)
+        backups(args)
     } else {
         0
     };
