@@ -174,11 +174,7 @@ fn setup(args: &BenchArgs, cluster: &Cluster) -> Vec<(&'static str, String)> {
     } else {
         "standalone".to_owned()
     };
-    let backups = if cluster.is_replicated() {
-        backups(args)
-    } else {
-        0
-    };
+    let backups = if cluster.is_replicated() { backups(args) } else { 0 };
     vec![
         ("workload", workload.unwrap_or_default()),
         ("spawn", spawn),
