@@ -9,12 +9,14 @@ use crate::faults::Plan;
 use crate::observe::ClusterEvent;
 
 /// What one fault-free run on a slow network saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlowRun {
     /// How many times the primary changed after the first one was chosen.
     pub failovers: usize,
     /// How many invariants broke (there should be none).
     pub violations: usize,
+    /// The first of them, if any.
+    pub first_violation: Option<String>,
 }
 
 /// Runs `seed` with message latency up to `latency` on every link and the
@@ -42,5 +44,6 @@ pub fn slow_run(seed: u64, latency: Duration, failure_timeout: Duration) -> Resu
     Ok(SlowRun {
         failovers,
         violations: violations.len(),
+        first_violation: violations.first().map(ToString::to_string),
     })
 }

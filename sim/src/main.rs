@@ -189,6 +189,9 @@ fn failovers(latency: Duration, failure_timeout: Duration, seeds: u64, jobs: Opt
                 failovers += run.failovers;
                 with_failover += usize::from(run.failovers > 0);
                 violations += run.violations;
+                if let Some(first) = &run.first_violation {
+                    println!("  seed {seed}: {} violation(s), first: {first}", run.violations);
+                }
             }
             Err(e) => {
                 unfinished += 1;

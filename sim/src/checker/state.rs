@@ -44,7 +44,9 @@ pub(super) fn check_state(history: &History) -> Vec<Violation> {
     let mut seq_floor: BTreeMap<PeerId, Seq> = BTreeMap::new();
     let mut members: BTreeMap<GroupName, BTreeSet<PeerId>> = BTreeMap::new();
     let mut firm: BTreeSet<(GroupName, PeerId)> = BTreeSet::new();
-    let mut pending_groups: BTreeMap<PeerId, Vec<(GroupOp, GroupName)>> = BTreeMap::new();
+    // Group commands not yet answered, with whether the group had members
+    // (by acknowledged commands) when each was issued.
+    let mut pending_groups: BTreeMap<PeerId, Vec<(GroupOp, GroupName, bool)>> = BTreeMap::new();
     let mut sends: BTreeMap<PeerId, Vec<SendAtIssue>> = BTreeMap::new();
 
     let mut lost = |peer: &PeerId, detail: String| {
@@ -73,10 +75,11 @@ pub(super) fn check_state(history: &History) -> Vec<Violation> {
                 if *op == GroupOp::Leave {
                     firm.remove(&(group.clone(), me.clone()));
                 }
+                let live = members.get(group).is_some_and(|m| !m.is_empty());
                 pending_groups
                     .entry(me.clone())
                     .or_default()
-                    .push((*op, group.clone()));
+                    .push((*op, group.clone(), live));
             }
             What::Issued(Command::Register) => {}
             What::Observed(ClientEvent::Registered { next_seq, .. }) => {
@@ -127,15 +130,16 @@ pub(super) fn check_state(history: &History) -> Vec<Violation> {
                     set.insert(me.clone());
                     let leave_pending = pending_groups
                         .get(me)
-                        .is_some_and(|p| p.iter().any(|(o, g)| *o == GroupOp::Leave && g == group));
+                        .is_some_and(|p| p.iter().any(|(o, g, _)| *o == GroupOp::Leave && g == group));
                     if !leave_pending {
                         firm.insert((group.clone(), me.clone()));
                     }
                 }
             }
             What::Observed(ClientEvent::GroupFailed { op, group, code, .. }) => {
-                take_pending(&mut pending_groups, me, *op, group);
-                let live = members.get(group).is_some_and(|m| !m.is_empty());
+                // Judged by the group as it was when the command was issued:
+                // the router may have refused it before a create it raced.
+                let live = take_pending(&mut pending_groups, me, *op, group);
                 if *code == ErrorCode::UnknownGroup && live {
                     lost(me, format!("{op:?} {group} was refused: the group is unknown"));
                 }
@@ -146,18 +150,21 @@ pub(super) fn check_state(history: &History) -> Vec<Violation> {
     v
 }
 
-/// Forgets the oldest pending group command of `peer` matching the answer.
+/// Forgets the oldest pending group command of `peer` matching the answer;
+/// returns whether the group had members when it was issued.
 fn take_pending(
-    pending: &mut BTreeMap<PeerId, Vec<(GroupOp, GroupName)>>,
+    pending: &mut BTreeMap<PeerId, Vec<(GroupOp, GroupName, bool)>>,
     peer: &PeerId,
     op: GroupOp,
     group: &GroupName,
-) {
-    if let Some(list) = pending.get_mut(peer) {
-        if let Some(i) = list.iter().position(|(o, g)| *o == op && g == group) {
-            list.remove(i);
-        }
-    }
+) -> bool {
+    let Some(list) = pending.get_mut(peer) else {
+        return false;
+    };
+    let Some(i) = list.iter().position(|(o, g, _)| *o == op && g == group) else {
+        return false;
+    };
+    list.remove(i).2
 }
 
 #[cfg(test)]
@@ -307,6 +314,34 @@ mod tests {
             let found = check_state(&history);
             assert_eq!(found.len(), 1, "{name}: {found:?}");
         }
+    }
+
+    #[test]
+    fn a_join_issued_before_the_create_was_acknowledged_may_fail() {
+        let g = GroupName::new("g").unwrap();
+        let h = vec![
+            registered("a", 1),
+            registered("b", 1),
+            at("b", What::Issued(Command::Group(GroupOp::Join, g.clone()))),
+            at("a", What::Issued(Command::Group(GroupOp::Create, g.clone()))),
+            at(
+                "a",
+                What::Observed(ClientEvent::GroupDone {
+                    op: GroupOp::Create,
+                    group: g.clone(),
+                }),
+            ),
+            at(
+                "b",
+                What::Observed(ClientEvent::GroupFailed {
+                    op: GroupOp::Join,
+                    group: g,
+                    code: ErrorCode::UnknownGroup,
+                    message: String::new(),
+                }),
+            ),
+        ];
+        assert_eq!(check_state(&h), vec![]);
     }
 
     #[test]
