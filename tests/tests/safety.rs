@@ -3,11 +3,10 @@
 //! state; once the backups are back, one is promoted with everything that
 //! was acknowledged before.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use peerlink_tests::{binary, client, registered, Cluster, TempDir};
+use peerlink_tests::{binary, client, registered, Cluster, Process, TempDir};
 
 const MESSAGES: usize = 20;
 
@@ -16,6 +15,31 @@ fn index(name: &str) -> usize {
     name.trim_start_matches('r')
         .parse()
         .expect("routers are named r<N>")
+}
+
+/// Waits for alice's messages m0 .. m{n-1} to reach `bob`, in order.
+fn receives_in_order(bob: &mut Process, n: usize) -> Result<()> {
+    for k in 0..n {
+        let line = bob.expect("received alice#")?;
+        ensure!(line.ends_with(&format!(": m{k}")), "lost or out of order: {line}");
+    }
+    Ok(())
+}
+
+/// Checks, after a pause for stragglers, that `bob` received exactly `n`
+/// messages from alice: none twice.
+fn received_exactly(bob: &mut Process, n: usize) -> Result<()> {
+    std::thread::sleep(Duration::from_millis(300));
+    let from_alice = bob
+        .drain()
+        .iter()
+        .filter(|l| l.starts_with("received alice#"))
+        .count();
+    ensure!(
+        from_alice == n,
+        "bob got {from_alice} messages from alice, not {n}"
+    );
+    Ok(())
 }
 
 #[test]
@@ -82,27 +106,13 @@ fn a_primary_restarted_while_its_backups_are_unheard_never_serves_empty() -> Res
     );
 
     let mut bob = registered("bob", &routers, dir.path())?;
-    let mut got = BTreeSet::new();
-    for n in 0..MESSAGES {
-        let line = bob.expect("received alice#")?;
-        ensure!(line.ends_with(&format!(": m{n}")), "out of order: {line}");
-        ensure!(got.insert(line.clone()), "twice: {line}");
-    }
+    receives_in_order(&mut bob, MESSAGES)?;
     // Registrations and the group survived: bob's secret still works (he
     // registered above) and the group still delivers.
     bob.send("SEND_MSG team hello team")?;
     bob.expect("sent bob#")?;
     alice.expect("received bob#")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let from_alice = bob
-        .drain()
-        .iter()
-        .filter(|l| l.starts_with("received alice#"))
-        .count();
-    ensure!(
-        from_alice == MESSAGES,
-        "bob got {from_alice} messages from alice, not {MESSAGES}"
-    );
+    received_exactly(&mut bob, MESSAGES)?;
     Ok(())
 }
 
@@ -170,16 +180,7 @@ fn two_quick_deaths_make_the_cluster_wait_and_a_restart_brings_it_back() -> Resu
     );
 
     let mut bob = registered("bob", &cluster.router_list(), dir.path())?;
-    for n in 0..2 * MESSAGES {
-        let line = bob.expect("received alice#")?;
-        ensure!(line.ends_with(&format!(": m{n}")), "lost or out of order: {line}");
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let from_alice = bob
-        .drain()
-        .iter()
-        .filter(|l| l.starts_with("received alice#"))
-        .count();
-    ensure!(from_alice == 2 * MESSAGES, "bob got {from_alice} messages");
+    receives_in_order(&mut bob, 2 * MESSAGES)?;
+    received_exactly(&mut bob, 2 * MESSAGES)?;
     Ok(())
 }
