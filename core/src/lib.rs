@@ -19,6 +19,7 @@
 #[cfg(feature = "planted-bugs")]
 pub mod bugs;
 pub mod client;
+pub mod cluster_auth;
 pub mod ids;
 pub mod machine;
 pub mod rm;
