@@ -191,7 +191,13 @@ enum Side {
     Acceptor,
 }
 
-fn proof(key: &ClusterKey, side: Side, challenge: &Nonce, nonce: &Nonce, id: Option<&ReplicaId>) -> Hmac<Sha256> {
+fn proof(
+    key: &ClusterKey,
+    side: Side,
+    challenge: &Nonce,
+    nonce: &Nonce,
+    id: Option<&ReplicaId>,
+) -> Hmac<Sha256> {
     let mut mac = key.mac();
     mac.update(b"peerlink-cluster-v1\0");
     mac.update(match side {
@@ -222,14 +228,21 @@ impl Acceptor {
 
     /// The first frame to send.
     pub fn challenge(&self) -> AuthFrame {
-        AuthFrame::Challenge { nonce: self.challenge }
+        AuthFrame::Challenge {
+            nonce: self.challenge,
+        }
     }
 
     /// Checks the connector's answer. On success, returns the identity it
     /// proved and the frame to answer with; on failure, the error (answer
     /// with [`AuthFrame::Refused`] and close).
     pub fn on_hello(&self, frame: AuthFrame) -> Result<(Option<ReplicaId>, AuthFrame), AuthError> {
-        let AuthFrame::Hello { id, nonce, proof: claimed } = frame else {
+        let AuthFrame::Hello {
+            id,
+            nonce,
+            proof: claimed,
+        } = frame
+        else {
             return Err(AuthError::Unexpected { expected: "hello" });
         };
         proof(&self.key, Side::Connector, &self.challenge, &nonce, id.as_ref())
@@ -267,10 +280,18 @@ impl Connector {
     /// Answers the acceptor's challenge with the frame to send.
     pub fn on_challenge(&mut self, frame: AuthFrame) -> Result<AuthFrame, AuthError> {
         let AuthFrame::Challenge { nonce: challenge } = frame else {
-            return Err(AuthError::Unexpected { expected: "challenge" });
+            return Err(AuthError::Unexpected {
+                expected: "challenge",
+            });
         };
         self.challenge = Some(challenge);
-        let mac = proof(&self.key, Side::Connector, &challenge, &self.nonce, self.id.as_ref());
+        let mac = proof(
+            &self.key,
+            Side::Connector,
+            &challenge,
+            &self.nonce,
+            self.id.as_ref(),
+        );
         Ok(AuthFrame::Hello {
             id: self.id.clone(),
             nonce: self.nonce,
@@ -287,11 +308,19 @@ impl Connector {
             _ => return Err(AuthError::Unexpected { expected: "welcome" }),
         };
         let Some(challenge) = self.challenge else {
-            return Err(AuthError::Unexpected { expected: "challenge" });
+            return Err(AuthError::Unexpected {
+                expected: "challenge",
+            });
         };
-        proof(&self.key, Side::Acceptor, &challenge, &self.nonce, self.id.as_ref())
-            .verify_slice(&claimed.0)
-            .map_err(|_| AuthError::WrongProof)
+        proof(
+            &self.key,
+            Side::Acceptor,
+            &challenge,
+            &self.nonce,
+            self.id.as_ref(),
+        )
+        .verify_slice(&claimed.0)
+        .map_err(|_| AuthError::WrongProof)
     }
 }
 
@@ -308,7 +337,11 @@ mod tests {
     }
 
     /// Runs a whole handshake between holders of `a` (acceptor) and `c`.
-    fn handshake(a: &ClusterKey, c: &ClusterKey, id: Option<ReplicaId>) -> Result<Option<ReplicaId>, AuthError> {
+    fn handshake(
+        a: &ClusterKey,
+        c: &ClusterKey,
+        id: Option<ReplicaId>,
+    ) -> Result<Option<ReplicaId>, AuthError> {
         let acceptor = Acceptor::new(a.clone(), Nonce([1; NONCE_LEN]));
         let mut connector = Connector::new(c.clone(), id, Nonce([2; NONCE_LEN]));
         let hello = connector.on_challenge(acceptor.challenge())?;
@@ -335,7 +368,13 @@ mod tests {
         connector.on_challenge(impostor.challenge()).unwrap();
         // The impostor cannot check the proof, so it just welcomes with
         // what it can compute.
-        let forged = proof(&key(8), Side::Acceptor, &Nonce([1; NONCE_LEN]), &Nonce([2; NONCE_LEN]), r("r2").as_ref());
+        let forged = proof(
+            &key(8),
+            Side::Acceptor,
+            &Nonce([1; NONCE_LEN]),
+            &Nonce([2; NONCE_LEN]),
+            r("r2").as_ref(),
+        );
         let welcome = AuthFrame::Welcome {
             proof: Proof(forged.finalize().into_bytes().to_vec()),
         };
@@ -346,7 +385,8 @@ mod tests {
     fn a_proof_is_bound_to_the_identity_and_the_challenge() {
         let acceptor = Acceptor::new(key(7), Nonce([1; NONCE_LEN]));
         let mut connector = Connector::new(key(7), r("r2"), Nonce([2; NONCE_LEN]));
-        let AuthFrame::Hello { nonce, proof, .. } = connector.on_challenge(acceptor.challenge()).unwrap() else {
+        let AuthFrame::Hello { nonce, proof, .. } = connector.on_challenge(acceptor.challenge()).unwrap()
+        else {
             panic!("a hello");
         };
         let renamed = AuthFrame::Hello {
@@ -357,7 +397,11 @@ mod tests {
         assert_eq!(acceptor.on_hello(renamed), Err(AuthError::WrongProof));
         // Replayed to another acceptor, whose challenge differs.
         let other = Acceptor::new(key(7), Nonce([3; NONCE_LEN]));
-        let replay = AuthFrame::Hello { id: r("r2"), nonce, proof };
+        let replay = AuthFrame::Hello {
+            id: r("r2"),
+            nonce,
+            proof,
+        };
         assert_eq!(other.on_hello(replay), Err(AuthError::WrongProof));
     }
 
@@ -381,10 +425,16 @@ mod tests {
     #[test]
     fn frames_out_of_order_are_refused() {
         let acceptor = Acceptor::new(key(7), Nonce([1; NONCE_LEN]));
-        assert!(matches!(acceptor.on_hello(acceptor.challenge()), Err(AuthError::Unexpected { .. })));
+        assert!(matches!(
+            acceptor.on_hello(acceptor.challenge()),
+            Err(AuthError::Unexpected { .. })
+        ));
         let connector = Connector::new(key(7), None, Nonce([2; NONCE_LEN]));
         let refused = AuthFrame::Refused { message: "no".into() };
-        assert_eq!(connector.on_welcome(refused), Err(AuthError::Refused("no".into())));
+        assert_eq!(
+            connector.on_welcome(refused),
+            Err(AuthError::Refused("no".into()))
+        );
     }
 
     #[test]
@@ -400,7 +450,11 @@ mod tests {
     #[test]
     fn handshake_frames_round_trip_and_reject_junk() {
         let mut connector = Connector::new(key(7), r("r2"), Nonce([2; NONCE_LEN]));
-        let hello = connector.on_challenge(AuthFrame::Challenge { nonce: Nonce([9; NONCE_LEN]) }).unwrap();
+        let hello = connector
+            .on_challenge(AuthFrame::Challenge {
+                nonce: Nonce([9; NONCE_LEN]),
+            })
+            .unwrap();
         let line = serde_json::to_string(&hello).unwrap();
         assert!(line.len() < MAX_HANDSHAKE_FRAME);
         assert_eq!(serde_json::from_str::<AuthFrame>(&line).unwrap(), hello);

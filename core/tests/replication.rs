@@ -22,13 +22,19 @@ fn member(id: &str) -> Member {
     Member {
         id: ReplicaId::new(id).unwrap(),
         addr: format!("{id}:1"),
+        cluster_addr: format!("{id}:2"),
         incarnation: 1,
     }
 }
 
 fn router(id: &str, now: Instant) -> Router {
-    let replication =
-        ReplicationConfig::new(ReplicaId::new(id).unwrap(), format!("{id}:1"), "rm:1".into(), 1);
+    let replication = ReplicationConfig::new(
+        ReplicaId::new(id).unwrap(),
+        format!("{id}:1"),
+        format!("{id}:2"),
+        "rm:1".into(),
+        1,
+    );
     let config = RouterConfig {
         replication: Some(replication),
         ..RouterConfig::default()
@@ -185,7 +191,8 @@ impl Pair {
                         let conn = ConnId(self.next_conn);
                         self.f_conn = Some(conn);
                         self.f_attempt = attempt;
-                        self.p.handle(self.now, RouterInput::Connected(conn));
+                        let id = Some(ReplicaId::new("f").unwrap());
+                        self.p.handle(self.now, RouterInput::MemberConnected { conn, id });
                         self.f.handle(
                             self.now,
                             RouterInput::LinkUp {
@@ -604,7 +611,13 @@ fn a_minimum_of_zero_lets_a_lone_primary_commit() {
 #[test]
 fn a_router_named_primary_for_an_earlier_life_does_not_serve() {
     let now = epoch();
-    let replication = ReplicationConfig::new(ReplicaId::new("p").unwrap(), "p:1".into(), "rm:1".into(), 2);
+    let replication = ReplicationConfig::new(
+        ReplicaId::new("p").unwrap(),
+        "p:1".into(),
+        "p:2".into(),
+        "rm:1".into(),
+        2,
+    );
     let config = RouterConfig {
         replication: Some(replication),
         ..RouterConfig::default()
@@ -768,4 +781,58 @@ fn a_suspended_primary_does_not_resume_on_an_answer_older_than_its_lease() {
         .handle(pair.now, RouterInput::FromRm(RmReply::Heard { beat, config }));
     pair.pump();
     assert!(!pair.p.is_serving(), "resumed on a stale lease");
+}
+
+/// What the primary answers a connection that proved to be `proven` (a
+/// cluster connection) or is a client connection (`None`), when it asks to
+/// follow as `follower`.
+fn follow_as(proven: Option<Option<&str>>, follower: &str) -> Vec<RouterOutput> {
+    let mut pair = Pair::new();
+    pair.heal();
+    assert!(pair.p.is_serving());
+    let conn = ConnId(500);
+    match proven {
+        Some(id) => {
+            let id = id.map(|s| ReplicaId::new(s).unwrap());
+            pair.p.handle(pair.now, RouterInput::MemberConnected { conn, id });
+        }
+        None => pair.p.handle(pair.now, RouterInput::Connected(conn)),
+    }
+    let _ = std::iter::from_fn(|| pair.p.poll_output()).count();
+    let frame = FollowerFrame::Follow {
+        id: ReplicaId::new(follower).unwrap(),
+        epoch: Epoch(2),
+        lsn: Lsn(0),
+        stream_epoch: Epoch(0),
+    };
+    pair.p.handle(pair.now, RouterInput::Follower(conn, frame));
+    std::iter::from_fn(|| pair.p.poll_output()).collect()
+}
+
+fn streams_state(out: &[RouterOutput]) -> bool {
+    out.iter().any(|o| {
+        matches!(
+            o,
+            RouterOutput::Replicate(
+                ConnId(500),
+                PrimaryFrame::Checkpoint { .. } | PrimaryFrame::Entry { .. }
+            )
+        )
+    })
+}
+
+#[test]
+fn only_a_member_that_proved_its_identity_may_follow() {
+    let out = follow_as(Some(Some("f")), "f");
+    assert!(streams_state(&out), "the backup itself: {out:?}");
+    for (proven, follower) in [
+        (None, "f"),            // a client connection
+        (Some(None), "f"),      // an operator's tool
+        (Some(Some("g")), "f"), // another identity
+        (Some(Some("g")), "g"), // not in the configuration
+        (Some(Some("p")), "p"), // the primary itself
+    ] {
+        let out = follow_as(proven, follower);
+        assert!(!streams_state(&out), "{proven:?} as {follower}: {out:?}");
+    }
 }

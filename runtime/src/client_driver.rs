@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use bytes::BytesMut;
 use peerlink_core::client::{Client, ClientEvent, ClientInput, ClientOutput, Command};
 use peerlink_core::wire::{decode_server_frame, ClientFrame, ServerFrame};
 use peerlink_core::Machine;
@@ -128,7 +129,7 @@ pub async fn run_client<N: Network>(
                 let input = match outcome {
                     Attempt::Connected(stream) => {
                         let max = config.max_frame_len;
-                        let c = connection::spawn(stream, attempt, max, decode_server_frame, frames_tx.clone());
+                        let c = connection::spawn(stream, BytesMut::new(), attempt, max, decode_server_frame, frames_tx.clone());
                         current = Some((attempt, c));
                         ClientInput::Connected { attempt }
                     }

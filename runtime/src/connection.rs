@@ -64,9 +64,12 @@ impl<O> Drop for Connection<O> {
 
 /// Spawns the reader and writer tasks of `stream` on the current `LocalSet`.
 /// The reader sends `(key, Inbound)` to `inbound`, decoding each line with
-/// `decode`; it waits when `inbound` is full, which pushes back on the peer.
+/// `decode`, starting with the bytes already `buffered` (read past a
+/// handshake); it waits when `inbound` is full, which pushes back on the
+/// peer.
 pub(crate) fn spawn<S, I, O, K>(
     stream: S,
+    buffered: BytesMut,
     key: K,
     max_frame_len: usize,
     decode: fn(&[u8]) -> Result<I, FrameError>,
@@ -83,7 +86,8 @@ where
     let on_write_failure = (key.clone(), inbound.clone());
     let reader = tokio::task::spawn_local(async move {
         let mut decoder = LineDecoder::new(max_frame_len);
-        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let mut buf = buffered;
+        buf.reserve(8 * 1024);
         let reason = loop {
             while let Some(line) = decoder.decode(&mut buf) {
                 let report = match line.and_then(|line| decode(&line)) {

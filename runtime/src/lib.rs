@@ -8,6 +8,7 @@
 //! binary and turmoil both do).
 
 pub mod client_driver;
+pub mod cluster_link;
 mod connection;
 pub mod net;
 pub mod rm_driver;

@@ -1,21 +1,24 @@
 //! The replica manager's driver: accepts routers' (and `peerlink status`')
-//! connections, feeds their requests to a [`ReplicaManager`], and persists
-//! each configuration through a [`ConfigStore`] before the machine may
-//! announce it.
+//! connections, runs the membership handshake on each
+//! ([`cluster_link::accept`]), feeds the requests of those that pass it to
+//! a [`ReplicaManager`], and persists each configuration through a
+//! [`ConfigStore`] before the machine may announce it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use peerlink_core::ids::ConnId;
+use peerlink_core::ids::{ConnId, ReplicaId};
 use peerlink_core::rm::{ReplicaManager, RmInput, RmOutput};
 use peerlink_core::wire::cluster::{Configuration, RmReply, RmRequest};
 use peerlink_core::wire::decode_as;
 use peerlink_core::Machine;
 use tokio::sync::mpsc;
 
+use crate::cluster_link::{self, Authenticated, ClusterAuth, HandshakeError};
 use crate::connection::{self, Connection, Inbound, Outbound};
 use crate::net::Listener;
 use crate::now;
@@ -26,6 +29,17 @@ use crate::timer::sleep_until;
 /// replica manager saves, with fields `epoch`, `primary`, `backups` and
 /// `candidates`.
 pub const CONFIG_TARGET: &str = "peerlink::config";
+
+/// The most connections at once, handshakes under way included; more are
+/// closed at once. Each router holds one; `peerlink status` one while it
+/// asks.
+pub const MAX_RM_CONNECTIONS: usize = 256;
+
+/// A finished handshake.
+type Handshake<S> = (
+    SocketAddr,
+    Result<(Authenticated<S>, Option<ReplicaId>), HandshakeError>,
+);
 
 /// How long the driver waits before retrying a failed persist.
 const PERSIST_RETRY: Duration = Duration::from_millis(500);
@@ -82,16 +96,19 @@ impl ConfigStore for FileStore {
     }
 }
 
-/// Runs the replica manager on connections accepted from `listener` until
-/// `shutdown` resolves. A configuration that cannot be saved is retried;
-/// until it is saved it is not announced.
+/// Runs the replica manager on connections accepted from `listener` that
+/// prove membership with `auth`, until `shutdown` resolves. A configuration
+/// that cannot be saved is retried; until it is saved it is not announced.
 pub async fn run_rm<L: Listener, S: ConfigStore>(
     mut rm: ReplicaManager,
     mut listener: L,
+    mut auth: ClusterAuth,
     mut store: S,
     max_frame_len: usize,
     shutdown: impl Future<Output = ()>,
 ) {
+    let (handshakes_tx, mut handshakes) = mpsc::channel::<Handshake<L::Stream>>(16);
+    let mut handshaking = 0usize;
     let (inbound_tx, mut inbound) = mpsc::channel::<(ConnId, Inbound<RmRequest>)>(1024);
     let mut conns: BTreeMap<ConnId, Connection<RmReply>> = BTreeMap::new();
     let mut next_conn = ConnId(0);
@@ -154,8 +171,21 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
                 };
                 rm.handle(now(), input);
             }
+            Some((addr, outcome)) = handshakes.recv() => {
+                handshaking -= 1;
+                match outcome {
+                    Ok((Authenticated { stream, buffered }, id)) => {
+                        next_conn = next_conn.next();
+                        tracing::debug!(conn = ?next_conn, %addr, ?id, "member connected");
+                        let c = connection::spawn(stream, buffered, next_conn, max_frame_len, decode_as, inbound_tx.clone());
+                        conns.insert(next_conn, c);
+                        rm.handle(now(), RmInput::Connected { conn: next_conn, id });
+                    }
+                    Err(error) => tracing::warn!(%addr, %error, "refused a connection"),
+                }
+            }
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, addr) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -163,10 +193,16 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
                         continue;
                     }
                 };
-                next_conn = next_conn.next();
-                let c = connection::spawn(stream, next_conn, max_frame_len, decode_as, inbound_tx.clone());
-                conns.insert(next_conn, c);
-                rm.handle(now(), RmInput::Connected(next_conn));
+                if handshaking + conns.len() >= MAX_RM_CONNECTIONS {
+                    tracing::warn!(%addr, limit = MAX_RM_CONNECTIONS, "refusing a connection: too many");
+                    continue;
+                }
+                handshaking += 1;
+                let (key, challenge, handshakes_tx) = (auth.key().clone(), auth.nonce(), handshakes_tx.clone());
+                tokio::task::spawn_local(async move {
+                    let outcome = cluster_link::accept(stream, key, challenge).await;
+                    let _ = handshakes_tx.send((addr, outcome)).await;
+                });
             }
         }
     }

@@ -1,20 +1,31 @@
-//! The router's driver: accepts connections, keeps the router's outgoing
-//! links (to the replica manager, and to its primary while following one),
-//! feeds every frame to a [`Router`], and carries out its outputs.
+//! The router's driver: accepts client connections, and — in a cluster —
+//! member connections on a separate cluster listener, keeps the router's
+//! outgoing links (to the replica manager, and to its primary while
+//! following one), feeds every frame to a [`Router`], and carries out its
+//! outputs.
+//!
+//! The two listeners never mix: the client listener decodes client frames
+//! only, and the cluster listener hands a connection to the router only
+//! once it has passed the membership handshake ([`cluster_link`]), and then
+//! decodes follower frames only. Outgoing links run the handshake too.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use peerlink_core::ids::ConnId;
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use peerlink_core::ids::{ConnId, ReplicaId};
 use peerlink_core::router::replication::Link;
 use peerlink_core::router::{Router, RouterInput, RouterOutput};
 use peerlink_core::wire::cluster::{FollowerFrame, PrimaryFrame, RmReply, RmRequest};
-use peerlink_core::wire::{decode_as, decode_router_inbound, ErrorCode, RouterInbound, ServerFrame};
+use peerlink_core::wire::{decode_as, decode_client_frame, ClientFrame, ErrorCode, FrameError, ServerFrame};
 use peerlink_core::Machine;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::cluster_link::{self, Authenticated, ClusterAuth, HandshakeError};
 use crate::connection::{self, Connection, Inbound, Outbound};
 use crate::net::{Listener, Network};
 use crate::now;
@@ -46,6 +57,43 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// carries the whole state in one frame.
 pub const MAX_REPLICATION_FRAME: usize = 1 << 30;
 
+/// The most connections to the cluster listener at once, handshakes under
+/// way included; more are closed at once. A cluster has a handful of
+/// members, each with one or two connections.
+pub const MAX_CLUSTER_CONNECTIONS: usize = 64;
+
+/// A replicated router's cluster side: the listener members connect to, and
+/// the credentials every cluster link proves itself with.
+#[derive(Debug)]
+pub struct ClusterPort<L> {
+    /// The cluster listener.
+    pub listener: L,
+    /// The cluster key and a nonce source.
+    pub auth: ClusterAuth,
+}
+
+/// What arrives on an accepted connection: a client's frame, or (on the
+/// cluster listener) a follower's.
+#[derive(Debug)]
+enum FromAccepted {
+    Client(ClientFrame),
+    Follower(FollowerFrame),
+}
+
+fn decode_client(line: &[u8]) -> Result<FromAccepted, FrameError> {
+    decode_client_frame(line).map(FromAccepted::Client)
+}
+
+fn decode_follower(line: &[u8]) -> Result<FromAccepted, FrameError> {
+    decode_as::<FollowerFrame>(line).map(FromAccepted::Follower)
+}
+
+/// A finished handshake on the cluster listener.
+type Handshake<S> = (
+    SocketAddr,
+    Result<(Authenticated<S>, Option<ReplicaId>), HandshakeError>,
+);
+
 /// Limits the driver enforces around the machine.
 #[derive(Debug, Clone)]
 pub struct RouterLimits {
@@ -68,7 +116,7 @@ enum ToAccepted {
 
 /// What connection attempts report.
 enum Attempt<S> {
-    Connected(S),
+    Connected(Authenticated<S>),
     Failed(String),
 }
 
@@ -87,22 +135,31 @@ impl<O> LinkConn<O> {
     }
 }
 
-/// Runs `router` on connections accepted from `listener` (and the links it
-/// asks for, made over `net`) until `shutdown` resolves. A failing `accept`
-/// (a connection reset, or running out of file descriptors) is logged and
+/// Runs `router` on connections accepted from `listener` — and, for a
+/// replicated router, from `cluster`'s listener, and the links it asks for,
+/// made over `net` — until `shutdown` resolves. A failing `accept` (a
+/// connection reset, or running out of file descriptors) is logged and
 /// retried after [`ACCEPT_BACKOFF`]; it never stops the router.
 pub async fn run_router<N: Network>(
     net: N,
     mut router: Router,
     mut listener: N::Listener,
+    cluster: Option<ClusterPort<N::Listener>>,
     limits: RouterLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (inbound_tx, mut inbound) = mpsc::channel::<(ConnId, Inbound<RouterInbound>)>(INBOUND_QUEUE);
+    let (mut cluster_listener, mut auth) = match cluster {
+        Some(c) => (Some(c.listener), Some(c.auth)),
+        None => (None, None),
+    };
+    let (handshakes_tx, mut handshakes) = mpsc::channel::<Handshake<N::Stream>>(16);
+    let mut handshaking = 0usize;
+    let mut members = 0usize;
+    let (inbound_tx, mut inbound) = mpsc::channel::<(ConnId, Inbound<FromAccepted>)>(INBOUND_QUEUE);
     let (attempts_tx, mut attempts) = mpsc::channel::<(Link, u64, Attempt<N::Stream>)>(16);
     let (rm_tx, mut from_rm) = mpsc::channel::<(u64, Inbound<RmReply>)>(256);
     let (primary_tx, mut from_primary) = mpsc::channel::<(u64, Inbound<PrimaryFrame>)>(INBOUND_QUEUE);
-    let mut conns: BTreeMap<ConnId, Connection<ToAccepted>> = BTreeMap::new();
+    let mut conns: BTreeMap<ConnId, Accepted> = BTreeMap::new();
     let mut rm_link: LinkConn<RmRequest> = LinkConn::new();
     let mut primary_link: LinkConn<FollowerFrame> = LinkConn::new();
     let mut next_conn = ConnId(0);
@@ -113,7 +170,7 @@ pub async fn run_router<N: Network>(
             match output {
                 RouterOutput::Send(conn, frame) => {
                     if let Some(c) = conns.get(&conn) {
-                        c.send(Outbound::Frame(ToAccepted::Client(frame)));
+                        c.conn.send(Outbound::Frame(ToAccepted::Client(frame)));
                     }
                 }
                 RouterOutput::Replicate(conn, frame) => {
@@ -121,13 +178,14 @@ pub async fn run_router<N: Network>(
                         tracing::debug!(target: CHECKPOINT_TARGET, ?conn, epoch = epoch.0, lsn = lsn.0, "checkpoint");
                     }
                     if let Some(c) = conns.get(&conn) {
-                        c.send(Outbound::Frame(ToAccepted::Follower(frame)));
+                        c.conn.send(Outbound::Frame(ToAccepted::Follower(frame)));
                     }
                 }
                 RouterOutput::Close(conn) => {
                     if let Some(c) = conns.remove(&conn) {
                         tracing::debug!(?conn, "closing connection");
-                        c.send(Outbound::Close);
+                        members -= usize::from(c.member);
+                        c.conn.send(Outbound::Close);
                     }
                 }
                 RouterOutput::Connect { link, attempt, addr } => {
@@ -138,9 +196,21 @@ pub async fn run_router<N: Network>(
                     tracing::debug!(?link, attempt, %addr, "connecting");
                     let (net, attempts_tx, timeout) =
                         (net.clone(), attempts_tx.clone(), limits.connect_timeout);
+                    let credentials = auth.as_mut().map(|a| (a.key().clone(), a.nonce()));
+                    let id = router.replica_id().cloned();
                     tokio::task::spawn_local(async move {
                         let outcome = match tokio::time::timeout(timeout, net.connect(&addr)).await {
-                            Ok(Ok(stream)) => Attempt::Connected(stream),
+                            Ok(Ok(stream)) => match credentials {
+                                Some((key, nonce)) => match cluster_link::connect(stream, key, id, nonce)
+                                    .await
+                                {
+                                    Ok(authenticated) => Attempt::Connected(authenticated),
+                                    Err(e) => Attempt::Failed(format!("handshake with {addr} failed: {e}")),
+                                },
+                                None => {
+                                    Attempt::Failed("a standalone router has no cluster credentials".into())
+                                }
+                            },
                             Ok(Err(e)) => Attempt::Failed(format!("connect to {addr} failed: {e}")),
                             Err(_) => Attempt::Failed(format!("connect to {addr} timed out")),
                         };
@@ -211,14 +281,14 @@ pub async fn run_router<N: Network>(
                     continue;
                 }
                 let input = match outcome {
-                    Attempt::Connected(stream) => {
+                    Attempt::Connected(Authenticated { stream, buffered }) => {
                         match link {
                             Link::Rm => {
-                                let c = connection::spawn(stream, attempt, limits.max_frame_len, decode_as, rm_tx.clone());
+                                let c = connection::spawn(stream, buffered, attempt, limits.max_frame_len, decode_as, rm_tx.clone());
                                 rm_link.conn = Some(c);
                             }
                             Link::Primary => {
-                                let c = connection::spawn(stream, attempt, MAX_REPLICATION_FRAME, decode_as, primary_tx.clone());
+                                let c = connection::spawn(stream, buffered, attempt, MAX_REPLICATION_FRAME, decode_as, primary_tx.clone());
                                 primary_link.conn = Some(c);
                             }
                         }
@@ -259,15 +329,51 @@ pub async fn run_router<N: Network>(
             }
             Some((conn, event)) = inbound.recv() => {
                 let now = now();
-                router.handle(now, accepted_input(&mut conns, conn, event));
+                router.handle(now, accepted_input(&mut conns, &mut members, conn, event));
                 // Take what else has arrived without another trip through
                 // `select!`; the budget keeps timers and accepts served.
                 for _ in 1..INBOUND_BATCH {
                     let Ok((conn, event)) = inbound.try_recv() else {
                         break;
                     };
-                    router.handle(now, accepted_input(&mut conns, conn, event));
+                    router.handle(now, accepted_input(&mut conns, &mut members, conn, event));
                 }
+            }
+            Some((addr, outcome)) = handshakes.recv() => {
+                handshaking -= 1;
+                match outcome {
+                    Ok((Authenticated { stream, buffered }, id)) => {
+                        next_conn = next_conn.next();
+                        let conn = next_conn;
+                        tracing::debug!(?conn, %addr, ?id, "cluster member connected");
+                        let c = connection::spawn(stream, buffered, conn, limits.max_frame_len, decode_follower, inbound_tx.clone());
+                        conns.insert(conn, Accepted { conn: c, member: true });
+                        members += 1;
+                        router.handle(now(), RouterInput::MemberConnected { conn, id });
+                    }
+                    Err(error) => tracing::warn!(%addr, %error, "refused a cluster connection"),
+                }
+            }
+            accepted = accept_cluster(&mut cluster_listener) => {
+                let (stream, addr) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let Some(auth) = auth.as_mut() else { continue };
+                if handshaking + members >= MAX_CLUSTER_CONNECTIONS {
+                    tracing::warn!(%addr, limit = MAX_CLUSTER_CONNECTIONS, "refusing a cluster connection: too many");
+                    continue;
+                }
+                handshaking += 1;
+                let (key, challenge, handshakes_tx) = (auth.key().clone(), auth.nonce(), handshakes_tx.clone());
+                tokio::task::spawn_local(async move {
+                    let outcome = cluster_link::accept(stream, key, challenge).await;
+                    let _ = handshakes_tx.send((addr, outcome)).await;
+                });
             }
             accepted = listener.accept() => {
                 let (stream, addr) = match accepted {
@@ -280,8 +386,8 @@ pub async fn run_router<N: Network>(
                 };
                 next_conn = next_conn.next();
                 let conn = next_conn;
-                let c = connection::spawn(stream, conn, limits.max_frame_len, decode_router_inbound, inbound_tx.clone());
-                if conns.len() >= limits.max_connections {
+                let c = connection::spawn(stream, BytesMut::new(), conn, limits.max_frame_len, decode_client, inbound_tx.clone());
+                if conns.len() - members >= limits.max_connections {
                     tracing::warn!(%addr, limit = limits.max_connections, "refusing connection: too many");
                     c.send(Outbound::Frame(ToAccepted::Client(ServerFrame::Closing {
                         code: ErrorCode::Busy,
@@ -291,7 +397,7 @@ pub async fn run_router<N: Network>(
                     continue;
                 }
                 tracing::debug!(?conn, %addr, "connection accepted");
-                conns.insert(conn, c);
+                conns.insert(conn, Accepted { conn: c, member: false });
                 router.handle(now(), RouterInput::Connected(conn));
             }
         }
@@ -326,23 +432,40 @@ fn primary_input(
     router.handle(now, input);
 }
 
+/// Waits for the next connection on the cluster listener, if there is one.
+async fn accept_cluster<L: Listener>(listener: &mut Option<L>) -> std::io::Result<(L::Stream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An accepted connection, and whether it came through the cluster listener.
+struct Accepted {
+    conn: Connection<ToAccepted>,
+    member: bool,
+}
+
 /// The router's input for what an accepted connection reported; forgets
 /// the connection when it ended.
 fn accepted_input(
-    conns: &mut BTreeMap<ConnId, Connection<ToAccepted>>,
+    conns: &mut BTreeMap<ConnId, Accepted>,
+    members: &mut usize,
     conn: ConnId,
-    event: Inbound<RouterInbound>,
+    event: Inbound<FromAccepted>,
 ) -> RouterInput {
     match event {
-        Inbound::Frame(RouterInbound::Client(frame)) => RouterInput::Frame(conn, frame),
-        Inbound::Frame(RouterInbound::Follower(frame)) => RouterInput::Follower(conn, frame),
+        Inbound::Frame(FromAccepted::Client(frame)) => RouterInput::Frame(conn, frame),
+        Inbound::Frame(FromAccepted::Follower(frame)) => RouterInput::Follower(conn, frame),
         Inbound::Malformed(error) => {
             tracing::debug!(?conn, %error, "malformed frame");
             RouterInput::Malformed(conn, error)
         }
         Inbound::Closed(reason) => {
             tracing::debug!(?conn, %reason, "connection ended");
-            conns.remove(&conn);
+            if let Some(c) = conns.remove(&conn) {
+                *members -= usize::from(c.member);
+            }
             RouterInput::Disconnected(conn)
         }
     }

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use peerlink_core::client::{Client, ClientConfig, ClientEvent, Command, GroupOp};
+use peerlink_core::cluster_auth::ClusterKey;
 use peerlink_core::ids::{GroupName, PeerId, ReplicaId, Secret, Target};
 use peerlink_core::rm::{ReplicaManager, RmConfig};
 use peerlink_core::router::replication::ReplicationConfig;
@@ -18,9 +19,10 @@ use peerlink_core::testing::What;
 use peerlink_core::wire::cluster::Configuration;
 use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
 use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, Control};
+use peerlink_runtime::cluster_link::ClusterAuth;
 use peerlink_runtime::net::Network;
 use peerlink_runtime::rm_driver::{run_rm, ConfigStore};
-use peerlink_runtime::router_driver::{run_router, RouterLimits};
+use peerlink_runtime::router_driver::{run_router, ClusterPort, RouterLimits};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
@@ -29,13 +31,16 @@ use tracing_subscriber::layer::SubscriberExt;
 use crate::faults::{Injector, Plan, CLIENTS, RM, ROUTERS};
 use crate::net::TurmoilNetwork;
 use crate::observe::{Capture, Observed};
+use crate::rogue::{self, RogueKey, ROGUE};
 use crate::trace::{LogCapture, Recorder};
 use crate::Trace;
 
 /// The port routers listen on.
 pub(crate) const ROUTER_PORT: u16 = 8008;
+/// The port routers listen on for the other members of the cluster.
+pub(crate) const CLUSTER_PORT: u16 = 8009;
 /// The port the replica manager listens on.
-const RM_PORT: u16 = 8007;
+pub(crate) const RM_PORT: u16 = 8007;
 /// The group every client may join.
 const GROUP: &str = "g";
 
@@ -63,6 +68,8 @@ pub struct RunConfig {
     pub mailbox_limit: usize,
     /// The replica manager's failure timeout.
     pub failure_timeout: Duration,
+    /// A rogue host attacking the cluster throughout, and the key it holds.
+    pub rogue: Option<RogueKey>,
     /// Deliberate bugs to switch on in the RM and every router and client.
     #[cfg(feature = "planted-bugs")]
     pub bugs: peerlink_core::bugs::Bugs,
@@ -80,6 +87,7 @@ impl RunConfig {
             latency: Duration::from_millis(10),
             mailbox_limit: RouterConfig::default().mailbox_limit,
             failure_timeout: RmConfig::default().failure_timeout,
+            rogue: None,
             #[cfg(feature = "planted-bugs")]
             bugs: Default::default(),
         }
@@ -101,15 +109,42 @@ impl ConfigStore for MemoryStore {
     }
 }
 
-/// Runs `router` on [`ROUTER_PORT`] of the current host, for ever.
-pub(crate) async fn serve_router(router: Router) -> turmoil::Result {
+/// The cluster key of the run with `seed`.
+pub(crate) fn cluster_key(seed: u64) -> ClusterKey {
+    let bytes: [u8; 32] = ChaCha8Rng::seed_from_u64(seed ^ 0x6b65_795f_6b65_795f).random();
+    ClusterKey::new(bytes.to_vec()).expect("32 bytes make a key")
+}
+
+/// Credentials with `key` whose nonces come from `seed`.
+pub(crate) fn cluster_auth(key: ClusterKey, seed: u64) -> ClusterAuth {
+    ClusterAuth::new(key, ChaCha8Rng::seed_from_u64(seed).random())
+}
+
+/// Runs `router` on [`ROUTER_PORT`] of the current host — and, for a
+/// replicated router, its cluster listener on [`CLUSTER_PORT`] — for ever.
+pub(crate) async fn serve_router(router: Router, auth: Option<ClusterAuth>) -> turmoil::Result {
     let listener = TurmoilNetwork.bind(&format!("0.0.0.0:{ROUTER_PORT}")).await?;
+    let cluster = match auth {
+        Some(auth) => {
+            let listener = TurmoilNetwork.bind(&format!("0.0.0.0:{CLUSTER_PORT}")).await?;
+            Some(ClusterPort { listener, auth })
+        }
+        None => None,
+    };
     let limits = RouterLimits {
         max_frame_len: DEFAULT_MAX_FRAME_LEN,
         max_connections: 1_000,
         connect_timeout: Duration::from_secs(1),
     };
-    run_router(TurmoilNetwork, router, listener, limits, std::future::pending()).await;
+    run_router(
+        TurmoilNetwork,
+        router,
+        listener,
+        cluster,
+        limits,
+        std::future::pending(),
+    )
+    .await;
     Ok(())
 }
 
@@ -149,14 +184,28 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
         bugs: config.bugs,
         ..RmConfig::new(config.failure_timeout, RmConfig::default().min_backups)
     };
+    let key = cluster_key(config.seed);
+    let rm_key = key.clone();
+    let rm_starts = Rc::new(Cell::new(0u64));
+    let rm_seed = config.seed;
     sim.host(RM, move || {
         let mut store = store.clone();
         let rm_config = rm_config.clone();
+        rm_starts.set(rm_starts.get() + 1);
+        let auth = cluster_auth(rm_key.clone(), rm_seed.wrapping_add(rm_starts.get()));
         async move {
             let restored = store.load()?;
             let listener = TurmoilNetwork.bind(&format!("0.0.0.0:{RM_PORT}")).await?;
             let rm = ReplicaManager::new(rm_config, restored, peerlink_runtime::now());
-            run_rm(rm, listener, store, DEFAULT_MAX_FRAME_LEN, std::future::pending()).await;
+            run_rm(
+                rm,
+                listener,
+                auth,
+                store,
+                DEFAULT_MAX_FRAME_LEN,
+                std::future::pending(),
+            )
+            .await;
             Ok(())
         }
     });
@@ -166,13 +215,18 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
         let mailbox_limit = config.mailbox_limit;
         #[cfg(feature = "planted-bugs")]
         let bugs = config.bugs;
+        let key = key.clone();
         sim.host(*name, move || {
             starts.set(starts.get() + 1);
             let incarnation = starts.get();
+            let router_seed = seed.wrapping_add(100 * (n as u64 + 1) + incarnation);
+            let auth = cluster_auth(key.clone(), router_seed);
             async move {
                 let id = ReplicaId::new(*name)?;
                 let addr = format!("{name}:{ROUTER_PORT}");
-                let replication = ReplicationConfig::new(id, addr, format!("{RM}:{RM_PORT}"), incarnation);
+                let cluster_addr = format!("{name}:{CLUSTER_PORT}");
+                let rm = format!("{RM}:{RM_PORT}");
+                let replication = ReplicationConfig::new(id, addr, cluster_addr, rm, incarnation);
                 let router_config = RouterConfig {
                     replication: Some(replication),
                     mailbox_limit,
@@ -180,10 +234,17 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
                     bugs,
                     ..RouterConfig::default()
                 };
-                let router_seed = seed.wrapping_add(100 * (n as u64 + 1) + incarnation);
-                serve_router(Router::new(router_config, router_seed, peerlink_runtime::now())).await
+                serve_router(
+                    Router::new(router_config, router_seed, peerlink_runtime::now()),
+                    Some(auth),
+                )
+                .await
             }
         });
+    }
+    if let Some(which) = config.rogue {
+        let (key, seed) = (key.clone(), config.seed ^ 0x726f_6775_6572_6f67);
+        sim.host(ROGUE, move || rogue::run(which, key.clone(), seed));
     }
     for (i, name) in CLIENTS.iter().enumerate() {
         let workload = Workload {

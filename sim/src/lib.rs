@@ -16,6 +16,7 @@ pub mod failovers;
 pub mod faults;
 pub mod net;
 pub mod observe;
+pub mod rogue;
 pub mod scenario;
 mod trace;
 

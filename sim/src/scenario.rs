@@ -20,6 +20,7 @@ use crate::checker::{self, Violation};
 use crate::cluster::{self, RunConfig, ROUTER_PORT};
 use crate::faults::{Action, Fault, Plan, Trigger, Victim, CLIENTS, RM, ROUTERS};
 use crate::net::TurmoilNetwork;
+use crate::rogue::RogueKey;
 use crate::trace::{LogCapture, Recorder};
 use crate::Trace;
 
@@ -51,12 +52,8 @@ fn simulate(seed: u64, build: impl FnOnce(&mut turmoil::Sim<'_>, &Recorder)) -> 
 fn router_host(seed: u64) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = turmoil::Result>>> {
     move || {
         Box::pin(async move {
-            cluster::serve_router(Router::new(
-                RouterConfig::default(),
-                seed,
-                peerlink_runtime::now(),
-            ))
-            .await
+            let router = Router::new(RouterConfig::default(), seed, peerlink_runtime::now());
+            cluster::serve_router(router, None).await
         })
     }
 }
@@ -200,7 +197,7 @@ pub fn direct_and_group(seed: u64) -> Result<Trace, SimError> {
 }
 
 /// The named chaos scenarios, in the order `sweep --scenario all` runs them.
-pub const SCENARIOS: [&str; 14] = [
+pub const SCENARIOS: [&str; 15] = [
     "primary_crash",
     "silent_primary_crash",
     "primary_cut_from_rm",
@@ -215,6 +212,7 @@ pub const SCENARIOS: [&str; 14] = [
     "slow_network_primary_crash",
     "rolling_restarts",
     "paused_primary",
+    "rogue_during_failover",
 ];
 
 /// What one scenario run found.
@@ -242,6 +240,21 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
     };
     let plan = &mut config.plan;
     match name {
+        "rogue_during_failover" => {
+            // A non-member attacks every port throughout (see below); the
+            // primary crashes as in `primary_crash`, right after a Sent.
+            let down = secs(&mut rng, 1, 4);
+            let action = Action::Crash {
+                host: Victim::Primary,
+                down,
+            };
+            plan.push(fault(
+                secs(&mut rng, 4, 10),
+                Trigger::NextSent,
+                Duration::ZERO,
+                action,
+            ));
+        }
         "primary_crash" => {
             // Half the time, right after a client hears Sent.
             let trigger = if rng.random_bool(0.5) {
@@ -515,6 +528,9 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
             plan.push(fault(at, Trigger::NextSent, Duration::ZERO, action));
         }
         _ => return None,
+    }
+    if name == "rogue_during_failover" {
+        config.rogue = Some(RogueKey::Own);
     }
     Some(config)
 }

@@ -32,6 +32,11 @@ fn scenario(name: &str) {
 }
 
 #[test]
+fn rogue_during_failover() {
+    scenario("rogue_during_failover");
+}
+
+#[test]
 fn primary_crash() {
     scenario("primary_crash");
 }

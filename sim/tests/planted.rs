@@ -238,3 +238,22 @@ fn without_bugs_the_same_runs_are_clean() {
         assert!(violations.is_empty(), "seed {}: {violations:#?}", run.seed);
     }
 }
+
+/// The rogue of `rogue_during_failover` with the cluster's own key (a
+/// stolen key): its forged acknowledgements let the primary count a copy no
+/// backup has, and its forged heartbeats take roles away; the checker sees
+/// the damage. With a key of its own (the scenario as swept) it sees none.
+#[test]
+fn a_rogue_with_the_stolen_cluster_key_does_damage() {
+    let stolen = |seed| {
+        let mut run = scenario::config("rogue_during_failover", seed).expect("a known scenario");
+        run.rogue = Some(sim::rogue::RogueKey::Stolen);
+        run
+    };
+    caught(Bugs::default(), stolen, |v| {
+        matches!(
+            v,
+            Violation::Lost { .. } | Violation::StateLost { .. } | Violation::TwoCommitters { .. }
+        )
+    });
+}

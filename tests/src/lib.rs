@@ -3,6 +3,7 @@
 //! lines they print — always with a timeout, never with a fixed sleep.
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -276,9 +277,25 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The environment of the cluster's processes: the default cluster key
+    /// (created by the first process that needs it) lives in `data`.
+    fn env(data: &Path) -> Result<[(&'static str, &str); 1]> {
+        let dir = data.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?;
+        Ok([("XDG_DATA_HOME", dir)])
+    }
+
+    /// The cluster key file every member uses.
+    pub fn key_file(&self) -> PathBuf {
+        self.data.path().join("peerlink/cluster.key")
+    }
+
     fn start_rm(data: &Path, listen: &str) -> Result<(Process, String)> {
         let dir = data.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?;
-        let mut rm = Process::start("rm", &["rm", "--listen", listen, "--data-dir", dir], &[])?;
+        let mut rm = Process::start(
+            "rm",
+            &["rm", "--listen", listen, "--data-dir", dir],
+            &Self::env(data)?,
+        )?;
         let addr = listening_addr(&mut rm)?;
         Ok((rm, addr))
     }
@@ -307,7 +324,7 @@ impl Cluster {
     fn start_router_at(&self, i: usize, listen: &str) -> Result<(Process, String)> {
         let id = format!("r{i}");
         let args = ["router", "--id", &id, "--listen", listen, "--rm", &self.rm_addr];
-        let mut router = Process::start(&id, &args, &[])?;
+        let mut router = Process::start(&id, &args, &Self::env(self.data.path())?)?;
         let addr = listening_addr(&mut router)?;
         Ok((router, addr))
     }
@@ -344,10 +361,17 @@ impl Cluster {
         self.addrs.join(",")
     }
 
+    /// `peerlink <args>` with the cluster's key, ready to run.
+    pub fn command(&self, args: &[&str]) -> Result<Command> {
+        let mut command = Command::new(binary());
+        command.args(args).envs(Self::env(self.data.path())?);
+        Ok(command)
+    }
+
     /// The replica manager's view of the cluster, once.
     pub fn status(&self) -> Result<Status> {
-        let output = Command::new(binary())
-            .args(["status", "--json", "--rm", &self.rm_addr])
+        let output = self
+            .command(&["status", "--json", "--rm", &self.rm_addr])?
             .output()
             .context("cannot run peerlink status")?;
         if !output.status.success() {
@@ -411,6 +435,55 @@ impl Status {
             .iter()
             .find(|m| m["id"] == id)
             .and_then(|m| m["lsn"].as_u64())
+    }
+}
+
+/// A raw protocol connection: newline-delimited JSON by hand.
+pub struct Raw {
+    /// The reading side.
+    pub reader: BufReader<TcpStream>,
+    /// The writing side.
+    pub writer: TcpStream,
+}
+
+impl Raw {
+    /// Connects to `addr`; reads time out after [`WAIT`].
+    pub fn connect(addr: &str) -> Result<Self> {
+        let stream = TcpStream::connect(addr).context("connect")?;
+        stream.set_read_timeout(Some(WAIT))?;
+        Ok(Self {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    /// Writes `bytes` as they are.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.writer.write_all(bytes).context("write")
+    }
+
+    /// Reads one frame.
+    pub fn read(&mut self) -> Result<serde_json::Value> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).context("read a frame")?;
+        serde_json::from_str(&line).with_context(|| format!("non-JSON {line:?}"))
+    }
+
+    /// Reads until the other side closes; returns everything it sent.
+    pub fn rest(&mut self) -> String {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.reader, &mut rest);
+        rest
+    }
+
+    /// Sends `bytes` and returns the error code of the reply.
+    pub fn error_code(&mut self, bytes: &[u8]) -> Result<String> {
+        self.write(bytes)?;
+        let reply = self.read()?;
+        if reply["type"] != "error" {
+            bail!("expected an error, got {reply}");
+        }
+        Ok(reply["code"].as_str().unwrap_or_default().to_owned())
     }
 }
 

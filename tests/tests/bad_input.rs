@@ -1,48 +1,11 @@
 //! Garbage, oversized frames and protocol misuse over a raw TCP socket get
 //! error frames, while a connected pair of peers keeps talking.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use peerlink_tests::{registered, Router, TempDir, WAIT};
-use serde_json::Value;
-
-/// A raw protocol connection to a router.
-struct Raw {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Raw {
-    fn connect(addr: &str) -> Result<Self> {
-        let stream = TcpStream::connect(addr).context("connect")?;
-        stream.set_read_timeout(Some(WAIT))?;
-        Ok(Self {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        })
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.writer.write_all(bytes).context("write")
-    }
-
-    fn read(&mut self) -> Result<Value> {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).context("read a frame")?;
-        serde_json::from_str(&line).with_context(|| format!("the router sent non-JSON {line:?}"))
-    }
-
-    /// Sends `bytes` and returns the error code of the reply.
-    fn error_code(&mut self, bytes: &[u8]) -> Result<String> {
-        self.write(bytes)?;
-        let reply = self.read()?;
-        assert_eq!(reply["type"], "error", "{reply}");
-        Ok(reply["code"].as_str().unwrap_or_default().to_owned())
-    }
-}
+use anyhow::Result;
+use peerlink_tests::{registered, Raw, Router, TempDir};
 
 #[test]
 fn bad_frames_get_clear_errors_and_the_router_keeps_serving() -> Result<()> {

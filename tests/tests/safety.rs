@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use peerlink_tests::{binary, client, registered, Cluster, Process, TempDir};
+use peerlink_tests::{client, registered, Cluster, Process, TempDir};
 
 const MESSAGES: usize = 20;
 
@@ -153,9 +153,7 @@ fn two_quick_deaths_make_the_cluster_wait_and_a_restart_brings_it_back() -> Resu
         waiting.primary().is_some_and(|p| index(&p) == backups[1]),
         "the surviving backup is primary: {waiting:?}"
     );
-    let status = std::process::Command::new(binary())
-        .args(["status", "--rm", &cluster.rm_addr])
-        .output()?;
+    let status = cluster.command(&["status", "--rm", &cluster.rm_addr])?.output()?;
     let status = String::from_utf8_lossy(&status.stdout);
     ensure!(
         status.contains("commits wait:"),

@@ -3,6 +3,11 @@
 //! RM alone decides who is primary, who is a backup, and who is catching up.
 //!
 //! Rules:
+//! - Every connection has proven, before the RM hears of it, that it holds
+//!   the cluster key, and which router it is (or that it is an operator's
+//!   tool): [`RmInput::Connected`]. A request naming another router is
+//!   refused with `unauthorized`; a tool may only ask for the status.
+//!   Addresses are stored only when valid ([`check_addr`]).
 //! - Routers heartbeat the RM; every heartbeat is answered with the current
 //!   configuration ([`RmReply::Heard`], which renews the primary's lease),
 //!   and every new configuration is pushed to every router connected.
@@ -41,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use crate::ids::{ConnId, Epoch, Lsn, ReplicaId};
 use crate::machine::Machine;
-use crate::wire::cluster::{Configuration, Member, MemberStatus, RmReply, RmRequest};
+use crate::wire::cluster::{check_addr, Configuration, Member, MemberStatus, RmReply, RmRequest};
 use crate::wire::{ErrorCode, FrameError};
 
 /// Tunables of a [`ReplicaManager`].
@@ -83,8 +88,14 @@ impl Default for RmConfig {
 /// What a [`ReplicaManager`] reacts to.
 #[derive(Debug, Clone)]
 pub enum RmInput {
-    /// A router (or `peerlink status`) connected.
-    Connected(ConnId),
+    /// A connection passed the membership handshake as router `id`, or
+    /// as an operator's tool (`peerlink status`) for `None`.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// The identity it proved.
+        id: Option<ReplicaId>,
+    },
     /// A request arrived.
     Request(ConnId, RmRequest),
     /// A line arrived that is not a valid request.
@@ -108,6 +119,7 @@ pub enum RmOutput {
 #[derive(Debug)]
 struct MemberState {
     addr: String,
+    cluster_addr: String,
     /// `None` until the first heartbeat after an RM restart.
     incarnation: Option<u64>,
     lsn: Lsn,
@@ -126,6 +138,7 @@ pub struct ReplicaManager {
     /// A newer configuration waiting to be persisted.
     proposed: Option<Configuration>,
     members: BTreeMap<ReplicaId, MemberState>,
+    /// Every connection, with the identity it proved.
     conns: BTreeMap<ConnId, Option<ReplicaId>>,
     outputs: VecDeque<RmOutput>,
 }
@@ -143,6 +156,7 @@ impl ReplicaManager {
             .map(|m| {
                 let state = MemberState {
                     addr: m.addr.clone(),
+                    cluster_addr: m.cluster_addr.clone(),
                     incarnation: Some(m.incarnation).filter(|i| *i != 0),
                     lsn: Lsn(0),
                     last_heartbeat: now,
@@ -222,18 +236,47 @@ impl ReplicaManager {
         self.outputs.push_back(RmOutput::Send(conn, reply));
     }
 
+    /// Refuses a request that names a router other than the one the
+    /// connection proved to be.
+    fn check_identity(&self, conn: ConnId, request: &RmRequest) -> Result<(), String> {
+        let named = match request {
+            RmRequest::Heartbeat { id, .. }
+            | RmRequest::AddBackup { id, .. }
+            | RmRequest::RemoveBackup { id, .. }
+            | RmRequest::Resign { id, .. } => id,
+            RmRequest::Status { .. } => return Ok(()),
+        };
+        match self.conns.get(&conn) {
+            Some(Some(proven)) if proven == named => Ok(()),
+            Some(Some(proven)) => Err(format!("this connection is {proven}, not {named}")),
+            _ => Err(format!(
+                "this connection is an operator's tool, not router {named}"
+            )),
+        }
+    }
+
     fn handle_request(&mut self, now: Instant, conn: ConnId, request: RmRequest) {
+        if let Err(message) = self.check_identity(conn, &request) {
+            let code = ErrorCode::Unauthorized;
+            return self.reply(conn, RmReply::Error { code, message });
+        }
         match request {
             RmRequest::Heartbeat {
                 id,
                 addr,
+                cluster_addr,
                 incarnation,
                 epoch: _,
                 lsn,
                 may_lead,
                 beat,
             } => {
-                self.handle_heartbeat(now, conn, id, addr, incarnation, lsn, may_lead);
+                if let Err(message) = check_addr(&addr).and_then(|()| check_addr(&cluster_addr)) {
+                    let code = ErrorCode::BadFrame;
+                    return self.reply(conn, RmReply::Error { code, message });
+                }
+                let addrs = Addrs { addr, cluster_addr };
+                self.handle_heartbeat(now, conn, id, addrs, incarnation, lsn, may_lead);
                 let config = self.current.clone();
                 self.reply(conn, RmReply::Heard { beat, config });
             }
@@ -324,26 +367,27 @@ impl ReplicaManager {
         now: Instant,
         conn: ConnId,
         id: ReplicaId,
-        addr: String,
+        addrs: Addrs,
         incarnation: u64,
         lsn: Lsn,
         may_lead: bool,
     ) {
-        self.conns.insert(conn, Some(id.clone()));
         let restarted = self
             .members
             .get(&id)
             .and_then(|m| m.incarnation)
             .is_some_and(|known| known != incarnation);
         let member = self.members.entry(id.clone()).or_insert_with(|| MemberState {
-            addr: addr.clone(),
+            addr: addrs.addr.clone(),
+            cluster_addr: addrs.cluster_addr.clone(),
             incarnation: None,
             lsn,
             last_heartbeat: now,
             heard: true,
             conn: None,
         });
-        member.addr = addr.clone();
+        member.addr.clone_from(&addrs.addr);
+        member.cluster_addr.clone_from(&addrs.cluster_addr);
         member.incarnation = Some(incarnation);
         member.lsn = lsn;
         member.last_heartbeat = now;
@@ -357,12 +401,12 @@ impl ReplicaManager {
                 // A restarted candidate keeps its place; the configuration
                 // still records its new life, so a later restart is seen.
                 let mut next = self.next_configuration();
-                record_incarnation(&mut next, &id, incarnation);
+                record_member(&mut next, &id, incarnation, &addrs);
                 if next.find(&id).is_some() {
                     self.propose(next);
                 }
             } else if let Some(proposed) = &mut self.proposed {
-                record_incarnation(proposed, &id, incarnation);
+                record_member(proposed, &id, incarnation, &addrs);
             }
         } else if latest.primary.is_none() && latest.is_backup(&id) {
             // The role was withdrawn from a restarted primary: the first
@@ -372,7 +416,8 @@ impl ReplicaManager {
             let mut next = self.next_configuration();
             let member = Member {
                 id,
-                addr,
+                addr: addrs.addr,
+                cluster_addr: addrs.cluster_addr,
                 incarnation,
             };
             if next.primary.is_none() && next.backups.is_empty() && may_lead {
@@ -380,6 +425,15 @@ impl ReplicaManager {
             } else {
                 next.candidates.push(member);
             }
+            self.propose(next);
+        } else if self.proposed.is_none()
+            && latest
+                .find(&id)
+                .is_some_and(|m| m.addr != addrs.addr || m.cluster_addr != addrs.cluster_addr)
+        {
+            // Its entry predates the cluster address, or it moved.
+            let mut next = self.next_configuration();
+            record_member(&mut next, &id, incarnation, &addrs);
             self.propose(next);
         }
     }
@@ -458,8 +512,14 @@ impl ReplicaManager {
     }
 }
 
-/// Records in `config` that `id` now runs as `incarnation`.
-fn record_incarnation(config: &mut Configuration, id: &ReplicaId, incarnation: u64) {
+/// The addresses a router announces.
+struct Addrs {
+    addr: String,
+    cluster_addr: String,
+}
+
+/// Records in `config` that `id` now runs as `incarnation` at `addrs`.
+fn record_member(config: &mut Configuration, id: &ReplicaId, incarnation: u64, addrs: &Addrs) {
     let members = config
         .primary
         .iter_mut()
@@ -467,6 +527,8 @@ fn record_incarnation(config: &mut Configuration, id: &ReplicaId, incarnation: u
         .chain(&mut config.candidates);
     for member in members.filter(|m| m.id == *id) {
         member.incarnation = incarnation;
+        member.addr.clone_from(&addrs.addr);
+        member.cluster_addr.clone_from(&addrs.cluster_addr);
     }
 }
 
@@ -489,8 +551,8 @@ impl Machine for ReplicaManager {
 
     fn handle(&mut self, now: Instant, input: RmInput) {
         match input {
-            RmInput::Connected(conn) => {
-                self.conns.insert(conn, None);
+            RmInput::Connected { conn, id } => {
+                self.conns.insert(conn, id);
             }
             RmInput::Request(conn, request) => {
                 if self.conns.contains_key(&conn) {

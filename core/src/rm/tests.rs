@@ -24,11 +24,18 @@ impl Harness {
     /// Sends a heartbeat from router `name` on connection `conn`, persists
     /// whatever the RM asks to, and returns the configurations it sent.
     fn beat(&mut self, conn: u64, name: &str, incarnation: u64, lsn: u64, may_lead: bool) -> Vec<RmOutput> {
-        self.rm.handle(self.now, RmInput::Connected(ConnId(conn)));
+        self.rm.handle(
+            self.now,
+            RmInput::Connected {
+                conn: ConnId(conn),
+                id: Some(id(name)),
+            },
+        );
         let request = RmRequest::Heartbeat {
             beat: 1,
             id: id(name),
             addr: format!("{name}:1"),
+            cluster_addr: format!("{name}:2"),
             incarnation,
             epoch: Epoch(0),
             lsn: Lsn(lsn),
@@ -92,11 +99,18 @@ impl Harness {
 #[test]
 fn the_first_router_leads_and_a_configuration_is_announced_only_once_persisted() {
     let mut h = Harness::new();
-    h.rm.handle(h.now, RmInput::Connected(ConnId(1)));
+    h.rm.handle(
+        h.now,
+        RmInput::Connected {
+            conn: ConnId(1),
+            id: Some(id("r1")),
+        },
+    );
     let request = RmRequest::Heartbeat {
         beat: 1,
         id: id("r1"),
         addr: "r1:1".into(),
+        cluster_addr: "r1:2".into(),
         incarnation: 1,
         epoch: Epoch(0),
         lsn: Lsn(0),
@@ -292,7 +306,13 @@ fn a_restored_rm_keeps_its_configuration_and_gives_members_time() {
         None,
         "backups and primary share the same grace"
     );
-    rm.handle(now, RmInput::Connected(ConnId(1)));
+    rm.handle(
+        now,
+        RmInput::Connected {
+            conn: ConnId(1),
+            id: Some(id("r2")),
+        },
+    );
     // A backup is promotable for half the failure timeout after it is
     // heard, so one heard 300 ms in covers the primary's deadline.
     rm.handle(
@@ -303,6 +323,7 @@ fn a_restored_rm_keeps_its_configuration_and_gives_members_time() {
                 beat: 1,
                 id: id("r2"),
                 addr: "r2:1".into(),
+                cluster_addr: "r2:2".into(),
                 incarnation: 22,
                 epoch: saved.epoch,
                 lsn: Lsn(9),
@@ -321,7 +342,13 @@ fn a_restored_rm_keeps_its_configuration_and_gives_members_time() {
 #[test]
 fn status_reports_every_member() {
     let mut h = Harness::three_routers();
-    h.rm.handle(h.now, RmInput::Connected(ConnId(9)));
+    h.rm.handle(
+        h.now,
+        RmInput::Connected {
+            conn: ConnId(9),
+            id: None,
+        },
+    );
     let out = h.request(
         9,
         RmRequest::Status {
@@ -401,7 +428,7 @@ mod properties {
             // Every configuration the RM decided on, announced or not.
             let mut decided: BTreeMap<Epoch, Configuration> = BTreeMap::from([(Epoch(0), announced.clone())]);
             for n in 0..3u64 {
-                rm.handle(now, RmInput::Connected(ConnId(n)));
+                rm.handle(now, RmInput::Connected { conn: ConnId(n), id: Some(id(&format!("r{n}"))) });
             }
             for op in ops {
                 match op {
@@ -413,6 +440,7 @@ mod properties {
                             beat: 1,
                             id: id(&format!("r{router}")),
                             addr: format!("r{router}:1"),
+                            cluster_addr: format!("r{router}:2"),
                             incarnation: incarnations[router],
                             epoch: announced.epoch,
                             lsn: Lsn(lsn),
@@ -622,4 +650,149 @@ fn a_primary_resigning_with_no_backup_in_reach_stays() {
     let epoch = h.config().epoch;
     h.request(1, RmRequest::Resign { id: id("r1"), epoch });
     assert!(h.config().is_primary(&id("r1")), "{:?}", h.config());
+}
+
+/// What a connection that proved to be `proven` gets for `request`, and
+/// whether the configuration changed.
+fn answer_as(proven: Option<&str>, request: RmRequest) -> (Vec<RmOutput>, bool) {
+    let mut h = Harness::three_routers();
+    let before = h.config().clone();
+    h.rm.handle(
+        h.now,
+        RmInput::Connected {
+            conn: ConnId(9),
+            id: proven.map(id),
+        },
+    );
+    let out = h.request(9, request);
+    let changed = *h.config() != before;
+    (out, changed)
+}
+
+fn refused_with(out: &[RmOutput], code: ErrorCode) -> bool {
+    out.iter()
+        .any(|o| matches!(o, RmOutput::Send(ConnId(9), RmReply::Error { code: c, .. }) if *c == code))
+}
+
+#[test]
+fn a_request_naming_another_router_is_refused_and_changes_nothing() {
+    let epoch = Harness::three_routers().config().epoch;
+    let forged = [
+        RmRequest::Heartbeat {
+            beat: 1,
+            id: id("r1"),
+            addr: "evil:1".into(),
+            cluster_addr: "evil:2".into(),
+            incarnation: 666,
+            epoch,
+            lsn: Lsn(0),
+            may_lead: true,
+        },
+        RmRequest::AddBackup {
+            id: id("r1"),
+            epoch,
+            backup: id("r4"),
+        },
+        RmRequest::RemoveBackup {
+            id: id("r1"),
+            epoch,
+            backup: id("r2"),
+        },
+        RmRequest::Resign { id: id("r1"), epoch },
+    ];
+    for proven in [Some("r2"), Some("evil"), None] {
+        for request in forged.clone() {
+            let (out, changed) = answer_as(proven, request.clone());
+            assert!(
+                refused_with(&out, ErrorCode::Unauthorized),
+                "{proven:?} {request:?}: {out:?}"
+            );
+            assert!(!changed, "{proven:?} {request:?} changed the configuration");
+        }
+    }
+    // The same heartbeat from the connection that proved to be r1 is a
+    // restart, as before.
+    let (out, changed) = answer_as(Some("r1"), forged[0].clone());
+    assert!(!refused_with(&out, ErrorCode::Unauthorized));
+    assert!(changed);
+}
+
+#[test]
+fn an_operators_tool_may_ask_for_the_status() {
+    let (out, changed) = answer_as(
+        None,
+        RmRequest::Status {
+            req: crate::ids::ReqId(1),
+        },
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, RmOutput::Send(ConnId(9), RmReply::Status { .. }))));
+    assert!(!changed);
+}
+
+#[test]
+fn addresses_are_stored_only_when_valid() {
+    let bomb = format!("{}:1", "a".repeat(600_000));
+    for (addr, cluster_addr) in [
+        (bomb.as_str(), "r4:2"),
+        ("r4:1", bomb.as_str()),
+        ("r4", "r4:2"),
+        ("r4:0", "r4:2"),
+        ("r4:1", "r4:65536"),
+        ("r 4:1", "r4:2"),
+        ("[zz]:1", "r4:2"),
+        (":1", "r4:2"),
+    ] {
+        let request = RmRequest::Heartbeat {
+            beat: 1,
+            id: id("r4"),
+            addr: addr.into(),
+            cluster_addr: cluster_addr.into(),
+            incarnation: 44,
+            epoch: Epoch(0),
+            lsn: Lsn(0),
+            may_lead: false,
+        };
+        let (out, changed) = answer_as(Some("r4"), request);
+        assert!(refused_with(&out, ErrorCode::BadFrame), "{:.40}: {out:?}", addr);
+        assert!(!changed);
+    }
+    for good in ["10.0.0.4:8008", "[::1]:8008", "router-4.example.com:8008", "r4:1"] {
+        let request = RmRequest::Heartbeat {
+            beat: 1,
+            id: id("r4"),
+            addr: good.into(),
+            cluster_addr: good.into(),
+            incarnation: 44,
+            epoch: Epoch(0),
+            lsn: Lsn(0),
+            may_lead: false,
+        };
+        let (out, changed) = answer_as(Some("r4"), request);
+        assert!(!refused_with(&out, ErrorCode::BadFrame), "{good}: {out:?}");
+        assert!(changed, "{good} joins as a candidate");
+    }
+}
+
+#[test]
+fn a_member_that_moved_is_recorded_at_its_new_addresses() {
+    let mut h = Harness::three_routers();
+    let request = RmRequest::Heartbeat {
+        beat: 2,
+        id: id("r2"),
+        addr: "r2:1".into(),
+        cluster_addr: "r2:7".into(),
+        incarnation: 22,
+        epoch: h.config().epoch,
+        lsn: Lsn(0),
+        may_lead: true,
+    };
+    h.request(2, request);
+    let r2 = h.config().find(&id("r2")).unwrap();
+    assert_eq!(r2.cluster_addr, "r2:7");
+    assert!(
+        h.config().is_backup(&id("r2")),
+        "same incarnation: still a backup"
+    );
 }

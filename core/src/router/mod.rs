@@ -85,11 +85,20 @@ impl Default for RouterConfig {
 /// What a [`Router`] reacts to.
 #[derive(Debug, Clone)]
 pub enum RouterInput {
-    /// A connection was accepted; its frames will carry this ID.
+    /// A client connection was accepted; its frames will carry this ID.
     Connected(ConnId),
-    /// A client's frame arrived on an accepted connection.
+    /// A connection to the cluster listener passed the membership handshake
+    /// ([`cluster_auth`](crate::cluster_auth)) as router `id`, or as an
+    /// operator's tool for `None`; its frames will carry `conn`.
+    MemberConnected {
+        /// The connection.
+        conn: ConnId,
+        /// The identity it proved.
+        id: Option<ReplicaId>,
+    },
+    /// A client's frame arrived on a client connection.
     Frame(ConnId, ClientFrame),
-    /// A follower's frame arrived on an accepted connection.
+    /// A follower's frame arrived on a cluster connection.
     Follower(ConnId, FollowerFrame),
     /// A line arrived that is not a valid frame.
     Malformed(ConnId, FrameError),
@@ -192,6 +201,9 @@ pub enum RouterOutput {
 #[derive(Debug)]
 struct Conn {
     peer: Option<PeerId>,
+    /// For a cluster connection, the identity it proved (`Some(None)`: an
+    /// operator's tool); `None` for a client connection.
+    member: Option<Option<ReplicaId>>,
     /// When the connection times out for silence; `None` for follower
     /// connections, whose liveness replication itself tracks.
     deadline: Option<Instant>,
@@ -382,13 +394,25 @@ impl Machine for Router {
                     conn,
                     Conn {
                         peer: None,
+                        member: None,
                         deadline: Some(deadline),
                     },
                 );
                 self.deadlines.insert((deadline, conn));
             }
+            RouterInput::MemberConnected { conn, id } => {
+                let deadline = now + self.config.idle_timeout;
+                let member = Some(id);
+                let c = Conn {
+                    peer: None,
+                    member,
+                    deadline: Some(deadline),
+                };
+                self.conns.insert(conn, c);
+                self.deadlines.insert((deadline, conn));
+            }
             RouterInput::Frame(conn, frame) => {
-                if !self.conns.contains_key(&conn) {
+                if self.conns.get(&conn).is_none_or(|c| c.member.is_some()) {
                     return;
                 }
                 self.touch(conn, now);
@@ -396,8 +420,11 @@ impl Machine for Router {
             }
             RouterInput::Follower(conn, frame) => self.handle_follower(now, conn, frame),
             RouterInput::Malformed(conn, error) => {
-                if !self.conns.contains_key(&conn) {
-                    return;
+                match self.conns.get(&conn) {
+                    None => return,
+                    // Members speak correctly: this one is broken.
+                    Some(c) if c.member.is_some() => return self.refuse_follower(conn),
+                    Some(_) => {}
                 }
                 self.touch(conn, now);
                 self.send(conn, error.to_frame());

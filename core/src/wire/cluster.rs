@@ -1,9 +1,11 @@
 //! Frames between the members of a replicated cluster: routers and the
 //! replica manager (RM), and a primary and the routers that follow it.
 //!
-//! They use the same newline-delimited JSON codec as client frames. A
-//! follower's frames arrive on the primary's client listener, so their type
-//! names never collide with a [`ClientFrame`](super::ClientFrame)'s.
+//! They use the same newline-delimited JSON codec as client frames, on
+//! cluster ports only: the replica manager's port, and each router's cluster
+//! listener. A connection to either speaks the membership handshake of
+//! [`cluster_auth`](crate::cluster_auth) before any of these frames; the
+//! client port never accepts them.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,13 +13,63 @@ use crate::ids::{Epoch, Lsn, ReplicaId, ReqId};
 use crate::router::{Change, State};
 use crate::wire::ErrorCode;
 
-/// A router as the cluster knows it: its name and the address clients use.
+/// The longest address a member may announce, in bytes (a DNS name of
+/// 253 bytes, a colon and a port).
+pub const MAX_ADDR_LEN: usize = 260;
+
+/// Checks that `addr` is `host:port`, as a member announces it: a port from
+/// 1 to 65535 after the last colon, and a host of at most 253 bytes that is
+/// an IP address (IPv6 in brackets) or a DNS name (letters, digits, `.`,
+/// `-`, `_`). The replica manager stores and forwards only such addresses.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    let shown = || {
+        addr.chars()
+            .take(40)
+            .collect::<String>()
+            .escape_debug()
+            .to_string()
+    };
+    if addr.len() > MAX_ADDR_LEN {
+        return Err(format!(
+            "address of {} bytes is longer than {MAX_ADDR_LEN}",
+            addr.len()
+        ));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("address \"{}\" is not HOST:PORT", shown()));
+    };
+    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+        return Err(format!("address \"{}\" has no port from 1 to 65535", shown()));
+    }
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let valid_host = match bracketed {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    };
+    if !valid_host {
+        return Err(format!("address \"{}\" has no valid host", shown()));
+    }
+    Ok(())
+}
+
+/// A router as the cluster knows it: its name and its two addresses.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Member {
     /// The router's name.
     pub id: ReplicaId,
-    /// Where clients (and followers) reach it, `host:port`.
+    /// Where clients reach it, `host:port`.
     pub addr: String,
+    /// Where other members reach its cluster listener, `host:port`: a
+    /// follower streams from its primary there. Empty in a configuration
+    /// saved before it existed, until the router's next heartbeat.
+    #[serde(default)]
+    pub cluster_addr: String,
     /// The router process this entry was made for (0: not recorded). The
     /// replica manager persists it, so even after its own restart it knows
     /// a router that restarted — and lost its state — from one that did not.
@@ -103,8 +155,10 @@ pub enum RmRequest {
     Heartbeat {
         /// The router's name.
         id: ReplicaId,
-        /// Its client address.
+        /// Its client address (see [`check_addr`]).
         addr: String,
+        /// Its cluster listener's address (see [`check_addr`]).
+        cluster_addr: String,
         /// Random per process start: a new value means the router restarted
         /// and lost its state.
         incarnation: u64,

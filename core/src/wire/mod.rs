@@ -235,6 +235,10 @@ pub enum ErrorCode {
     NotPrimary,
     /// The epoch named is not the current one.
     StaleEpoch,
+    /// The request names a router other than the one this connection
+    /// proved to be, or needs a router and the connection is an operator's
+    /// tool.
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -263,6 +267,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::NotPrimary => "not_primary",
             ErrorCode::StaleEpoch => "stale_epoch",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 }
@@ -379,39 +384,6 @@ impl LineDecoder {
 /// Decodes one line (without its newline) as a [`ClientFrame`].
 pub fn decode_client_frame(line: &[u8]) -> Result<ClientFrame, FrameError> {
     decode_frame(line)
-}
-
-/// What arrives on a router's listener: a client's frame, or a follower's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouterInbound {
-    /// A client's frame.
-    Client(ClientFrame),
-    /// A follower's frame.
-    Follower(cluster::FollowerFrame),
-}
-
-/// Decodes one line arriving at a router. Errors are reported as for a
-/// client frame, since followers speak correctly.
-pub fn decode_router_inbound(line: &[u8]) -> Result<RouterInbound, FrameError> {
-    // Followers' frames, as PeerLink writes them, start with their type:
-    // try the likely kind first, so neither pays for a failed parse.
-    let follower_first = [&b"{\"type\":\"applied\""[..], b"{\"type\":\"follow\""]
-        .iter()
-        .any(|prefix| line.starts_with(prefix));
-    if follower_first {
-        if let Ok(frame) = serde_json::from_slice::<cluster::FollowerFrame>(line) {
-            return Ok(RouterInbound::Follower(frame));
-        }
-    }
-    if let Ok(frame) = serde_json::from_slice::<ClientFrame>(line) {
-        return Ok(RouterInbound::Client(frame));
-    }
-    if !follower_first {
-        if let Ok(frame) = serde_json::from_slice::<cluster::FollowerFrame>(line) {
-            return Ok(RouterInbound::Follower(frame));
-        }
-    }
-    decode_frame::<ClientFrame>(line).map(RouterInbound::Client)
 }
 
 /// Decodes one line as any frame type `T` of this protocol, with the same
@@ -628,25 +600,16 @@ mod tests {
     }
 
     #[test]
-    fn a_router_tells_follower_frames_from_client_frames() {
-        let applied = br#"{"type":"applied","epoch":3,"lsn":7}"#;
-        assert!(matches!(
-            decode_router_inbound(applied),
-            Ok(RouterInbound::Follower(_))
-        ));
-        let send = br#"{"type":"send","req":1,"seq":1,"to":"b","body":"hi"}"#;
-        assert!(matches!(
-            decode_router_inbound(send),
-            Ok(RouterInbound::Client(_))
-        ));
-        // Keys in another order than PeerLink writes them still decode.
-        let reordered = br#"{"lsn":7,"epoch":3,"type":"applied"}"#;
-        assert!(matches!(
-            decode_router_inbound(reordered),
-            Ok(RouterInbound::Follower(_))
-        ));
-        // A broken frame that looks like a follower's is diagnosed as a client's.
-        let broken = br#"{"type":"applied","epoch":"x"}"#;
-        assert!(decode_router_inbound(broken).is_err());
+    fn cluster_frames_are_not_client_frames() {
+        // The client port decodes client frames only: a follower's or a
+        // router's frame there is an unknown type, never obeyed.
+        for line in [
+            &br#"{"type":"follow","id":"r2","epoch":3,"lsn":0,"stream_epoch":0}"#[..],
+            br#"{"type":"applied","epoch":3,"lsn":7}"#,
+            br#"{"type":"heartbeat","id":"r2","addr":"a:1","cluster_addr":"a:2","incarnation":1,"epoch":0,"lsn":0,"may_lead":true}"#,
+        ] {
+            let error = decode_client_frame(line).unwrap_err();
+            assert_eq!(error.code, ErrorCode::UnknownType, "{}", String::from_utf8_lossy(line));
+        }
     }
 }

@@ -3,6 +3,7 @@
 pub(crate) mod bench;
 mod children;
 pub(crate) mod client;
+mod cluster_key;
 mod commands;
 mod output;
 pub(crate) mod rm;

@@ -11,6 +11,7 @@ use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
 use peerlink_runtime::net::{Network, TokioNetwork};
 use peerlink_runtime::rm_driver::{run_rm, ConfigStore, FileStore};
 
+use super::cluster_key::ClusterKeyArgs;
 use super::{secret, shutdown};
 
 /// Flags of `peerlink rm`.
@@ -36,6 +37,8 @@ pub(crate) struct RmArgs {
     /// its crash would lose.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=16))]
     min_backups: u64,
+    #[command(flatten)]
+    key: ClusterKeyArgs,
 }
 
 /// Runs the replica manager until Ctrl-C or SIGTERM.
@@ -47,6 +50,7 @@ pub(crate) async fn run(args: RmArgs) -> anyhow::Result<ExitCode> {
     let mut store =
         FileStore::open(&dir).with_context(|| format!("cannot use {} for data", dir.display()))?;
     let restored = store.load().context("cannot load the saved configuration")?;
+    let auth = args.key.auth()?;
     let listener = TokioNetwork
         .bind(&args.listen)
         .await
@@ -62,6 +66,14 @@ pub(crate) async fn run(args: RmArgs) -> anyhow::Result<ExitCode> {
         "replica manager started"
     );
     let rm = ReplicaManager::new(config, restored, peerlink_runtime::now());
-    run_rm(rm, listener, store, DEFAULT_MAX_FRAME_LEN, shutdown::signal()).await;
+    run_rm(
+        rm,
+        listener,
+        auth,
+        store,
+        DEFAULT_MAX_FRAME_LEN,
+        shutdown::signal(),
+    )
+    .await;
     Ok(ExitCode::SUCCESS)
 }

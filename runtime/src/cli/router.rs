@@ -1,5 +1,6 @@
 //! `peerlink router`: a standalone router.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,10 +9,12 @@ use clap::Args;
 use peerlink_core::ids::ReplicaId;
 use peerlink_core::router::replication::ReplicationConfig;
 use peerlink_core::router::{Router, RouterConfig};
+use peerlink_core::wire::cluster::check_addr;
 use peerlink_core::wire::{DEFAULT_MAX_FRAME_LEN, FRAME_OVERHEAD};
 use peerlink_runtime::net::{Network, TokioNetwork};
-use peerlink_runtime::router_driver::{run_router, RouterLimits};
+use peerlink_runtime::router_driver::{run_router, ClusterPort, RouterLimits};
 
+use super::cluster_key::ClusterKeyArgs;
 use super::shutdown;
 
 /// Flags of `peerlink router`.
@@ -48,10 +51,22 @@ pub(crate) struct RouterArgs {
     /// Join only as a backup: never become the primary of an empty cluster.
     #[arg(long, requires = "rm")]
     backup: bool,
-    /// The address clients and other routers should use to reach this router
-    /// [default: the address it listens on].
+    /// The address clients should use to reach this router [default: the
+    /// address it listens on].
     #[arg(long, requires = "rm")]
     advertise: Option<String>,
+    /// Address to listen on for the other members of the cluster (HOST:PORT;
+    /// port 0 picks a free one). It speaks only the cluster protocol, to
+    /// holders of the cluster key; keep it off networks clients use
+    /// [default: the host of --listen, port 0].
+    #[arg(long, requires = "rm")]
+    cluster_listen: Option<String>,
+    /// The address other members should use to reach the cluster listener
+    /// [default: the address it listens on].
+    #[arg(long, requires = "rm")]
+    cluster_advertise: Option<String>,
+    #[command(flatten)]
+    key: ClusterKeyArgs,
     /// How often to heartbeat the replica manager, in milliseconds.
     #[arg(long, default_value_t = 100, requires = "rm",
           value_parser = clap::value_parser!(u64).range(10..=10_000))]
@@ -69,6 +84,20 @@ fn parse_router_id(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Refuses to announce an address that others cannot connect to, or that
+/// the replica manager would refuse.
+fn check_advertised(
+    advertised: &str,
+    listen_flag: &str,
+    listen: &str,
+    advertise_flag: &str,
+) -> anyhow::Result<()> {
+    if advertised.starts_with("0.0.0.0:") || advertised.starts_with("[::]:") {
+        bail!("{listen_flag} {listen} is a wildcard address: say where it is reached with {advertise_flag}");
+    }
+    check_addr(advertised).map_err(|e| anyhow::anyhow!("{advertise_flag}: {e}"))
+}
+
 /// Runs the router until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     let listener = TokioNetwork
@@ -78,18 +107,38 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
+    let mut cluster = None;
     let replication = match &args.rm {
         None => None,
         Some(rm) => {
             let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
-            if advertise.starts_with("0.0.0.0:") || advertise.starts_with("[::]:") {
-                bail!(
-                    "--listen {} is a wildcard address: say where clients reach this router with --advertise",
-                    args.listen
-                );
-            }
+            check_advertised(&advertise, "--listen", &args.listen, "--advertise")?;
+            let cluster_listen = args
+                .cluster_listen
+                .clone()
+                .unwrap_or_else(|| SocketAddr::new(addr.ip(), 0).to_string());
+            let listener = TokioNetwork
+                .bind(&cluster_listen)
+                .await
+                .with_context(|| format!("cannot listen on {cluster_listen}"))?;
+            let cluster_addr = listener
+                .local_addr()
+                .context("cannot read the cluster listening address")?;
+            let cluster_advertise = args
+                .cluster_advertise
+                .clone()
+                .unwrap_or_else(|| cluster_addr.to_string());
+            check_advertised(
+                &cluster_advertise,
+                "--cluster-listen",
+                &cluster_listen,
+                "--cluster-advertise",
+            )?;
+            let auth = args.key.auth()?;
+            cluster = Some((ClusterPort { listener, auth }, cluster_addr));
             let id = ReplicaId::new(args.id.clone()).context("invalid --id")?;
-            let mut replication = ReplicationConfig::new(id, advertise, rm.clone(), rand::random());
+            let mut replication =
+                ReplicationConfig::new(id, advertise, cluster_advertise, rm.clone(), rand::random());
             replication.may_lead = !args.backup;
             replication.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
             replication.ack_timeout = Duration::from_millis(args.ack_timeout_ms);
@@ -113,6 +162,15 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         args.seed.unwrap_or_else(rand::random),
         peerlink_runtime::now(),
     );
+    // The "listening on" line comes last: `up` and `bench` stop reading
+    // the child's output once they have seen it.
+    let cluster = cluster.map(|(port, cluster_addr)| {
+        println!(
+            "router {} listening for cluster members at {cluster_addr}",
+            args.id
+        );
+        port
+    });
     println!("router {} listening on {addr}", args.id);
     match &args.rm {
         Some(rm) => {
@@ -120,7 +178,15 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         }
         None => tracing::info!(id = %args.id, %addr, "standalone router started"),
     }
-    run_router(TokioNetwork, router, listener, limits, shutdown::signal()).await;
+    run_router(
+        TokioNetwork,
+        router,
+        listener,
+        cluster,
+        limits,
+        shutdown::signal(),
+    )
+    .await;
     tracing::info!(id = %args.id, "router stopped");
     Ok(ExitCode::SUCCESS)
 }

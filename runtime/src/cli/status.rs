@@ -5,10 +5,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use peerlink_core::cluster_auth::ClusterKey;
 use peerlink_core::ids::ReqId;
 use peerlink_core::wire::cluster::{MemberStatus, RmReply, RmRequest};
-use peerlink_core::wire::{decode_as, encode_frame};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use peerlink_core::wire::{decode_as, encode_frame, LineDecoder, DEFAULT_MAX_FRAME_LEN};
+use peerlink_runtime::cluster_link::{self, Authenticated};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::cluster_key::ClusterKeyArgs;
 
 /// Flags of `peerlink status`.
 #[derive(Debug, Args)]
@@ -19,20 +23,37 @@ pub(crate) struct StatusArgs {
     /// Print the replica manager's answer as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    key: ClusterKeyArgs,
 }
 
-/// Asks the replica manager for the cluster's status, once.
-pub(crate) async fn query(rm: &str) -> anyhow::Result<RmReply> {
+/// Asks the replica manager for the cluster's status, once, proving with
+/// `key` that the asker belongs to the cluster.
+pub(crate) async fn query(rm: &str, key: &ClusterKey) -> anyhow::Result<RmReply> {
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(rm)
+        let stream = tokio::net::TcpStream::connect(rm)
             .await
             .with_context(|| format!("cannot reach the replica manager at {rm}"))?;
-        let mut buf = bytes::BytesMut::new();
-        encode_frame(&RmRequest::Status { req: ReqId(1) }, &mut buf);
-        stream.write_all(&buf).await?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).await?;
-        let reply: RmReply = decode_as(line.trim_end().as_bytes())?;
+        let nonce = peerlink_core::cluster_auth::Nonce(rand::random());
+        let Authenticated {
+            mut stream,
+            mut buffered,
+        } = cluster_link::connect(stream, key.clone(), None, nonce)
+            .await
+            .with_context(|| format!("the replica manager at {rm} refused this cluster key"))?;
+        let mut out = bytes::BytesMut::new();
+        encode_frame(&RmRequest::Status { req: ReqId(1) }, &mut out);
+        stream.write_all(&out).await?;
+        let mut decoder = LineDecoder::new(DEFAULT_MAX_FRAME_LEN);
+        let line = loop {
+            if let Some(line) = decoder.decode(&mut buffered) {
+                break line?;
+            }
+            if stream.read_buf(&mut buffered).await? == 0 {
+                bail!("the replica manager at {rm} closed the connection");
+            }
+        };
+        let reply: RmReply = decode_as(&line)?;
         anyhow::Ok(reply)
     };
     tokio::time::timeout(Duration::from_secs(5), exchange)
@@ -42,7 +63,7 @@ pub(crate) async fn query(rm: &str) -> anyhow::Result<RmReply> {
 
 /// Prints the status table.
 pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let reply = query(&args.rm).await?;
+    let reply = query(&args.rm, &args.key.load()?).await?;
     if args.json {
         println!("{}", serde_json::to_string(&reply)?);
         return Ok(ExitCode::SUCCESS);

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use peerlink_core::cluster_auth::ClusterKey;
 use peerlink_core::wire::cluster::{Configuration, RmReply};
 
 use super::children::{start, Started};
+use super::cluster_key::ClusterKeyArgs;
 use super::{shutdown, status};
 
 /// How many routers `up` starts.
@@ -26,6 +28,8 @@ pub(crate) struct UpArgs {
     /// --help`). With three routers, 1 survives any one router's loss.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=2))]
     min_backups: u64,
+    #[command(flatten)]
+    key: ClusterKeyArgs,
 }
 
 /// The cluster's scratch directory (the replica manager's data), removed
@@ -49,6 +53,9 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .to_str()
         .context("the temporary directory is not UTF-8")?;
     let min_backups = args.min_backups.to_string();
+    let key_path = args.key.path()?;
+    let key = args.key.load()?;
+    let key_path = key_path.to_str().context("the cluster key's path is not UTF-8")?;
     let rm_flags = [
         "rm",
         "--listen",
@@ -57,13 +64,25 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         data_dir,
         "--min-backups",
         &min_backups,
+        "--cluster-key",
+        key_path,
     ];
     let mut children = vec![start(&exe, "rm", &rm_flags).await?];
     let mut addrs = Vec::new();
     for n in 1..=ROUTERS {
         let id = format!("r{n}");
         let addr = format!("127.0.0.1:{}", args.base_port + n);
-        let flags = ["router", "--id", &id, "--listen", &addr, "--rm", &rm_addr];
+        let flags = [
+            "router",
+            "--id",
+            &id,
+            "--listen",
+            &addr,
+            "--rm",
+            &rm_addr,
+            "--cluster-key",
+            key_path,
+        ];
         children.push(start(&exe, &id, &flags).await?);
         addrs.push(addr);
     }
@@ -80,7 +99,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("then type REGISTER, and SEND_MSG bob hello. Try `kill -9` on the primary's pid:");
     println!("the clients carry on through the new primary. Ctrl-C here stops everything.");
     println!();
-    let outcome = watch(&rm_addr, &mut children).await;
+    let outcome = watch(&rm_addr, &key, &mut children).await;
     for started in &mut children {
         let _ = started.child.kill().await;
     }
@@ -92,7 +111,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 /// Prints each new configuration until a signal arrives. A child that
 /// exits is reported; the rest keep running, as a real cluster would.
-async fn watch(rm_addr: &str, children: &mut [Started]) -> anyhow::Result<()> {
+async fn watch(rm_addr: &str, key: &ClusterKey, children: &mut [Started]) -> anyhow::Result<()> {
     let signal = shutdown::signal();
     tokio::pin!(signal);
     let mut shown: Option<Configuration> = None;
@@ -112,7 +131,7 @@ async fn watch(rm_addr: &str, children: &mut [Started]) -> anyhow::Result<()> {
                 }
             }
         }
-        let Ok(RmReply::Status { config, .. }) = status::query(rm_addr).await else {
+        let Ok(RmReply::Status { config, .. }) = status::query(rm_addr, key).await else {
             continue;
         };
         if shown.as_ref() == Some(&config) {

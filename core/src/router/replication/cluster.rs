@@ -91,7 +91,7 @@ impl Router {
             let addr = match link {
                 Link::Rm => r.config.rm.clone(),
                 Link::Primary => match &r.role {
-                    Role::Follower { primary } => primary.addr.clone(),
+                    Role::Follower { primary } => primary.cluster_addr.clone(),
                     _ => continue,
                 },
             };
@@ -118,6 +118,7 @@ impl Router {
                 let beat = RmRequest::Heartbeat {
                     id: r.config.id.clone(),
                     addr: r.config.addr.clone(),
+                    cluster_addr: r.config.cluster_addr.clone(),
                     incarnation: r.config.incarnation,
                     epoch: r.epoch(),
                     lsn: applied,

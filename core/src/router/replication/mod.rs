@@ -65,8 +65,11 @@ pub enum Link {
 pub struct ReplicationConfig {
     /// This router's name.
     pub id: ReplicaId,
-    /// The address clients (and followers) reach this router at.
+    /// The address clients reach this router at.
     pub addr: String,
+    /// The address of this router's cluster listener, where followers
+    /// reach it.
+    pub cluster_addr: String,
     /// The replica manager's address.
     pub rm: String,
     /// A value unique to this process start, so the RM can tell a restart
@@ -89,11 +92,13 @@ pub struct ReplicationConfig {
 }
 
 impl ReplicationConfig {
-    /// The documented defaults for the given identity and RM address.
-    pub fn new(id: ReplicaId, addr: String, rm: String, incarnation: u64) -> Self {
+    /// The documented defaults for the given identity, addresses (for
+    /// clients, and for other members) and RM address.
+    pub fn new(id: ReplicaId, addr: String, cluster_addr: String, rm: String, incarnation: u64) -> Self {
         Self {
             id,
             addr,
+            cluster_addr,
             rm,
             incarnation,
             may_lead: true,

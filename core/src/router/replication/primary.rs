@@ -127,11 +127,16 @@ impl Router {
         }
     }
 
-    /// A follower's frame, on the primary.
+    /// A follower's frame, on the primary. Only a connection that proved to
+    /// be router `id` may follow as `id`, and only a backup or candidate of
+    /// the primary's configuration may follow at all.
     pub(in crate::router) fn handle_follower(&mut self, now: Instant, conn: ConnId, frame: FollowerFrame) {
         let applied = self.outbox.applied;
-        let Some(r) = self.replication.as_mut() else {
+        let Some(proven) = self.conns.get(&conn).and_then(|c| c.member.clone()) else {
             return;
+        };
+        let Some(r) = self.replication.as_mut() else {
+            return self.refuse_follower(conn);
         };
         match frame {
             FollowerFrame::Follow {
@@ -143,7 +148,9 @@ impl Router {
                 let Role::Primary { term } = r.role else {
                     return self.refuse_follower(conn);
                 };
-                if epoch > r.epoch() || !self.conns.contains_key(&conn) {
+                let member =
+                    r.configuration.is_backup(&id) || r.configuration.candidates.iter().any(|m| m.id == id);
+                if epoch > r.epoch() || proven.as_ref() != Some(&id) || !member {
                     return self.refuse_follower(conn);
                 }
                 if let Some(c) = self.conns.get_mut(&conn) {

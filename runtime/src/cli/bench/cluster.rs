@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use peerlink_core::cluster_auth::ClusterKey;
 use peerlink_core::wire::cluster::RmReply;
 
 use super::super::children::{start, Started};
@@ -27,7 +28,8 @@ pub(super) struct RouterProcess {
 /// The cluster under load.
 pub(super) struct Cluster {
     routers: Vec<RouterProcess>,
-    rm: Option<(String, Started)>,
+    /// The replica manager's address and process, and the cluster's key.
+    rm: Option<(String, Started, ClusterKey)>,
     scratch: Option<PathBuf>,
 }
 
@@ -90,10 +92,29 @@ impl Cluster {
         let data_dir = data_dir
             .to_str()
             .context("the temporary directory is not UTF-8")?;
-        let rm = start(exe, "rm", &["rm", "--listen", &rm_addr, "--data-dir", data_dir]).await?;
+        // A cluster of its own, with a key of its own.
+        let key = ClusterKey::new(rand::random::<[u8; 32]>().to_vec()).expect("32 bytes make a key");
+        std::fs::create_dir_all(&scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
+        let key_path = scratch.join("cluster.key");
+        std::fs::write(&key_path, key.to_hex())
+            .with_context(|| format!("cannot write {}", key_path.display()))?;
+        let key_path = key_path
+            .to_str()
+            .context("the temporary directory is not UTF-8")?
+            .to_owned();
+        let rm_flags = [
+            "rm",
+            "--listen",
+            &rm_addr,
+            "--data-dir",
+            data_dir,
+            "--cluster-key",
+            &key_path,
+        ];
+        let rm = start(exe, "rm", &rm_flags).await?;
         let mut cluster = Self {
             routers: Vec::new(),
-            rm: Some((rm_addr.clone(), rm)),
+            rm: Some((rm_addr.clone(), rm, key)),
             scratch: Some(scratch),
         };
         let limit = mailbox_limit.to_string();
@@ -110,6 +131,8 @@ impl Cluster {
                 &rm_addr,
                 "--mailbox-limit",
                 &limit,
+                "--cluster-key",
+                &key_path,
             ];
             let process = start(exe, &id, &flags).await?;
             cluster.routers.push(RouterProcess {
@@ -128,12 +151,12 @@ impl Cluster {
     /// Waits until the replica manager reports a primary and `backups`
     /// backups.
     async fn wait_for(&self, backups: usize) -> anyhow::Result<()> {
-        let Some((rm_addr, _)) = &self.rm else {
+        let Some((rm_addr, _, key)) = &self.rm else {
             return Ok(());
         };
         let deadline = tokio::time::Instant::now() + FORM_TIMEOUT;
         loop {
-            if let Ok(RmReply::Status { config, .. }) = status::query(rm_addr).await {
+            if let Ok(RmReply::Status { config, .. }) = status::query(rm_addr, key).await {
                 if config.primary.is_some() && config.backups.len() == backups {
                     return Ok(());
                 }
@@ -160,8 +183,8 @@ impl Cluster {
 
     /// The primary's index and address, as the replica manager reports it.
     pub(super) async fn primary(&self) -> anyhow::Result<(usize, String)> {
-        let (rm_addr, _) = self.rm.as_ref().context("this cluster has no replica manager")?;
-        let RmReply::Status { config, .. } = status::query(rm_addr).await? else {
+        let (rm_addr, _, key) = self.rm.as_ref().context("this cluster has no replica manager")?;
+        let RmReply::Status { config, .. } = status::query(rm_addr, key).await? else {
             bail!("the replica manager answered something other than its status");
         };
         let primary = config.primary.context("the cluster has no primary")?;
