@@ -215,7 +215,8 @@ fn proof(
 /// The accepting side of one handshake.
 #[derive(Debug)]
 pub struct Acceptor {
-    key: ClusterKey,
+    /// The key to check proofs with, then older ones still accepted.
+    keys: Vec<ClusterKey>,
     challenge: Nonce,
 }
 
@@ -223,7 +224,18 @@ impl Acceptor {
     /// Starts a handshake with a fresh `challenge`; send
     /// [`Acceptor::challenge`] first.
     pub fn new(key: ClusterKey, challenge: Nonce) -> Self {
-        Self { key, challenge }
+        Self {
+            keys: vec![key],
+            challenge,
+        }
+    }
+
+    /// Also admits connectors that prove one of `keys`, answering each with
+    /// the key it proved: while a cluster rotates its key, members with the
+    /// old key and members with the new one still admit each other.
+    pub fn also_accepting(mut self, keys: impl IntoIterator<Item = ClusterKey>) -> Self {
+        self.keys.extend(keys);
+        self
     }
 
     /// The first frame to send.
@@ -245,10 +257,16 @@ impl Acceptor {
         else {
             return Err(AuthError::Unexpected { expected: "hello" });
         };
-        proof(&self.key, Side::Connector, &self.challenge, &nonce, id.as_ref())
-            .verify_slice(&claimed.0)
-            .map_err(|_| AuthError::WrongProof)?;
-        let answer = proof(&self.key, Side::Acceptor, &self.challenge, &nonce, id.as_ref());
+        let key = self
+            .keys
+            .iter()
+            .find(|key| {
+                proof(key, Side::Connector, &self.challenge, &nonce, id.as_ref())
+                    .verify_slice(&claimed.0)
+                    .is_ok()
+            })
+            .ok_or(AuthError::WrongProof)?;
+        let answer = proof(key, Side::Acceptor, &self.challenge, &nonce, id.as_ref());
         let welcome = AuthFrame::Welcome {
             proof: Proof(answer.finalize().into_bytes().to_vec()),
         };
@@ -435,6 +453,24 @@ mod tests {
             connector.on_welcome(refused),
             Err(AuthError::Refused("no".into()))
         );
+    }
+
+    #[test]
+    fn during_a_rotation_both_keys_are_admitted_and_no_other() {
+        let rotating = |c: &ClusterKey| {
+            let acceptor = Acceptor::new(key(7), Nonce([1; NONCE_LEN])).also_accepting([key(6)]);
+            let mut connector = Connector::new(c.clone(), r("r2"), Nonce([2; NONCE_LEN]));
+            let hello = connector.on_challenge(acceptor.challenge())?;
+            let (_, welcome) = acceptor.on_hello(hello)?;
+            connector.on_welcome(welcome)
+        };
+        assert_eq!(rotating(&key(7)), Ok(()), "the new key");
+        assert_eq!(
+            rotating(&key(6)),
+            Ok(()),
+            "the old key, answered with the old key"
+        );
+        assert_eq!(rotating(&key(5)), Err(AuthError::WrongProof));
     }
 
     #[test]

@@ -22,11 +22,12 @@ use crate::net::Stream;
 /// How long a handshake may take, from accept or connect to the last frame.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What a cluster process needs to take part in handshakes: the cluster key
-/// and a source of nonces.
+/// What a cluster process needs to take part in handshakes: the cluster
+/// key, older keys it still admits, and a source of nonces.
 #[derive(Debug)]
 pub struct ClusterAuth {
     key: ClusterKey,
+    also_accepted: Vec<ClusterKey>,
     nonces: ChaCha20Rng,
 }
 
@@ -36,17 +37,30 @@ impl ClusterAuth {
     pub fn new(key: ClusterKey, seed: [u8; 32]) -> Self {
         Self {
             key,
+            also_accepted: Vec::new(),
             nonces: ChaCha20Rng::from_seed(seed),
         }
     }
 
-    /// The cluster key.
-    pub fn key(&self) -> &ClusterKey {
-        &self.key
+    /// Also admits connections that prove one of `keys` (see
+    /// [`Acceptor::also_accepting`]); this process still proves `key`.
+    pub fn also_accepting(mut self, keys: Vec<ClusterKey>) -> Self {
+        self.also_accepted = keys;
+        self
     }
 
-    /// A fresh nonce for the next handshake.
-    pub fn nonce(&mut self) -> Nonce {
+    /// The accepting side of a new handshake.
+    pub fn acceptor(&mut self) -> Acceptor {
+        Acceptor::new(self.key.clone(), self.nonce()).also_accepting(self.also_accepted.clone())
+    }
+
+    /// The connecting side of a new handshake, as router `id` (`None`: an
+    /// operator's tool).
+    pub fn connector(&mut self, id: Option<ReplicaId>) -> Connector {
+        Connector::new(self.key.clone(), id, self.nonce())
+    }
+
+    fn nonce(&mut self) -> Nonce {
         let mut bytes = [0; NONCE_LEN];
         self.nonces.fill(&mut bytes);
         Nonce(bytes)
@@ -81,12 +95,10 @@ pub enum HandshakeError {
 /// Returns the identity it proved (`None`: an operator's tool).
 pub async fn accept<S: Stream>(
     stream: S,
-    key: ClusterKey,
-    challenge: Nonce,
+    acceptor: Acceptor,
 ) -> Result<(Authenticated<S>, Option<ReplicaId>), HandshakeError> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, async move {
         let mut io = Framed::new(stream);
-        let acceptor = Acceptor::new(key, challenge);
         io.write(&acceptor.challenge()).await?;
         let hello = io.read().await?;
         match acceptor.on_hello(hello) {
@@ -107,17 +119,14 @@ pub async fn accept<S: Stream>(
     .map_err(|_| HandshakeError::TimedOut)?
 }
 
-/// Runs the connecting side as `id` (`None`: an operator's tool): answers
-/// the challenge and checks the acceptor's proof.
+/// Runs the connecting side: answers the challenge and checks the
+/// acceptor's proof.
 pub async fn connect<S: Stream>(
     stream: S,
-    key: ClusterKey,
-    id: Option<ReplicaId>,
-    nonce: Nonce,
+    mut connector: Connector,
 ) -> Result<Authenticated<S>, HandshakeError> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, async move {
         let mut io = Framed::new(stream);
-        let mut connector = Connector::new(key, id, nonce);
         let challenge = io.read().await?;
         let hello = connector.on_challenge(challenge)?;
         io.write(&hello).await?;

@@ -198,9 +198,9 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
                     continue;
                 }
                 handshaking += 1;
-                let (key, challenge, handshakes_tx) = (auth.key().clone(), auth.nonce(), handshakes_tx.clone());
+                let (acceptor, handshakes_tx) = (auth.acceptor(), handshakes_tx.clone());
                 tokio::task::spawn_local(async move {
-                    let outcome = cluster_link::accept(stream, key, challenge).await;
+                    let outcome = cluster_link::accept(stream, acceptor).await;
                     let _ = handshakes_tx.send((addr, outcome)).await;
                 });
             }

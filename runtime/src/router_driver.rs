@@ -196,14 +196,11 @@ pub async fn run_router<N: Network>(
                     tracing::debug!(?link, attempt, %addr, "connecting");
                     let (net, attempts_tx, timeout) =
                         (net.clone(), attempts_tx.clone(), limits.connect_timeout);
-                    let credentials = auth.as_mut().map(|a| (a.key().clone(), a.nonce()));
-                    let id = router.replica_id().cloned();
+                    let connector = auth.as_mut().map(|a| a.connector(router.replica_id().cloned()));
                     tokio::task::spawn_local(async move {
                         let outcome = match tokio::time::timeout(timeout, net.connect(&addr)).await {
-                            Ok(Ok(stream)) => match credentials {
-                                Some((key, nonce)) => match cluster_link::connect(stream, key, id, nonce)
-                                    .await
-                                {
+                            Ok(Ok(stream)) => match connector {
+                                Some(connector) => match cluster_link::connect(stream, connector).await {
                                     Ok(authenticated) => Attempt::Connected(authenticated),
                                     Err(e) => Attempt::Failed(format!("handshake with {addr} failed: {e}")),
                                 },
@@ -369,9 +366,9 @@ pub async fn run_router<N: Network>(
                     continue;
                 }
                 handshaking += 1;
-                let (key, challenge, handshakes_tx) = (auth.key().clone(), auth.nonce(), handshakes_tx.clone());
+                let (acceptor, handshakes_tx) = (auth.acceptor(), handshakes_tx.clone());
                 tokio::task::spawn_local(async move {
-                    let outcome = cluster_link::accept(stream, key, challenge).await;
+                    let outcome = cluster_link::accept(stream, acceptor).await;
                     let _ = handshakes_tx.send((addr, outcome)).await;
                 });
             }

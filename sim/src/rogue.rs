@@ -13,11 +13,11 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use peerlink_core::cluster_auth::ClusterKey;
+use peerlink_core::cluster_auth::{ClusterKey, Connector};
 use peerlink_core::ids::{Epoch, Lsn, ReplicaId};
 use peerlink_core::wire::cluster::{FollowerFrame, PrimaryFrame, RmRequest};
 use peerlink_core::wire::{decode_as, encode_frame, LineDecoder, DEFAULT_MAX_FRAME_LEN};
-use peerlink_runtime::cluster_link::{self, Authenticated, ClusterAuth};
+use peerlink_runtime::cluster_link::{self, Authenticated};
 use peerlink_runtime::net::Network;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -58,16 +58,14 @@ pub(crate) async fn run(which: RogueKey, cluster: ClusterKey, seed: u64) -> turm
         for (n, router) in ROUTERS.iter().enumerate() {
             tokio::task::spawn_local(cluster_frames_on_client_port(router));
             let backup = ReplicaId::new(ROUTERS[(n + 1 + rng.random_range(0..2)) % ROUTERS.len()])?;
-            tokio::task::spawn_local(forge_acknowledgements(router, backup, key_and_nonce(&mut auth)));
+            let connector = auth.connector(Some(backup.clone()));
+            tokio::task::spawn_local(forge_acknowledgements(router, backup, connector));
         }
         let victim = ReplicaId::new(ROUTERS[rng.random_range(0..ROUTERS.len())])?;
-        tokio::task::spawn_local(claim_restart(victim, rng.random(), key_and_nonce(&mut auth)));
+        let connector = auth.connector(Some(victim.clone()));
+        tokio::task::spawn_local(claim_restart(victim, rng.random(), connector));
         tokio::time::sleep(PACE).await;
     }
-}
-
-fn key_and_nonce(auth: &mut ClusterAuth) -> (ClusterKey, peerlink_core::cluster_auth::Nonce) {
-    (auth.key().clone(), auth.nonce())
 }
 
 /// Writes `frame` as one line.
@@ -110,11 +108,7 @@ async fn cluster_frames_on_client_port(router: &'static str) {
 
 /// Follows `router` as `backup`, acknowledging every frame with a position
 /// far ahead of anything the primary has.
-async fn forge_acknowledgements(
-    router: &'static str,
-    backup: ReplicaId,
-    (key, nonce): (ClusterKey, peerlink_core::cluster_auth::Nonce),
-) {
+async fn forge_acknowledgements(router: &'static str, backup: ReplicaId, connector: Connector) {
     let attempt = async {
         let stream = TurmoilNetwork
             .connect(&format!("{router}:{CLUSTER_PORT}"))
@@ -123,9 +117,7 @@ async fn forge_acknowledgements(
         let Authenticated {
             mut stream,
             mut buffered,
-        } = cluster_link::connect(stream, key, Some(backup.clone()), nonce)
-            .await
-            .ok()?;
+        } = cluster_link::connect(stream, connector).await.ok()?;
         let follow = FollowerFrame::Follow {
             id: backup,
             epoch: Epoch(0),
@@ -159,17 +151,10 @@ async fn forge_acknowledgements(
 
 /// Heartbeats the replica manager as `victim` with a new incarnation, as if
 /// that router had restarted empty, and asks to lead.
-async fn claim_restart(
-    victim: ReplicaId,
-    incarnation: u64,
-    (key, nonce): (ClusterKey, peerlink_core::cluster_auth::Nonce),
-) {
+async fn claim_restart(victim: ReplicaId, incarnation: u64, connector: Connector) {
     let attempt = async {
         let stream = TurmoilNetwork.connect(&format!("{RM}:{RM_PORT}")).await.ok()?;
-        let Authenticated { mut stream, .. } =
-            cluster_link::connect(stream, key, Some(victim.clone()), nonce)
-                .await
-                .ok()?;
+        let Authenticated { mut stream, .. } = cluster_link::connect(stream, connector).await.ok()?;
         let beat = RmRequest::Heartbeat {
             id: victim,
             addr: format!("{ROGUE}:{ROUTER_PORT}"),

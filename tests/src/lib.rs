@@ -233,9 +233,9 @@ impl Router {
     }
 }
 
-/// The address a `peerlink` process reports in its first line
-/// (`... listening on ADDR`).
-fn listening_addr(process: &mut Process) -> Result<String> {
+/// Waits for a `peerlink` process to print where it listens (`...
+/// listening on ADDR`); returns that address.
+pub fn listening_addr(process: &mut Process) -> Result<String> {
     let line = process.expect_with("saying where it listens", |l| l.contains(" listening on "))?;
     Ok(line.rsplit(' ').next().unwrap_or_default().to_owned())
 }

@@ -128,3 +128,93 @@ fn without_the_cluster_key_nothing_joins_heartbeats_or_follows() -> Result<()> {
     alice.expect("delivered alice#1")?;
     Ok(())
 }
+
+/// Writes a key file of `byte` repeated into `dir`; returns its path.
+fn key_file(dir: &TempDir, name: &str, byte: &str) -> Result<String> {
+    let path = dir.path().join(name);
+    std::fs::write(&path, byte.repeat(32))?;
+    Ok(path.to_str().expect("UTF-8 path").to_owned())
+}
+
+#[test]
+fn while_the_key_rotates_members_with_either_key_admit_each_other() -> Result<()> {
+    let dir = TempDir::new()?;
+    let (old, new, other) = (
+        key_file(&dir, "old.key", "01")?,
+        key_file(&dir, "new.key", "02")?,
+        key_file(&dir, "other.key", "03")?,
+    );
+    let data = dir.path().join("rm");
+    let data = data.to_str().expect("UTF-8 path");
+    // Mid-rotation: the RM and r2 already prove the new key, r1 still the
+    // old one; each also admits the other.
+    let mut rm = Process::start(
+        "rm",
+        &[
+            "rm",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+            "--cluster-key",
+            &new,
+            "--accept-cluster-key",
+            &old,
+        ],
+        &[],
+    )?;
+    let rm_addr = peerlink_tests::listening_addr(&mut rm)?;
+    let router = |id: &str, key: &str, also: &str| {
+        Process::start(
+            id,
+            &[
+                "router",
+                "--id",
+                id,
+                "--listen",
+                "127.0.0.1:0",
+                "--rm",
+                &rm_addr,
+                "--cluster-key",
+                key,
+                "--accept-cluster-key",
+                also,
+            ],
+            &[],
+        )
+    };
+    let _r1 = router("r1", &old, &new)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let _r2 = router("r2", &new, &old)?;
+    let status = |key: &str| -> Result<(bool, String)> {
+        let output = std::process::Command::new(peerlink_tests::binary())
+            .args(["status", "--json", "--rm", &rm_addr, "--cluster-key", key])
+            .output()?;
+        Ok((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        ))
+    };
+    let deadline = std::time::Instant::now() + peerlink_tests::WAIT;
+    loop {
+        let (ok, json) = status(&old)?;
+        let formed = ok
+            && serde_json::from_str::<serde_json::Value>(&json).is_ok_and(|s| {
+                s["config"]["primary"]["id"] == "r1" && s["config"]["backups"][0]["id"] == "r2"
+            });
+        if formed {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "r1 (old key) and r2 (new key) never formed a cluster: {json}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(status(&new)?.0, "status with the new key");
+    ensure!(
+        !status(&other)?.0,
+        "status with a key that is neither was admitted"
+    );
+    Ok(())
+}

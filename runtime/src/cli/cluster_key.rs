@@ -26,6 +26,11 @@ pub(crate) struct ClusterKeyArgs {
     /// [default: DATA_DIR/cluster.key, created on first use]
     #[arg(long, env = "PEERLINK_CLUSTER_KEY", value_name = "FILE")]
     pub(crate) cluster_key: Option<PathBuf>,
+    /// While rotating the cluster key: also admit members that prove this
+    /// (older or newer) key. This process itself proves --cluster-key.
+    /// Repeatable (docs/security.md, "Rotating the cluster key").
+    #[arg(long, value_name = "FILE")]
+    pub(crate) accept_cluster_key: Vec<PathBuf>,
 }
 
 impl ClusterKeyArgs {
@@ -44,20 +49,29 @@ impl ClusterKeyArgs {
 
     /// Reads the key.
     pub(crate) fn load(&self) -> anyhow::Result<ClusterKey> {
-        let path = self.path()?;
-        let text = fs::read_to_string(&path).with_context(|| {
-            format!(
-                "cannot read the cluster key {} (copy the key file from an existing member)",
-                path.display()
-            )
-        })?;
-        ClusterKey::from_hex(&text).with_context(|| format!("{} holds no usable cluster key", path.display()))
+        read(&self.path()?)
     }
 
-    /// The key, with nonces drawn from the OS.
+    /// The key and the keys also admitted, with nonces drawn from the OS.
     pub(crate) fn auth(&self) -> anyhow::Result<ClusterAuth> {
-        Ok(ClusterAuth::new(self.load()?, rand::random()))
+        let also = self
+            .accept_cluster_key
+            .iter()
+            .map(|p| read(p))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(ClusterAuth::new(self.load()?, rand::random()).also_accepting(also))
     }
+}
+
+/// Reads the key file at `path`.
+fn read(path: &Path) -> anyhow::Result<ClusterKey> {
+    let text = fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the cluster key {} (copy the key file from an existing member)",
+            path.display()
+        )
+    })?;
+    ClusterKey::from_hex(&text).with_context(|| format!("{} holds no usable cluster key", path.display()))
 }
 
 /// Creates a key file at `path` with 32 fresh random bytes, readable only by
@@ -118,6 +132,7 @@ mod tests {
         }
         let args = ClusterKeyArgs {
             cluster_key: Some(dir.join("missing.key")),
+            accept_cluster_key: Vec::new(),
         };
         let error = format!("{:#}", args.load().unwrap_err());
         assert!(error.contains("cannot read the cluster key"), "{error}");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use peerlink_core::cluster_auth::ClusterKey;
+use peerlink_core::cluster_auth::{ClusterKey, Connector, Nonce};
 use peerlink_core::ids::ReqId;
 use peerlink_core::wire::cluster::{MemberStatus, RmReply, RmRequest};
 use peerlink_core::wire::{decode_as, encode_frame, LineDecoder, DEFAULT_MAX_FRAME_LEN};
@@ -34,11 +34,11 @@ pub(crate) async fn query(rm: &str, key: &ClusterKey) -> anyhow::Result<RmReply>
         let stream = tokio::net::TcpStream::connect(rm)
             .await
             .with_context(|| format!("cannot reach the replica manager at {rm}"))?;
-        let nonce = peerlink_core::cluster_auth::Nonce(rand::random());
+        let connector = Connector::new(key.clone(), None, Nonce(rand::random()));
         let Authenticated {
             mut stream,
             mut buffered,
-        } = cluster_link::connect(stream, key.clone(), None, nonce)
+        } = cluster_link::connect(stream, connector)
             .await
             .with_context(|| format!("the replica manager at {rm} refused this cluster key"))?;
         let mut out = bytes::BytesMut::new();
