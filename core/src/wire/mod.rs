@@ -6,6 +6,7 @@
 //! line can be wrong maps to a [`FrameError`] with a stable [`ErrorCode`].
 
 pub mod cluster;
+mod unique_keys;
 
 use std::fmt;
 
@@ -290,12 +291,24 @@ pub struct FrameError {
     pub message: String,
 }
 
+/// The most characters of an error message; longer ones are cut, so an
+/// error never echoes more than a short prefix of what caused it.
+pub const MAX_ERROR_MESSAGE: usize = 200;
+
+/// `message`, cut to [`MAX_ERROR_MESSAGE`] characters.
+fn bounded(message: String) -> String {
+    match message.char_indices().nth(MAX_ERROR_MESSAGE) {
+        None => message,
+        Some((end, _)) => format!("{}…", &message[..end]),
+    }
+}
+
 impl FrameError {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             req: None,
             code,
-            message: message.into(),
+            message: bounded(message.into()),
         }
     }
 
@@ -398,8 +411,11 @@ pub fn decode_server_frame(line: &[u8]) -> Result<ServerFrame, FrameError> {
 }
 
 fn decode_frame<T: serde::de::DeserializeOwned>(line: &[u8]) -> Result<T, FrameError> {
-    // The fast path parses once; only a failure pays for the diagnosis.
-    if let Ok(frame) = serde_json::from_slice::<T>(line) {
+    // The fast path parses once (and once more for duplicate keys); only a
+    // failure pays for the diagnosis.
+    let fast = serde_json::from_slice::<T>(line);
+    let duplicate = unique_keys::first_duplicate(line);
+    if let (Ok(frame), None) = (fast, &duplicate) {
         return Ok(frame);
     }
     let text = std::str::from_utf8(line)
@@ -410,6 +426,12 @@ fn decode_frame<T: serde::de::DeserializeOwned>(line: &[u8]) -> Result<T, FrameE
         return Err(FrameError::new(ErrorCode::BadJson, "frame must be a JSON object"));
     };
     let req = object.get("req").and_then(serde_json::Value::as_u64).map(ReqId);
+    if let Some(duplicate) = duplicate {
+        return Err(FrameError {
+            req,
+            ..FrameError::new(ErrorCode::BadFrame, duplicate)
+        });
+    }
     let Some(kind) = object.get("type").and_then(serde_json::Value::as_str) else {
         return Err(FrameError {
             req,
@@ -431,7 +453,7 @@ fn decode_frame<T: serde::de::DeserializeOwned>(line: &[u8]) -> Result<T, FrameE
             Err(FrameError {
                 req,
                 code,
-                message: format!("bad {kind:?} frame: {message}"),
+                message: bounded(format!("bad {kind:?} frame: {message}")),
             })
         }
     }
@@ -596,6 +618,44 @@ mod tests {
     fn error_code_names_match_serde() {
         for code in [ErrorCode::BadUtf8, ErrorCode::NotAMember, ErrorCode::InvalidSeq] {
             assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{code}\""));
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let twice = br#"{"type":"send","req":7,"seq":1,"to":"bob","to":"carol","body":"x"}"#;
+        let error = decode_client_frame(twice).unwrap_err();
+        assert_eq!((error.code, error.req), (ErrorCode::BadFrame, Some(ReqId(7))));
+        assert!(
+            error.message.contains("duplicate key \"to\""),
+            "{}",
+            error.message
+        );
+        let retyped = br#"{"type":"send","type":"ping","req":1}"#;
+        assert_eq!(
+            decode_client_frame(retyped).unwrap_err().code,
+            ErrorCode::BadFrame
+        );
+        let once = br#"{"type":"send","req":7,"seq":1,"to":"bob","body":"x"}"#;
+        assert!(decode_client_frame(once).is_ok());
+    }
+
+    #[test]
+    fn errors_echo_only_a_short_prefix_of_the_input() {
+        let junk = "\u{200b}".repeat(1 << 20);
+        for line in [
+            format!(r#"{{"type":"{junk}","req":1}}"#),
+            format!(r#"{{"type":"register","req":1,"peer":"{junk}","secret":"s"}}"#),
+            format!(r#"{{"type":"send","req":1,"seq":"{junk}"}}"#),
+        ] {
+            let error = decode_client_frame(line.as_bytes()).unwrap_err();
+            assert!(
+                error.message.chars().count() <= MAX_ERROR_MESSAGE + 1,
+                "{} chars",
+                error.message.len()
+            );
+            let frame = serde_json::to_string(&error.to_frame()).unwrap();
+            assert!(frame.len() < 2_000, "an error frame of {} bytes", frame.len());
         }
     }
 

@@ -2,6 +2,11 @@
 //!
 //! The text form is stable and documented in docs/protocol.md ("Client
 //! output"); scripts may match on its first word.
+//!
+//! Everything a remote party chose — bodies, error messages, reasons,
+//! addresses — is printed with its control characters (C0, DEL, C1) and
+//! bidirectional-text controls escaped, in both forms: a peer cannot move
+//! the cursor, clear the screen, recolour the terminal, or forge a line.
 
 use peerlink_core::client::{ClientEvent, GroupOp};
 use serde_json::json;
@@ -25,20 +30,40 @@ fn op_name(op: GroupOp) -> &'static str {
     }
 }
 
-/// Escapes a message body so it stays on one line.
-fn one_line(body: &str) -> String {
-    body.replace('\\', "\\\\")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r")
+/// Whether `c` could change how a terminal shows what follows it: a
+/// control character, or a control of bidirectional text.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text a remote party chose, made safe to print on one line: `\` becomes
+/// `\\`, newlines and tabs `\n`, `\r`, `\t`, and every other unsafe
+/// character `\u{…}`.
+fn safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if is_unsafe(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The event as one line of text.
 pub(crate) fn text(event: &ClientEvent) -> String {
     match event {
-        ClientEvent::Connected { router } => format!("connected {router}"),
-        ClientEvent::Disconnected { reason } => format!("disconnected: {reason}"),
+        ClientEvent::Connected { router } => format!("connected {}", safe(router)),
+        ClientEvent::Disconnected { reason } => format!("disconnected: {}", safe(reason)),
         ClientEvent::Registered { peer, next_seq } => format!("registered {peer} next_seq={next_seq}"),
-        ClientEvent::RegisterFailed { code, message } => format!("register_failed code={code}: {message}"),
+        ClientEvent::RegisterFailed { code, message } => {
+            format!("register_failed code={code}: {}", safe(message))
+        }
         ClientEvent::Sent { id, to } => format!("sent {id} to={to}"),
         ClientEvent::Delivered { id, to, by } => format!("delivered {id} to={to} by={by}"),
         ClientEvent::Failed {
@@ -47,11 +72,11 @@ pub(crate) fn text(event: &ClientEvent) -> String {
             code,
             message,
         } => match id {
-            Some(id) => format!("failed {id} to={to} code={code}: {message}"),
-            None => format!("failed - to={to} code={code}: {message}"),
+            Some(id) => format!("failed {id} to={to} code={code}: {}", safe(message)),
+            None => format!("failed - to={to} code={code}: {}", safe(message)),
         },
         ClientEvent::Received { id, to, body } => {
-            format!("received {id} from={} to={to}: {}", id.from, one_line(body))
+            format!("received {id} from={} to={to}: {}", id.from, safe(body))
         }
         ClientEvent::GroupDone { op, group } => format!("group {} {group}", op_name(*op)),
         ClientEvent::GroupFailed {
@@ -60,10 +85,14 @@ pub(crate) fn text(event: &ClientEvent) -> String {
             code,
             message,
         } => {
-            format!("group_failed {} {group} code={code}: {message}", op_name(*op))
+            format!(
+                "group_failed {} {group} code={code}: {}",
+                op_name(*op),
+                safe(message)
+            )
         }
-        ClientEvent::Error { code, message } => format!("error code={code}: {message}"),
-        ClientEvent::Closed { code, message } => format!("closed code={code}: {message}"),
+        ClientEvent::Error { code, message } => format!("error code={code}: {}", safe(message)),
+        ClientEvent::Closed { code, message } => format!("closed code={code}: {}", safe(message)),
     }
 }
 
@@ -108,7 +137,22 @@ pub(crate) fn json(event: &ClientEvent) -> String {
         ClientEvent::Error { code, message } => json!({"event": "error", "code": code, "message": message}),
         ClientEvent::Closed { code, message } => json!({"event": "closed", "code": code, "message": message}),
     };
-    value.to_string()
+    escape_unsafe_in_json(&value.to_string())
+}
+
+/// Escapes, as `\uXXXX`, the unsafe characters `serde_json` leaves as they
+/// are (DEL, C1 controls, bidirectional controls). They can only occur
+/// inside JSON strings, where the escape decodes to the same text.
+fn escape_unsafe_in_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if is_unsafe(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -133,6 +177,46 @@ mod tests {
         assert_eq!(
             text(&received()),
             r"received alice#3 from=alice to=bob: two\nlines \\ here"
+        );
+    }
+
+    fn hostile(body: &str) -> ClientEvent {
+        ClientEvent::Received {
+            id: MsgId {
+                from: PeerId::new("mallory").unwrap(),
+                seq: Seq(1),
+            },
+            to: Target::new("bob").unwrap(),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn no_byte_a_peer_sends_reaches_the_terminal_as_a_control() {
+        let attacks = [
+            "\u{1b}[2J\u{1b}[31mred",
+            "ok\rreceived alice#9 from=alice to=bob: forged",
+            "\u{9b}31m C1 CSI",
+            "\u{7f}\u{7}\u{8}\u{0}",
+            "abc\u{202e}gpj.exe",
+            "tab\there",
+        ];
+        for body in attacks {
+            for line in [text(&hostile(body)), json(&hostile(body))] {
+                assert!(!line.chars().any(is_unsafe), "{line:?}");
+            }
+            let v: serde_json::Value = serde_json::from_str(&json(&hostile(body))).unwrap();
+            assert_eq!(v["body"], body, "JSON keeps the exact body");
+        }
+        let error = ClientEvent::Error {
+            code: peerlink_core::wire::ErrorCode::BadFrame,
+            message: "\u{1b}]0;title\u{7}".into(),
+        };
+        assert!(!text(&error).chars().any(is_unsafe));
+        assert!(!json(&error).chars().any(is_unsafe));
+        assert_eq!(
+            text(&hostile("\u{1b}[2J")),
+            r"received mallory#1 from=mallory to=bob: \u{1b}[2J"
         );
     }
 
