@@ -15,6 +15,16 @@ use crate::net::Network;
 use crate::now;
 use crate::timer::{sleep_until, Timer};
 
+/// The client's connection limits: requests wait for the router only while
+/// it reads them; a router that stops reading while sixteen frames' worth
+/// wait is given up, and the client reconnects.
+fn client_limits(max_frame_len: usize) -> connection::Limits {
+    connection::Limits {
+        max_frame_len,
+        max_queued: 16 * max_frame_len,
+    }
+}
+
 /// What the application tells the driver.
 #[derive(Debug, Clone)]
 pub enum Control {
@@ -129,7 +139,7 @@ pub async fn run_client<N: Network>(
                 let input = match outcome {
                     Attempt::Connected(stream) => {
                         let max = config.max_frame_len;
-                        let c = connection::spawn(stream, BytesMut::new(), attempt, max, decode_server_frame, frames_tx.clone());
+                        let c = connection::spawn(stream, BytesMut::new(), attempt, client_limits(max), decode_server_frame, frames_tx.clone());
                         current = Some((attempt, c));
                         ClientInput::Connected { attempt }
                     }

@@ -1,9 +1,12 @@
 //! One connection's two tasks: a reader that decodes frames and reports
 //! them, and a writer that encodes queued frames and writes them in batches.
 
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use peerlink_core::wire::{encode_frame, FrameError, LineDecoder};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,17 +44,53 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Handles to a connection's tasks. Dropping it stops the reader; the writer
 /// stops once its queue is closed and drained.
-#[derive(Debug)]
 pub(crate) struct Connection<O> {
-    outbound: mpsc::UnboundedSender<Outbound<O>>,
+    outbound: mpsc::UnboundedSender<Outbound<Bytes>>,
+    /// Bytes encoded and not yet written.
+    queued: Rc<Cell<usize>>,
+    max_queued: usize,
+    /// Set once the peer fell too far behind; later frames are dropped.
+    overflowed: Cell<bool>,
+    /// Reports the overflow as the connection's end.
+    on_overflow: Box<dyn Fn(String)>,
     reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    frames: PhantomData<fn(O)>,
 }
 
-impl<O> Connection<O> {
-    /// Queues a frame (or a close) for the writer. A connection whose writer
-    /// has stopped is already reported closed by its reader, so a failed
-    /// send needs no handling.
+impl<O: Serialize> Connection<O> {
+    /// Encodes and queues a frame (or a close) for the writer. A connection
+    /// whose writer has stopped is already reported closed by its reader,
+    /// so a failed send needs no handling. If more than the connection's
+    /// `max_queued` bytes would wait to be written — the peer is not
+    /// reading — the connection is dropped at once and reported closed,
+    /// instead of growing memory without bound.
     pub(crate) fn send(&self, out: Outbound<O>) {
+        if self.overflowed.get() {
+            return;
+        }
+        let out = match out {
+            Outbound::Frame(frame) => {
+                let mut buf = BytesMut::new();
+                encode_frame(&frame, &mut buf);
+                let queued = self.queued.get() + buf.len();
+                if queued > self.max_queued {
+                    self.overflowed.set(true);
+                    self.reader.abort();
+                    self.writer.abort();
+                    let reason = format!(
+                        "the peer is not reading: {queued} bytes would wait, more than the limit of {}",
+                        self.max_queued
+                    );
+                    tracing::warn!(%reason, "dropping a connection");
+                    (self.on_overflow)(reason);
+                    return;
+                }
+                self.queued.set(queued);
+                Outbound::Frame(buf.freeze())
+            }
+            Outbound::Close => Outbound::Close,
+        };
         let _ = self.outbound.send(out);
     }
 }
@@ -66,12 +105,13 @@ impl<O> Drop for Connection<O> {
 /// The reader sends `(key, Inbound)` to `inbound`, decoding each line with
 /// `decode`, starting with the bytes already `buffered` (read past a
 /// handshake); it waits when `inbound` is full, which pushes back on the
-/// peer.
+/// peer. At most `max_queued` encoded bytes wait for the writer (see
+/// [`Connection::send`]).
 pub(crate) fn spawn<S, I, O, K>(
     stream: S,
     buffered: BytesMut,
     key: K,
-    max_frame_len: usize,
+    limits: Limits,
     decode: fn(&[u8]) -> Result<I, FrameError>,
     inbound: mpsc::Sender<(K, Inbound<I>)>,
 ) -> Connection<O>
@@ -83,7 +123,18 @@ where
 {
     let (mut read_half, write_half) = tokio::io::split(stream);
     let (outbound, queue) = mpsc::unbounded_channel();
+    let queued = Rc::new(Cell::new(0));
     let on_write_failure = (key.clone(), inbound.clone());
+    let on_overflow = {
+        let (key, inbound) = (key.clone(), inbound.clone());
+        Box::new(move |reason: String| {
+            let (key, inbound) = (key.clone(), inbound.clone());
+            tokio::task::spawn_local(async move {
+                let _ = inbound.send((key, Inbound::Closed(reason))).await;
+            });
+        })
+    };
+    let max_frame_len = limits.max_frame_len;
     let reader = tokio::task::spawn_local(async move {
         let mut decoder = LineDecoder::new(max_frame_len);
         let mut buf = buffered;
@@ -106,24 +157,44 @@ where
         };
         let _ = inbound.send((key, Inbound::Closed(reason))).await;
     });
-    tokio::task::spawn_local(async move {
-        if let Err(reason) = write_loop(write_half, queue).await {
+    let written = queued.clone();
+    let writer = tokio::task::spawn_local(async move {
+        if let Err(reason) = write_loop(write_half, queue, &written).await {
             let (key, inbound) = on_write_failure;
             let _ = inbound.send((key, Inbound::Closed(reason))).await;
         }
     });
-    Connection { outbound, reader }
+    Connection {
+        outbound,
+        queued,
+        max_queued: limits.max_queued,
+        overflowed: Cell::new(false),
+        on_overflow,
+        reader,
+        writer,
+        frames: PhantomData,
+    }
 }
 
-/// Writes queued frames until the queue closes or a close is asked for.
-/// Fails, with the reason, when a write fails or stalls.
-async fn write_loop<W, O>(
+/// How much one connection may hold, each way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// The longest line read, newline included.
+    pub(crate) max_frame_len: usize,
+    /// The most encoded bytes waiting to be written.
+    pub(crate) max_queued: usize,
+}
+
+/// Writes queued frames until the queue closes or a close is asked for,
+/// taking what it wrote off `queued`. Fails, with the reason, when a write
+/// fails or stalls.
+async fn write_loop<W>(
     mut writer: W,
-    mut queue: mpsc::UnboundedReceiver<Outbound<O>>,
+    mut queue: mpsc::UnboundedReceiver<Outbound<Bytes>>,
+    queued: &Cell<usize>,
 ) -> Result<(), String>
 where
     W: tokio::io::AsyncWrite + Unpin,
-    O: Serialize,
 {
     let mut buf = BytesMut::with_capacity(WRITE_BATCH);
     while let Some(first) = queue.recv().await {
@@ -131,7 +202,7 @@ where
         let mut next = Some(first);
         while let Some(out) = next.take() {
             match out {
-                Outbound::Frame(frame) => encode_frame(&frame, &mut buf),
+                Outbound::Frame(frame) => buf.extend_from_slice(&frame),
                 Outbound::Close => {
                     close = true;
                     break;
@@ -146,6 +217,7 @@ where
             writer.flush().await
         })
         .await;
+        queued.set(queued.get().saturating_sub(buf.len()));
         buf.clear();
         match written {
             Ok(Ok(())) => {}

@@ -35,6 +35,16 @@ pub const CONFIG_TARGET: &str = "peerlink::config";
 /// asks.
 pub const MAX_RM_CONNECTIONS: usize = 256;
 
+/// Each connection's limits: replies to one router are configurations,
+/// small, and a router reads them as they come; one that does not is
+/// disconnected once a few frames' worth wait.
+fn rm_limits(max_frame_len: usize) -> connection::Limits {
+    connection::Limits {
+        max_frame_len,
+        max_queued: 4 * max_frame_len,
+    }
+}
+
 /// A finished handshake.
 type Handshake<S> = (
     SocketAddr,
@@ -177,7 +187,7 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
                     Ok((Authenticated { stream, buffered }, id)) => {
                         next_conn = next_conn.next();
                         tracing::debug!(conn = ?next_conn, %addr, ?id, "member connected");
-                        let c = connection::spawn(stream, buffered, next_conn, max_frame_len, decode_as, inbound_tx.clone());
+                        let c = connection::spawn(stream, buffered, next_conn, rm_limits(max_frame_len), decode_as, inbound_tx.clone());
                         conns.insert(next_conn, c);
                         rm.handle(now(), RmInput::Connected { conn: next_conn, id });
                     }

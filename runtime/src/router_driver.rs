@@ -104,6 +104,24 @@ pub struct RouterLimits {
     pub max_connections: usize,
     /// How long one outgoing connection attempt may take.
     pub connect_timeout: Duration,
+    /// The most bytes waiting to be written to one client; a client that
+    /// reads so slowly that more would wait is disconnected (its mailbox
+    /// keeps what was not acknowledged). Default [`DEFAULT_MAX_QUEUED`].
+    pub max_queued: usize,
+}
+
+/// The default of [`RouterLimits::max_queued`]: 8 MiB, eight frames of the
+/// default maximum size.
+pub const DEFAULT_MAX_QUEUED: usize = 8 * 1024 * 1024;
+
+impl RouterLimits {
+    /// Limits for a link whose frames are `max_frame_len` at most each way.
+    fn link(&self, max_frame_len: usize) -> connection::Limits {
+        connection::Limits {
+            max_frame_len,
+            max_queued: self.max_queued.max(2 * max_frame_len),
+        }
+    }
 }
 
 /// A frame on an accepted connection: to a client, or to a follower.
@@ -281,11 +299,11 @@ pub async fn run_router<N: Network>(
                     Attempt::Connected(Authenticated { stream, buffered }) => {
                         match link {
                             Link::Rm => {
-                                let c = connection::spawn(stream, buffered, attempt, limits.max_frame_len, decode_as, rm_tx.clone());
+                                let c = connection::spawn(stream, buffered, attempt, limits.link(limits.max_frame_len), decode_as, rm_tx.clone());
                                 rm_link.conn = Some(c);
                             }
                             Link::Primary => {
-                                let c = connection::spawn(stream, buffered, attempt, MAX_REPLICATION_FRAME, decode_as, primary_tx.clone());
+                                let c = connection::spawn(stream, buffered, attempt, limits.link(MAX_REPLICATION_FRAME), decode_as, primary_tx.clone());
                                 primary_link.conn = Some(c);
                             }
                         }
@@ -343,7 +361,12 @@ pub async fn run_router<N: Network>(
                         next_conn = next_conn.next();
                         let conn = next_conn;
                         tracing::debug!(?conn, %addr, ?id, "cluster member connected");
-                        let c = connection::spawn(stream, buffered, conn, limits.max_frame_len, decode_follower, inbound_tx.clone());
+                        // A follower is sent a whole checkpoint as one frame.
+                        let member = connection::Limits {
+                            max_frame_len: limits.max_frame_len,
+                            max_queued: MAX_REPLICATION_FRAME + limits.max_queued,
+                        };
+                        let c = connection::spawn(stream, buffered, conn, member, decode_follower, inbound_tx.clone());
                         conns.insert(conn, Accepted { conn: c, member: true });
                         members += 1;
                         router.handle(now(), RouterInput::MemberConnected { conn, id });
@@ -383,7 +406,7 @@ pub async fn run_router<N: Network>(
                 };
                 next_conn = next_conn.next();
                 let conn = next_conn;
-                let c = connection::spawn(stream, BytesMut::new(), conn, limits.max_frame_len, decode_client, inbound_tx.clone());
+                let c = connection::spawn(stream, BytesMut::new(), conn, limits.link(limits.max_frame_len), decode_client, inbound_tx.clone());
                 if conns.len() - members >= limits.max_connections {
                     tracing::warn!(%addr, limit = limits.max_connections, "refusing connection: too many");
                     c.send(Outbound::Frame(ToAccepted::Client(ServerFrame::Closing {

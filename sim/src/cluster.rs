@@ -22,7 +22,7 @@ use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, Control};
 use peerlink_runtime::cluster_link::ClusterAuth;
 use peerlink_runtime::net::Network;
 use peerlink_runtime::rm_driver::{run_rm, ConfigStore};
-use peerlink_runtime::router_driver::{run_router, ClusterPort, RouterLimits};
+use peerlink_runtime::router_driver::{run_router, ClusterPort, RouterLimits, DEFAULT_MAX_QUEUED};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
@@ -135,6 +135,7 @@ pub(crate) async fn serve_router(router: Router, auth: Option<ClusterAuth>) -> t
         max_frame_len: DEFAULT_MAX_FRAME_LEN,
         max_connections: 1_000,
         connect_timeout: Duration::from_secs(1),
+        max_queued: DEFAULT_MAX_QUEUED,
     };
     run_router(
         TurmoilNetwork,

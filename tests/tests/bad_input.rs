@@ -1,7 +1,7 @@
 //! Garbage, oversized frames and protocol misuse over a raw TCP socket get
 //! error frames, while a connected pair of peers keeps talking.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -66,6 +66,47 @@ fn a_peer_that_disconnects_mid_frame_harms_nobody() -> Result<()> {
     raw.writer.set_read_timeout(Some(Duration::from_secs(5)))?;
     let _ = raw.reader.read_to_end(&mut rest);
 
+    alice.send("SEND_MSG bob unharmed")?;
+    bob.expect("received alice#1 from=alice to=bob: unharmed")?;
+    Ok(())
+}
+
+#[test]
+fn a_client_that_never_reads_is_disconnected_and_memory_stays_bounded() -> Result<()> {
+    let router = Router::start(&["--max-frame-bytes", "16384", "--max-queued-bytes", "65536"])?;
+    let dir = TempDir::new()?;
+    let mut alice = registered("alice", &router.addr, dir.path())?;
+    let mut bob = registered("bob", &router.addr, dir.path())?;
+    let before = router.process.peak_rss().unwrap_or_default();
+
+    // Up to 4,000,000 bad lines, each answered with an error frame, and
+    // never a byte read: far more answers than socket buffers hold. The
+    // router must hang up (our write fails) long before the flood ends,
+    // instead of queueing the answers.
+    let mut raw = Raw::connect(&router.addr)?;
+    raw.writer.set_write_timeout(Some(Duration::from_secs(20)))?;
+    let flood = b"{not json\n".repeat(10_000);
+    let mut outcome = None;
+    for _ in 0..400 {
+        if let Err(e) = raw.writer.write_all(&flood) {
+            outcome = Some(e);
+            break;
+        }
+    }
+    match outcome {
+        Some(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) => {}
+        other => panic!("the router kept the connection of a client that never reads: {other:?}"),
+    }
+
+    let after = router.process.peak_rss().unwrap_or_default();
+    assert!(
+        after < before + (32 << 20),
+        "the router grew from {before} to {after} bytes for one client"
+    );
     alice.send("SEND_MSG bob unharmed")?;
     bob.expect("received alice#1 from=alice to=bob: unharmed")?;
     Ok(())

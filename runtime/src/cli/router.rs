@@ -12,7 +12,7 @@ use peerlink_core::router::{Router, RouterConfig};
 use peerlink_core::wire::cluster::check_addr;
 use peerlink_core::wire::{DEFAULT_MAX_FRAME_LEN, FRAME_OVERHEAD};
 use peerlink_runtime::net::{Network, TokioNetwork};
-use peerlink_runtime::router_driver::{run_router, ClusterPort, RouterLimits};
+use peerlink_runtime::router_driver::{run_router, ClusterPort, RouterLimits, DEFAULT_MAX_QUEUED};
 
 use super::cluster_key::ClusterKeyArgs;
 use super::shutdown;
@@ -37,6 +37,12 @@ pub(crate) struct RouterArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME_LEN as u64,
           value_parser = clap::value_parser!(u64).range(FRAME_OVERHEAD as u64 * 2..=64 * 1024 * 1024))]
     max_frame_bytes: u64,
+    /// The most bytes waiting to be written to one client. A client that
+    /// reads so slowly that more would wait is disconnected; what it has not
+    /// acknowledged stays in its mailbox. At least --max-frame-bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_QUEUED as u64,
+          value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
+    max_queued_bytes: u64,
     /// The most client connections at once; more are refused with `busy`.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: u64,
@@ -152,7 +158,15 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         replication,
         ..RouterConfig::default()
     };
+    if args.max_queued_bytes < args.max_frame_bytes {
+        bail!(
+            "--max-queued-bytes {} is less than --max-frame-bytes {}: one frame would not fit",
+            args.max_queued_bytes,
+            args.max_frame_bytes
+        );
+    }
     let limits = RouterLimits {
+        max_queued: args.max_queued_bytes as usize,
         max_frame_len: config.max_frame_len,
         max_connections: args.max_connections as usize,
         connect_timeout: Duration::from_secs(2),
