@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::state::{hash_secret, Change, Item};
+use super::state::{hash_secret, message_weight, Change, Item};
 use rand::RngCore;
 
 use super::{Router, RouterOutput, Session};
@@ -230,18 +230,35 @@ impl Router {
                 format!("no peer or group is named {to}"),
             ));
         };
+        let weight = message_weight(me, to, body);
         for recipient in &recipients {
             #[cfg(feature = "planted-bugs")]
             if self.config.bugs.mailbox_drops_oldest {
                 break;
             }
-            if self.state.peers[recipient].queued_messages >= self.config.mailbox_limit {
+            let record = &self.state.peers[recipient];
+            if record.queued_messages >= self.config.mailbox_limit {
                 let message = format!(
                     "the mailbox of {recipient} is full ({} messages)",
                     self.config.mailbox_limit
                 );
                 return Err((ErrorCode::MailboxFull, message));
             }
+            if record.queued_bytes + weight > self.config.mailbox_bytes {
+                let message = format!(
+                    "the mailbox of {recipient} is full ({} of its {} bytes used)",
+                    record.queued_bytes, self.config.mailbox_bytes
+                );
+                return Err((ErrorCode::MailboxFull, message));
+            }
+        }
+        let total = weight.saturating_mul(recipients.len());
+        if self.state.stored_bytes.saturating_add(total) > self.config.storage_bytes {
+            let message = format!(
+                "the router's mailboxes are full ({} of {} bytes used)",
+                self.state.stored_bytes, self.config.storage_bytes
+            );
+            return Err((ErrorCode::StorageFull, message));
         }
         Ok(recipients)
     }

@@ -43,7 +43,7 @@ use crate::machine::Machine;
 use crate::wire::cluster::{FollowerFrame, PrimaryFrame, RmReply, RmRequest};
 use crate::wire::{ClientFrame, FrameError, ServerFrame, DEFAULT_MAX_FRAME_LEN};
 use replication::{Link, Replication, ReplicationConfig};
-pub use state::{Change, State};
+pub use state::{Change, State, ITEM_OVERHEAD};
 
 /// Tunables of a [`Router`]. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -54,6 +54,15 @@ pub struct RouterConfig {
     /// The most messages one peer's mailbox holds; a message that would
     /// exceed it is refused with `mailbox_full`. Default 10,000.
     pub mailbox_limit: usize,
+    /// The most bytes one peer's mailbox holds, messages and receipts
+    /// together, each weighed as its text plus [`ITEM_OVERHEAD`]; a message
+    /// that would exceed it is refused with `mailbox_full`. Default 64 MiB.
+    pub mailbox_bytes: usize,
+    /// The most bytes all mailboxes together hold, weighed the same way; a
+    /// message that would exceed it is refused with `storage_full`.
+    /// Receipts, which cannot be refused, may pass it by what the messages
+    /// already stored would turn into. Default 1 GiB.
+    pub storage_bytes: usize,
     /// The most mailbox items pushed to a session and not yet acknowledged.
     /// Default 256.
     pub push_window: usize,
@@ -73,6 +82,8 @@ impl Default for RouterConfig {
         Self {
             idle_timeout: Duration::from_secs(60),
             mailbox_limit: 10_000,
+            mailbox_bytes: 64 * 1024 * 1024,
+            storage_bytes: 1024 * 1024 * 1024,
             push_window: 256,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             replication: None,
@@ -297,6 +308,18 @@ impl Router {
     /// How many messages wait in `peer`'s mailbox.
     pub fn queued_messages(&self, peer: &PeerId) -> usize {
         self.state.peers.get(peer).map_or(0, |r| r.queued_messages)
+    }
+
+    /// The weight of `peer`'s mailbox, as counted against
+    /// [`RouterConfig::mailbox_bytes`].
+    pub fn queued_bytes(&self, peer: &PeerId) -> usize {
+        self.state.peers.get(peer).map_or(0, |r| r.queued_bytes)
+    }
+
+    /// The weight of all mailboxes, as counted against
+    /// [`RouterConfig::storage_bytes`].
+    pub fn stored_bytes(&self) -> usize {
+        self.state.stored_bytes
     }
 
     /// Whether every mailbox is empty: every message and receipt has been

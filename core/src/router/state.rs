@@ -15,6 +15,11 @@ use sha2::{Digest, Sha256};
 use crate::ids::{DeliveryId, GroupName, PeerId, Secret, Seq, Target};
 use crate::wire::{ErrorCode, MAX_IN_FLIGHT};
 
+/// What one mailbox item costs on top of its text: the entry, its key
+/// and its fixed fields, rounded up. Budgets count items at this weight, so
+/// that even empty messages and receipts fill a mailbox.
+pub const ITEM_OVERHEAD: usize = 128;
+
 /// An item waiting in a peer's mailbox until the peer acknowledges it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Item {
@@ -27,6 +32,22 @@ pub(crate) enum Item {
     },
     /// A receipt for a message the mailbox's owner sent: `by` has it.
     Receipt { seq: Seq, to: Target, by: PeerId },
+}
+
+impl Item {
+    /// What the item counts against a mailbox's byte budget.
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            Item::Message { from, to, body, .. } => message_weight(from, to, body),
+            Item::Receipt { to, by, .. } => ITEM_OVERHEAD + to.as_str().len() + by.as_str().len(),
+        }
+    }
+}
+
+/// What a message from `from` to `to` with `body` weighs in each
+/// recipient's mailbox.
+pub(crate) fn message_weight(from: &PeerId, to: &Target, body: &str) -> usize {
+    ITEM_OVERHEAD + from.as_str().len() + to.as_str().len() + body.len()
 }
 
 /// A registered peer.
@@ -47,6 +68,8 @@ pub(crate) struct PeerRecord {
     /// How many of the mailbox items are messages (receipts are not counted
     /// against the mailbox limit).
     pub(crate) queued_messages: usize,
+    /// The weight of every item in the mailbox, receipts included.
+    pub(crate) queued_bytes: usize,
 }
 
 impl PeerRecord {
@@ -55,12 +78,16 @@ impl PeerRecord {
         hash_secret(&self.salt, secret) == self.secret_hash
     }
 
-    fn store(&mut self, item: Item) {
+    /// Stores `item`; returns its weight.
+    fn store(&mut self, item: Item) -> usize {
         if matches!(item, Item::Message { .. }) {
             self.queued_messages += 1;
         }
+        let weight = item.weight();
+        self.queued_bytes += weight;
         self.next_delivery = self.next_delivery.next();
         self.mailbox.insert(self.next_delivery, item);
+        weight
     }
 }
 
@@ -145,6 +172,8 @@ pub enum Change {
 pub struct State {
     pub(crate) peers: BTreeMap<PeerId, PeerRecord>,
     pub(crate) groups: BTreeMap<GroupName, Group>,
+    /// The weight of every mailbox item of every peer.
+    pub(crate) stored_bytes: usize,
 }
 
 impl State {
@@ -173,6 +202,7 @@ impl State {
                         mailbox: BTreeMap::new(),
                         next_delivery: DeliveryId(0),
                         queued_messages: 0,
+                        queued_bytes: 0,
                     },
                 );
             }
@@ -186,12 +216,13 @@ impl State {
                 self.advance_seq(from, *seq);
                 for recipient in recipients {
                     let record = self.peer_mut(recipient);
-                    record.store(Item::Message {
+                    let weight = record.store(Item::Message {
                         from: from.clone(),
                         seq: *seq,
                         to: to.clone(),
                         body: Arc::clone(body),
                     });
+                    self.stored_bytes += weight;
                 }
             }
             Change::Rejected { from, seq, code } => {
@@ -203,15 +234,21 @@ impl State {
                 }
             }
             Change::Acked { peer, delivery } => {
-                let record = self.peer_mut(peer);
+                let record = self
+                    .peers
+                    .get_mut(peer)
+                    .expect("changes only name registered peers");
                 let Some(item) = record.mailbox.remove(delivery) else {
                     debug_assert!(false, "acked an item that is not in the mailbox");
                     return;
                 };
+                let weight = item.weight();
+                record.queued_bytes -= weight;
+                self.stored_bytes -= weight;
                 if let Item::Message { from, seq, to, .. } = item {
                     record.queued_messages -= 1;
                     if let Some(sender) = self.peers.get_mut(&from) {
-                        sender.store(Item::Receipt {
+                        self.stored_bytes += sender.store(Item::Receipt {
                             seq,
                             to,
                             by: peer.clone(),
@@ -245,7 +282,7 @@ impl State {
     /// Planted bug: forget the oldest messages of a mailbox over `limit`.
     #[cfg(feature = "planted-bugs")]
     pub(crate) fn planted_drop_oldest(&mut self, peer: &PeerId, limit: usize) {
-        let record = self.peer_mut(peer);
+        let record = self.peers.get_mut(peer).expect("a registered peer");
         while record.queued_messages > limit {
             let oldest = record
                 .mailbox
@@ -253,7 +290,10 @@ impl State {
                 .find(|(_, item)| matches!(item, Item::Message { .. }))
                 .map(|(d, _)| *d);
             let Some(oldest) = oldest else { break };
-            record.mailbox.remove(&oldest);
+            if let Some(item) = record.mailbox.remove(&oldest) {
+                record.queued_bytes -= item.weight();
+                self.stored_bytes -= item.weight();
+            }
             record.queued_messages -= 1;
         }
     }

@@ -388,6 +388,72 @@ fn the_last_sequence_number_is_refused_so_next_seq_never_wraps() {
     ));
 }
 
+/// The weight of a 100-byte message from alice to bob (or eve).
+const WEIGHT: usize = crate::router::ITEM_OVERHEAD + 5 + 3 + 100;
+
+#[test]
+fn a_mailbox_is_bounded_in_bytes_and_gives_them_back_when_drained() {
+    let small = crate::router::ITEM_OVERHEAD + 5 + 3 + 5;
+    let mut h = Harness::with(RouterConfig {
+        mailbox_bytes: 2 * WEIGHT + small,
+        ..RouterConfig::default()
+    });
+    let body = "x".repeat(100);
+    h.online(1, "alice");
+    h.online(2, "bob");
+    h.router.handle(h.now, RouterInput::Disconnected(ConnId(2)));
+    assert_eq!(sent(&h.send(1, 1, "bob", &body)), vec![1]);
+    assert_eq!(sent(&h.send(1, 2, "bob", &body)), vec![2]);
+    assert_eq!(errors(&h.send(1, 3, "bob", &body)), vec![ErrorCode::MailboxFull]);
+    // A smaller message still fits.
+    assert_eq!(sent(&h.send(1, 4, "bob", "small")), vec![4]);
+    assert_eq!(h.router.queued_bytes(&peer("bob")), 2 * WEIGHT + small);
+    assert_eq!(h.router.stored_bytes(), h.router.queued_bytes(&peer("bob")));
+
+    // Bob drains it; the receipts land in alice's mailbox, and go when she
+    // acknowledges them.
+    let out = h.online(3, "bob");
+    let mut out_alice = Vec::new();
+    for (delivery, ..) in messages(&out, 3) {
+        out_alice.extend(h.frame(3, ack(delivery)));
+    }
+    assert_eq!(h.router.queued_bytes(&peer("bob")), 0);
+    let receipt = crate::router::ITEM_OVERHEAD + 3 + 3;
+    assert_eq!(
+        h.router.queued_bytes(&peer("alice")),
+        3 * receipt,
+        "receipts are counted"
+    );
+    for (delivery, ..) in receipts(&out_alice, 1) {
+        h.frame(1, ack(delivery));
+    }
+    assert_eq!(h.router.queued_bytes(&peer("alice")), 0);
+    assert_eq!(h.router.stored_bytes(), 0, "every byte given back");
+}
+
+#[test]
+fn all_mailboxes_together_are_bounded() {
+    let mut h = Harness::with(RouterConfig {
+        storage_bytes: 2 * WEIGHT + WEIGHT / 2,
+        ..RouterConfig::default()
+    });
+    let body = "x".repeat(100);
+    h.online(1, "alice");
+    for (conn, name) in [(2, "bob"), (3, "eve")] {
+        h.online(conn, name);
+        h.router.handle(h.now, RouterInput::Disconnected(ConnId(conn)));
+    }
+    assert_eq!(sent(&h.send(1, 1, "bob", &body)), vec![1]);
+    assert_eq!(sent(&h.send(1, 2, "eve", &body)), vec![2]);
+    assert_eq!(errors(&h.send(1, 3, "bob", &body)), vec![ErrorCode::StorageFull]);
+    assert_eq!(
+        errors(&h.send(1, 3, "bob", &body)),
+        vec![ErrorCode::StorageFull],
+        "a resend gets the same answer"
+    );
+    assert!(h.router.stored_bytes() <= 2 * WEIGHT + WEIGHT / 2);
+}
+
 #[test]
 fn a_full_mailbox_refuses_the_message_instead_of_dropping_one() {
     let mut h = Harness::with(RouterConfig {

@@ -219,6 +219,9 @@ pub enum ErrorCode {
     NotAMember,
     /// A recipient's mailbox is full; the message was not accepted.
     MailboxFull,
+    /// The router's mailboxes together hold all it may store; the message
+    /// was not accepted.
+    StorageFull,
     /// The message body is too large to forward in one frame.
     BodyTooLarge,
     /// The sequence number is 0 or `u64::MAX`, skips past the next one
@@ -260,6 +263,7 @@ impl ErrorCode {
             ErrorCode::UnknownGroup => "unknown_group",
             ErrorCode::NotAMember => "not_a_member",
             ErrorCode::MailboxFull => "mailbox_full",
+            ErrorCode::StorageFull => "storage_full",
             ErrorCode::BodyTooLarge => "body_too_large",
             ErrorCode::InvalidSeq => "invalid_seq",
             ErrorCode::OutboxFull => "outbox_full",

@@ -33,6 +33,15 @@ pub(crate) struct RouterArgs {
     /// peer are refused with `mailbox_full` (never silently dropped).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     mailbox_limit: u64,
+    /// The most bytes one peer's mailbox holds, messages and receipts
+    /// together (each weighed as its text plus 128 bytes); further messages
+    /// to that peer are refused with `mailbox_full`.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=1 << 40))]
+    mailbox_bytes: u64,
+    /// The most bytes all mailboxes together hold, weighed the same way;
+    /// further messages are refused with `storage_full`.
+    #[arg(long, default_value_t = 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=1 << 44))]
+    storage_bytes: u64,
     /// The largest frame accepted or sent, in bytes, newline included.
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME_LEN as u64,
           value_parser = clap::value_parser!(u64).range(FRAME_OVERHEAD as u64 * 2..=64 * 1024 * 1024))]
@@ -154,6 +163,8 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     let config = RouterConfig {
         idle_timeout: Duration::from_secs(args.idle_timeout),
         mailbox_limit: args.mailbox_limit as usize,
+        mailbox_bytes: usize::try_from(args.mailbox_bytes).context("--mailbox-bytes is too large")?,
+        storage_bytes: usize::try_from(args.storage_bytes).context("--storage-bytes is too large")?,
         max_frame_len: args.max_frame_bytes as usize,
         replication,
         ..RouterConfig::default()

@@ -36,9 +36,12 @@
 
 mod cluster;
 mod follower;
+mod log;
 mod primary;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use log::Log;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +92,10 @@ pub struct ReplicationConfig {
     /// How many recent changes the primary keeps for followers that
     /// reconnect; older gaps are filled with a checkpoint. Default 100,000.
     pub max_log: usize,
+    /// How many bytes of recent changes the primary keeps, weighed like
+    /// mailbox items; the log keeps whichever of the two limits is
+    /// smaller. Default 64 MiB.
+    pub max_log_bytes: usize,
 }
 
 impl ReplicationConfig {
@@ -106,6 +113,7 @@ impl ReplicationConfig {
             ack_timeout: Duration::from_millis(1000),
             retry_interval: Duration::from_millis(100),
             max_log: 100_000,
+            max_log_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -171,7 +179,7 @@ pub(super) struct Replication {
     primary: LinkState,
     next_heartbeat: Instant,
     /// Primary: recent changes, oldest first.
-    log: VecDeque<(Lsn, Change)>,
+    log: Log,
     /// Primary: the follower streams, by follower.
     streams: BTreeMap<ReplicaId, Stream>,
     /// Primary: candidates it asked the RM to make backups; they count
@@ -206,6 +214,7 @@ pub(super) struct Replication {
 
 impl Replication {
     pub(super) fn new(config: ReplicationConfig, now: Instant) -> Self {
+        let log = Log::new(config.max_log, config.max_log_bytes);
         Self {
             config,
             configuration: Configuration::default(),
@@ -221,7 +230,7 @@ impl Replication {
                 heard: now,
             },
             next_heartbeat: now,
-            log: VecDeque::new(),
+            log,
             streams: BTreeMap::new(),
             pending_add: BTreeSet::new(),
             pending_removal: BTreeSet::new(),
@@ -401,10 +410,7 @@ impl Replication {
             };
             outbox.emit_now(RouterOutput::Replicate(stream.conn, frame));
         }
-        self.log.push_back((lsn, change));
-        while self.log.len() > self.config.max_log {
-            self.log.pop_front();
-        }
+        self.log.push(lsn, change);
     }
 
     /// Keeps `behind_since` current: a required follower behind `applied`
