@@ -27,6 +27,11 @@ pub struct Bugs {
     pub restarted_primary_keeps_role: bool,
     /// The primary commits without the minimum number of backups.
     pub commit_below_min_backups: bool,
+    /// At a failover, the replica manager demotes unheard backups to
+    /// candidates even when that leaves the new primary below the minimum:
+    /// if the new primary then dies, no router is left that may be
+    /// promoted, and the cluster stops for good.
+    pub demote_unheard_backups: bool,
     /// A primary serves on without a lease: cut off from the RM while its
     /// backups still hear it, it goes on serving.
     pub primary_ignores_lease: bool,

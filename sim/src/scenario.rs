@@ -197,7 +197,7 @@ pub fn direct_and_group(seed: u64) -> Result<Trace, SimError> {
 }
 
 /// The named chaos scenarios, in the order `sweep --scenario all` runs them.
-pub const SCENARIOS: [&str; 15] = [
+pub const SCENARIOS: [&str; 16] = [
     "primary_crash",
     "silent_primary_crash",
     "primary_cut_from_rm",
@@ -213,6 +213,7 @@ pub const SCENARIOS: [&str; 15] = [
     "rolling_restarts",
     "paused_primary",
     "rogue_during_failover",
+    "new_primary_dies_while_others_unheard",
 ];
 
 /// What one scenario run found.
@@ -526,6 +527,25 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
                 duration,
             };
             plan.push(fault(at, Trigger::NextSent, Duration::ZERO, action));
+        }
+        "new_primary_dies_while_others_unheard" => {
+            // The RM stops hearing the primary and one backup (their
+            // traffic with it is held, not lost) and promotes the other
+            // backup, which then crashes before anyone has caught up with
+            // it: only a backup of the old configuration can take over.
+            let at = secs(&mut rng, 4, 8);
+            let held = Action::Hold {
+                a: Victim::Named(RM),
+                b: vec![Victim::Primary, Victim::NotPrimary(0)],
+                duration: secs(&mut rng, 2, 4),
+            };
+            plan.push(fault(at, Trigger::NextSent, Duration::ZERO, held));
+            let crash = Action::Crash {
+                host: Victim::Primary,
+                down: secs(&mut rng, 1, 4),
+            };
+            let after = Duration::from_millis(rng.random_range(900..1_500));
+            plan.push(fault(at + after, Trigger::Now, Duration::ZERO, crash));
         }
         _ => return None,
     }

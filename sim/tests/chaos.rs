@@ -32,6 +32,11 @@ fn scenario(name: &str) {
 }
 
 #[test]
+fn new_primary_dies_while_others_unheard() {
+    scenario("new_primary_dies_while_others_unheard");
+}
+
+#[test]
 fn rogue_during_failover() {
     scenario("rogue_during_failover");
 }

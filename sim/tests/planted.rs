@@ -257,3 +257,17 @@ fn a_rogue_with_the_stolen_cluster_key_does_damage() {
         )
     });
 }
+
+/// The RM demotes the unheard primary's backups when it promotes the one it
+/// hears; that one dies, and no router is left that may be promoted: the
+/// cluster never answers again.
+#[test]
+fn demoting_unheard_backups_can_stop_the_cluster_for_good() {
+    let bugs = Bugs {
+        demote_unheard_backups: true,
+        ..Bugs::default()
+    };
+    caught(bugs, named("new_primary_dies_while_others_unheard"), |v| {
+        matches!(v, Violation::Unanswered { .. })
+    });
+}

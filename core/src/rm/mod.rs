@@ -462,6 +462,15 @@ impl ReplicaManager {
         }
     }
 
+    /// Whether the planted bug `demote_unheard_backups` is on (never, in
+    /// production builds).
+    fn demotes_unheard_backups(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.config.bugs.demote_unheard_backups;
+        #[cfg(not(feature = "planted-bugs"))]
+        false
+    }
+
     /// Whether the planted bug `restarted_primary_keeps_role` is on (never,
     /// in production builds).
     fn restarted_primary_keeps_role(&self) -> bool {
@@ -472,8 +481,12 @@ impl ReplicaManager {
     }
 
     /// Replaces the primary with the promotable backup that has the highest
-    /// LSN. Backups that are not alive become candidates; so does the old
-    /// primary.
+    /// LSN. Backups that are not alive become candidates — unless that would
+    /// leave the new primary fewer backups than the minimum: then they stay
+    /// backups. Such a primary commits nothing until one of them has caught
+    /// up, so keeping them costs nothing, and they still hold every
+    /// committed change: if the new primary dies too, one of them can be
+    /// promoted. The old primary becomes a candidate.
     fn fail_over(&mut self, now: Instant) {
         let latest = self.latest();
         let chosen = latest
@@ -498,7 +511,11 @@ impl ReplicaManager {
             .filter(|m| m.id != chosen.id)
             .partition(|m| self.is_alive(&m.id, now));
         next.backups = alive;
-        next.candidates.extend(dead);
+        if next.backups.len() < next.min_backups && !self.demotes_unheard_backups() {
+            next.backups.extend(dead);
+        } else {
+            next.candidates.extend(dead);
+        }
         next.candidates.extend(old);
         next.candidates.retain(|m| m.id != chosen.id);
         self.propose(next);

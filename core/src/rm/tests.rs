@@ -222,6 +222,30 @@ fn a_silent_primary_is_replaced_by_the_most_up_to_date_live_backup() {
     assert_eq!(config.epoch, before.next());
 }
 
+#[test]
+fn unheard_backups_stay_backups_while_the_new_primary_is_below_the_minimum() {
+    // r1 (primary) and r2 fall silent; only r3 is heard, and takes over.
+    let mut h = Harness::three_routers();
+    h.now += Duration::from_millis(300);
+    h.beat(3, "r3", 33, 42, true);
+    h.now = h.rm.poll_timeout().expect("a failover is armed");
+    h.rm.handle_timeout(h.now);
+    h.settle();
+    assert!(h.config().is_primary(&id("r3")));
+    assert_eq!(
+        Harness::names(&h.config().backups),
+        vec!["r2"],
+        "r2 holds every committed change, and r3 cannot commit without a backup"
+    );
+    // r3 dies and comes back empty; r2 is heard again and takes over, where
+    // demoting it would have left no router that may be promoted.
+    h.now += Duration::from_millis(100);
+    h.beat(3, "r3", 34, 0, true);
+    h.beat(2, "r2", 22, 40, true);
+    let config = h.config();
+    assert!(config.is_primary(&id("r2")), "{config:?}");
+}
+
 /// When the harness's routers first checked in.
 fn epoch_of(h: &Harness) -> Instant {
     h.now - Duration::from_millis(300)
