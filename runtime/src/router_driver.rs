@@ -32,7 +32,8 @@ use crate::now;
 use crate::timer::Timer;
 
 /// The `tracing` target of the event logged at every commit of a primary,
-/// with fields `router`, `epoch` and `lsn`.
+/// with fields `router`, `epoch`, `lsn`, `backups` (how many backups hold
+/// it) and `min_backups`.
 pub const COMMIT_TARGET: &str = "peerlink::commit";
 
 /// The `tracing` target of the event logged when a router starts serving as
@@ -276,9 +277,17 @@ pub async fn run_router<N: Network>(
                          to hand the primary role to a backup it still hears"
                     );
                 }
-                RouterOutput::Committed { epoch, lsn } => {
+                RouterOutput::Committed {
+                    backups,
+                    min_backups,
+                    epoch,
+                    lsn,
+                } => {
                     let router = router.replica_id().map(ToString::to_string).unwrap_or_default();
-                    tracing::trace!(target: COMMIT_TARGET, %router, epoch = epoch.0, lsn = lsn.0, "committed");
+                    tracing::trace!(
+                        target: COMMIT_TARGET, %router, epoch = epoch.0, lsn = lsn.0,
+                        backups = backups as u64, min_backups = min_backups as u64, "committed"
+                    );
                 }
             }
         }

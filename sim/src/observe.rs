@@ -88,6 +88,8 @@ struct Fields {
     router: Option<String>,
     epoch: Option<u64>,
     lsn: Option<u64>,
+    backups: Option<u64>,
+    min_backups: Option<u64>,
     primary: Option<String>,
 }
 
@@ -96,6 +98,8 @@ impl Visit for Fields {
         match field.name() {
             "epoch" => self.epoch = Some(value),
             "lsn" => self.lsn = Some(value),
+            "backups" => self.backups = Some(value),
+            "min_backups" => self.min_backups = Some(value),
             _ => {}
         }
     }
@@ -142,11 +146,13 @@ impl<S: Subscriber> Layer<S> for Capture {
             } else {
                 Step::Committed
             };
+            let count = |n: Option<u64>| usize::try_from(n.unwrap_or_default()).unwrap_or(usize::MAX);
             ClusterEvent::Commit(Commit {
                 router,
                 step,
                 epoch: Epoch(epoch),
                 lsn: Lsn(lsn),
+                backups: (count(fields.backups), count(fields.min_backups)),
             })
         } else if target == CONFIG_TARGET {
             ClusterEvent::Config {

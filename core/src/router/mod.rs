@@ -200,8 +200,13 @@ pub enum RouterOutput {
     },
     /// Informational: as primary of `epoch`, the router committed every
     /// change up to `lsn`. Drivers log it; checkers use it to verify that
-    /// only one router commits in an epoch.
+    /// only one router commits in an epoch, and never with fewer copies
+    /// than the minimum.
     Committed {
+        /// How many backups of the configuration hold `lsn`.
+        backups: usize,
+        /// How many the configuration requires.
+        min_backups: usize,
         /// The router's epoch.
         epoch: Epoch,
         /// The new commit point.
@@ -392,7 +397,13 @@ impl Router {
         };
         if self.outbox.committed > before {
             let lsn = self.outbox.committed;
-            self.outbox.emit_now(RouterOutput::Committed { epoch, lsn });
+            let (backups, min_backups) = self.replication.as_ref().map_or((0, 0), |r| r.copies(lsn));
+            self.outbox.emit_now(RouterOutput::Committed {
+                backups,
+                min_backups,
+                epoch,
+                lsn,
+            });
         }
     }
 }

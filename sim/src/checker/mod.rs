@@ -100,6 +100,20 @@ pub enum Violation {
         /// The successor's state when promoted.
         successor_lsn: Lsn,
     },
+    /// A primary committed a change that fewer backups than the minimum
+    /// hold: one more crash could lose what it acknowledged.
+    CommittedBelowMinimum {
+        /// The primary.
+        router: ReplicaId,
+        /// Its epoch.
+        epoch: Epoch,
+        /// The commit point.
+        lsn: Lsn,
+        /// How many backups held it.
+        backups: usize,
+        /// How many the configuration required.
+        min_backups: usize,
+    },
     /// A router forgot acknowledged state: a registration, a sequence
     /// number, a group or a membership (see the `state` module's rules).
     StateLost {
@@ -157,6 +171,16 @@ impl fmt::Display for Violation {
                 f,
                 "deposed commit: {router} committed up to {lsn} in epoch {epoch} after {successor} was \
                  promoted in epoch {successor_epoch} with its state at {successor_lsn}"
+            ),
+            Violation::CommittedBelowMinimum {
+                router,
+                epoch,
+                lsn,
+                backups,
+                min_backups,
+            } => write!(
+                f,
+                "committed below the minimum: {router} committed up to {lsn} in epoch {epoch} with {backups} backup(s), fewer than {min_backups}"
             ),
             Violation::StateLost { peer, detail } => write!(f, "state lost: {peer}: {detail}"),
             Violation::Unanswered { peer, command } => write!(f, "unanswered: {peer} issued {command}"),
@@ -391,6 +415,9 @@ pub struct Commit {
     pub epoch: Epoch,
     /// Its state's LSN (promotion) or new commit point (commit).
     pub lsn: Lsn,
+    /// For a commit: how many backups held it, and how many the
+    /// configuration required (0 and 0 for a promotion).
+    pub backups: (usize, usize),
 }
 
 /// Checks the routers' own replication trace, in the order it happened: at
@@ -398,7 +425,8 @@ pub struct Commit {
 /// router; once a router has committed in an epoch, no other router commits
 /// in an older one; and once a router is promoted in an epoch with its
 /// state at LSN `l`, no other router commits past `l` in an older epoch (a
-/// deposed primary commits nothing its successor lacks).
+/// deposed primary commits nothing its successor lacks); and every commit
+/// rests on at least the configuration's minimum of backups.
 pub fn check_commits(commits: &[Commit]) -> Vec<Violation> {
     let mut by_epoch: BTreeMap<Epoch, BTreeSet<ReplicaId>> = BTreeMap::new();
     let mut last: BTreeMap<ReplicaId, Epoch> = BTreeMap::new();
@@ -409,6 +437,16 @@ pub fn check_commits(commits: &[Commit]) -> Vec<Violation> {
         if commit.step == Step::Promoted {
             promotions.push(commit);
             continue;
+        }
+        let (backups, min_backups) = commit.backups;
+        if backups < min_backups {
+            violations.push(Violation::CommittedBelowMinimum {
+                router: commit.router.clone(),
+                epoch: commit.epoch,
+                lsn: commit.lsn,
+                backups,
+                min_backups,
+            });
         }
         let successor = promotions
             .iter()
@@ -767,7 +805,23 @@ mod tests {
             step,
             epoch: Epoch(epoch),
             lsn: Lsn(lsn),
+            backups: if step == Step::Committed { (1, 1) } else { (0, 0) },
         }
+    }
+
+    #[test]
+    fn a_commit_with_fewer_backups_than_the_minimum_is_reported() {
+        let mut lone = step("r1", Step::Committed, 5, 10);
+        assert!(check_commits(&[lone.clone()]).is_empty());
+        lone.backups = (0, 1);
+        assert!(matches!(
+            check_commits(&[lone]).as_slice(),
+            [Violation::CommittedBelowMinimum {
+                backups: 0,
+                min_backups: 1,
+                ..
+            }]
+        ));
     }
 
     #[test]

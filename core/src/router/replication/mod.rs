@@ -388,6 +388,19 @@ impl Replication {
         Some(self.required().map(|id| self.acked(id)).fold(applied, Lsn::min))
     }
 
+    /// How many backups of the configuration hold `lsn`, and how many the
+    /// configuration requires: what a commit of `lsn` rests on.
+    pub(in crate::router) fn copies(&self, lsn: Lsn) -> (usize, usize) {
+        let me = &self.config.id;
+        let c = &self.configuration;
+        let copies = c
+            .backups
+            .iter()
+            .filter(|m| m.id != *me && self.acked(&m.id) >= lsn)
+            .count();
+        (copies, c.min_backups)
+    }
+
     /// Why commits wait, if they wait for the configuration rather than for
     /// acknowledgements: `(backups, min_backups)`.
     fn below_minimum(&self) -> Option<(usize, usize)> {
