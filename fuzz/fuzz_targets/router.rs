@@ -1,0 +1,68 @@
+//! A standalone router fed arbitrary frame sequences on a few connections,
+//! with connects, disconnects and time passing in between: it never
+//! panics, and every answer it writes is a frame that decodes. Like a real
+//! driver, it never reuses a connection ID: a reconnect gets a new one.
+#![no_main]
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use libfuzzer_sys::fuzz_target;
+use peerlink_core::ids::ConnId;
+use peerlink_core::router::{Router, RouterConfig, RouterInput, RouterOutput};
+use peerlink_core::wire::{decode_client_frame, decode_server_frame, encode_frame};
+use peerlink_core::Machine;
+
+fuzz_target!(|data: &[u8]| {
+    let start = Instant::now();
+    let mut now = start;
+    let config = RouterConfig {
+        mailbox_limit: 8,
+        mailbox_bytes: 4096,
+        storage_bytes: 16_384,
+        push_window: 4,
+        ..RouterConfig::default()
+    };
+    let mut router = Router::new(config, 7, now);
+    // The current connection in each of three slots.
+    let mut slots = [ConnId(1), ConnId(2), ConnId(3)];
+    let mut next = 3;
+    for conn in slots {
+        router.handle(now, RouterInput::Connected(conn));
+    }
+    // Each line: a control byte (which connection, and what else happens)
+    // then the frame.
+    for line in data.split(|b| *b == b'\n') {
+        let Some((&control, frame)) = line.split_first() else {
+            continue;
+        };
+        let slot = usize::from(control % 3);
+        match control / 3 % 8 {
+            0 => router.handle(now, RouterInput::Disconnected(slots[slot])),
+            1 => {
+                router.handle(now, RouterInput::Disconnected(slots[slot]));
+                next += 1;
+                slots[slot] = ConnId(next);
+                router.handle(now, RouterInput::Connected(slots[slot]));
+            }
+            2 => {
+                now += Duration::from_millis(u64::from(control) * 100);
+                router.handle_timeout(now);
+            }
+            _ => {}
+        }
+        let conn = slots[slot];
+        let input = match decode_client_frame(frame) {
+            Ok(frame) => RouterInput::Frame(conn, frame),
+            Err(error) => RouterInput::Malformed(conn, error),
+        };
+        router.handle(now, input);
+        while let Some(output) = router.poll_output() {
+            if let RouterOutput::Send(_, frame) = output {
+                let mut out = BytesMut::new();
+                encode_frame(&frame, &mut out);
+                decode_server_frame(&out[..out.len() - 1]).expect("the router writes frames that decode");
+            }
+        }
+    }
+});
