@@ -415,6 +415,9 @@ impl Machine for Router {
     fn handle(&mut self, now: Instant, input: RouterInput) {
         match input {
             RouterInput::Connected(conn) => {
+                // Drivers never reuse an ID; if one did, the old connection
+                // is forgotten rather than left with a second deadline.
+                self.forget(conn);
                 if let Some(primary) = self.replication.as_ref().and_then(Replication::redirect) {
                     // Not the primary: point the client elsewhere. A follower
                     // reaching us gets the same answer, and ignores it.
@@ -435,6 +438,7 @@ impl Machine for Router {
                 self.deadlines.insert((deadline, conn));
             }
             RouterInput::MemberConnected { conn, id } => {
+                self.forget(conn);
                 let deadline = now + self.config.idle_timeout;
                 let member = Some(id);
                 let c = Conn {
@@ -480,6 +484,12 @@ impl Machine for Router {
         while let Some(&(deadline, conn)) = self.deadlines.first() {
             if deadline > now {
                 break;
+            }
+            // Taken off first, so the sweep always moves on, even past an
+            // entry its connection no longer owns.
+            self.deadlines.remove(&(deadline, conn));
+            if self.conns.get(&conn).and_then(|c| c.deadline) != Some(deadline) {
+                continue;
             }
             let message = format!(
                 "nothing received for {} s",

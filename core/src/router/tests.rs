@@ -649,3 +649,19 @@ fn any_frame_keeps_a_connection_alive() {
     h.frame(1, ClientFrame::Ping { req: ReqId(99) });
     assert_eq!(h.router.poll_timeout(), Some(h.now + Duration::from_secs(60)));
 }
+
+#[test]
+fn a_connection_id_reported_twice_never_stalls_the_idle_sweep() {
+    // Found by the `router` fuzz target: a second `Connected` for a live ID
+    // left a deadline no connection owned, and the sweep looped on it (with
+    // that bug, this test never returns).
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.now += Duration::from_secs(1);
+    h.router.handle(h.now, RouterInput::Connected(ConnId(1)));
+    h.now += Duration::from_secs(3600);
+    h.router.handle_timeout(h.now);
+    let out: Vec<RouterOutput> = std::iter::from_fn(|| h.router.poll_output()).take(100).collect();
+    assert!(out.len() < 10, "the sweep spun: {} outputs", out.len());
+    assert!(h.router.poll_timeout().is_none_or(|t| t > h.now));
+}
