@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +42,46 @@ fn rm_limits(max_frame_len: usize) -> connection::Limits {
     connection::Limits {
         max_frame_len,
         max_queued: 4 * max_frame_len,
+    }
+}
+
+/// The most connections from one source address, handshakes included.
+pub const MAX_RM_CONNECTIONS_PER_SOURCE: usize = 32;
+
+/// A connection that sends nothing for this long is closed. Routers
+/// heartbeat every 100 ms; `peerlink status` asks at once.
+pub const RM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often idle connections are looked for.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// A connection of the replica manager.
+struct RmConn {
+    conn: Connection<RmReply>,
+    source: IpAddr,
+    heard: tokio::time::Instant,
+}
+
+/// How many connections, handshaking or established, each source holds.
+#[derive(Default)]
+struct Sources(BTreeMap<IpAddr, usize>);
+
+impl Sources {
+    fn count(&self, source: IpAddr) -> usize {
+        self.0.get(&source).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, source: IpAddr) {
+        *self.0.entry(source).or_default() += 1;
+    }
+
+    fn remove(&mut self, source: IpAddr) {
+        if let Some(count) = self.0.get_mut(&source) {
+            *count -= 1;
+            if *count == 0 {
+                self.0.remove(&source);
+            }
+        }
     }
 }
 
@@ -109,6 +149,9 @@ impl ConfigStore for FileStore {
 /// Runs the replica manager on connections accepted from `listener` that
 /// prove membership with `auth`, until `shutdown` resolves. A configuration
 /// that cannot be saved is retried; until it is saved it is not announced.
+/// At most [`MAX_RM_CONNECTIONS`] connections are open, at most
+/// [`MAX_RM_CONNECTIONS_PER_SOURCE`] from one address, and one silent for
+/// [`RM_IDLE_TIMEOUT`] is closed.
 pub async fn run_rm<L: Listener, S: ConfigStore>(
     mut rm: ReplicaManager,
     mut listener: L,
@@ -120,7 +163,9 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
     let (handshakes_tx, mut handshakes) = mpsc::channel::<Handshake<L::Stream>>(16);
     let mut handshaking = 0usize;
     let (inbound_tx, mut inbound) = mpsc::channel::<(ConnId, Inbound<RmRequest>)>(1024);
-    let mut conns: BTreeMap<ConnId, Connection<RmReply>> = BTreeMap::new();
+    let mut conns: BTreeMap<ConnId, RmConn> = BTreeMap::new();
+    let mut sources = Sources::default();
+    let mut idle_check = tokio::time::interval(IDLE_CHECK);
     let mut next_conn = ConnId(0);
     let mut unsaved: Option<Configuration> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -130,7 +175,7 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
             match output {
                 RmOutput::Send(conn, reply) => {
                     if let Some(c) = conns.get(&conn) {
-                        c.send(Outbound::Frame(reply));
+                        c.conn.send(Outbound::Frame(reply));
                     }
                 }
                 RmOutput::Persist(config) => unsaved = Some(config),
@@ -170,12 +215,32 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
                 }
             }
             () = sleep_until(deadline) => rm.handle_timeout(now()),
+            _ = idle_check.tick() => {
+                let silent: Vec<ConnId> = conns
+                    .iter()
+                    .filter(|(_, c)| c.heard.elapsed() >= RM_IDLE_TIMEOUT)
+                    .map(|(conn, _)| *conn)
+                    .collect();
+                for conn in silent {
+                    if let Some(c) = conns.remove(&conn) {
+                        tracing::debug!(?conn, source = %c.source, "closing a silent connection");
+                        sources.remove(c.source);
+                        c.conn.send(Outbound::Close);
+                    }
+                    rm.handle(now(), RmInput::Disconnected(conn));
+                }
+            }
             Some((conn, event)) = inbound.recv() => {
+                if let Some(c) = conns.get_mut(&conn) {
+                    c.heard = tokio::time::Instant::now();
+                }
                 let input = match event {
                     Inbound::Frame(request) => RmInput::Request(conn, request),
                     Inbound::Malformed(error) => RmInput::Malformed(conn, error),
                     Inbound::Closed(_) => {
-                        conns.remove(&conn);
+                        if let Some(c) = conns.remove(&conn) {
+                            sources.remove(c.source);
+                        }
                         RmInput::Disconnected(conn)
                     }
                 };
@@ -187,11 +252,15 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
                     Ok((Authenticated { stream, buffered }, id)) => {
                         next_conn = next_conn.next();
                         tracing::debug!(conn = ?next_conn, %addr, ?id, "member connected");
-                        let c = connection::spawn(stream, buffered, next_conn, rm_limits(max_frame_len), decode_as, inbound_tx.clone());
-                        conns.insert(next_conn, c);
+                        let conn = connection::spawn(stream, buffered, next_conn, rm_limits(max_frame_len), decode_as, inbound_tx.clone());
+                        let heard = tokio::time::Instant::now();
+                        conns.insert(next_conn, RmConn { conn, source: addr.ip(), heard });
                         rm.handle(now(), RmInput::Connected { conn: next_conn, id });
                     }
-                    Err(error) => tracing::warn!(%addr, %error, "refused a connection"),
+                    Err(error) => {
+                        sources.remove(addr.ip());
+                        tracing::warn!(%addr, %error, "refused a connection");
+                    }
                 }
             }
             accepted = listener.accept() => {
@@ -207,6 +276,11 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
                     tracing::warn!(%addr, limit = MAX_RM_CONNECTIONS, "refusing a connection: too many");
                     continue;
                 }
+                if sources.count(addr.ip()) >= MAX_RM_CONNECTIONS_PER_SOURCE {
+                    tracing::warn!(%addr, limit = MAX_RM_CONNECTIONS_PER_SOURCE, "refusing a connection: too many from one address");
+                    continue;
+                }
+                sources.add(addr.ip());
                 handshaking += 1;
                 let (acceptor, handshakes_tx) = (auth.acceptor(), handshakes_tx.clone());
                 tokio::task::spawn_local(async move {

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
 use peerlink_core::ids::{ConnId, ReplicaId};
@@ -103,6 +103,9 @@ pub struct RouterLimits {
     /// The most connections at once; further ones are refused with an error
     /// frame and closed.
     pub max_connections: usize,
+    /// The most client connections from one source address; more are
+    /// refused with `busy`, so one source cannot take every place.
+    pub max_per_source: usize,
     /// How long one outgoing connection attempt may take.
     pub connect_timeout: Duration,
     /// The most bytes waiting to be written to one client; a client that
@@ -173,12 +176,11 @@ pub async fn run_router<N: Network>(
     };
     let (handshakes_tx, mut handshakes) = mpsc::channel::<Handshake<N::Stream>>(16);
     let mut handshaking = 0usize;
-    let mut members = 0usize;
     let (inbound_tx, mut inbound) = mpsc::channel::<(ConnId, Inbound<FromAccepted>)>(INBOUND_QUEUE);
     let (attempts_tx, mut attempts) = mpsc::channel::<(Link, u64, Attempt<N::Stream>)>(16);
     let (rm_tx, mut from_rm) = mpsc::channel::<(u64, Inbound<RmReply>)>(256);
     let (primary_tx, mut from_primary) = mpsc::channel::<(u64, Inbound<PrimaryFrame>)>(INBOUND_QUEUE);
-    let mut conns: BTreeMap<ConnId, Accepted> = BTreeMap::new();
+    let mut conns = AcceptedConns::default();
     let mut rm_link: LinkConn<RmRequest> = LinkConn::new();
     let mut primary_link: LinkConn<FollowerFrame> = LinkConn::new();
     let mut next_conn = ConnId(0);
@@ -201,9 +203,8 @@ pub async fn run_router<N: Network>(
                     }
                 }
                 RouterOutput::Close(conn) => {
-                    if let Some(c) = conns.remove(&conn) {
+                    if let Some(c) = conns.remove(conn) {
                         tracing::debug!(?conn, "closing connection");
-                        members -= usize::from(c.member);
                         c.conn.send(Outbound::Close);
                     }
                 }
@@ -353,14 +354,14 @@ pub async fn run_router<N: Network>(
             }
             Some((conn, event)) = inbound.recv() => {
                 let now = now();
-                router.handle(now, accepted_input(&mut conns, &mut members, conn, event));
+                router.handle(now, accepted_input(&mut conns, conn, event));
                 // Take what else has arrived without another trip through
                 // `select!`; the budget keeps timers and accepts served.
                 for _ in 1..INBOUND_BATCH {
                     let Ok((conn, event)) = inbound.try_recv() else {
                         break;
                     };
-                    router.handle(now, accepted_input(&mut conns, &mut members, conn, event));
+                    router.handle(now, accepted_input(&mut conns, conn, event));
                 }
             }
             Some((addr, outcome)) = handshakes.recv() => {
@@ -376,8 +377,7 @@ pub async fn run_router<N: Network>(
                             max_queued: MAX_REPLICATION_FRAME + limits.max_queued,
                         };
                         let c = connection::spawn(stream, buffered, conn, member, decode_follower, inbound_tx.clone());
-                        conns.insert(conn, Accepted { conn: c, member: true });
-                        members += 1;
+                        conns.insert(conn, Accepted { conn: c, source: None });
                         router.handle(now(), RouterInput::MemberConnected { conn, id });
                     }
                     Err(error) => tracing::warn!(%addr, %error, "refused a cluster connection"),
@@ -393,7 +393,7 @@ pub async fn run_router<N: Network>(
                     }
                 };
                 let Some(auth) = auth.as_mut() else { continue };
-                if handshaking + members >= MAX_CLUSTER_CONNECTIONS {
+                if handshaking + conns.members >= MAX_CLUSTER_CONNECTIONS {
                     tracing::warn!(%addr, limit = MAX_CLUSTER_CONNECTIONS, "refusing a cluster connection: too many");
                     continue;
                 }
@@ -416,17 +416,21 @@ pub async fn run_router<N: Network>(
                 next_conn = next_conn.next();
                 let conn = next_conn;
                 let c = connection::spawn(stream, BytesMut::new(), conn, limits.link(limits.max_frame_len), decode_client, inbound_tx.clone());
-                if conns.len() - members >= limits.max_connections {
-                    tracing::warn!(%addr, limit = limits.max_connections, "refusing connection: too many");
-                    c.send(Outbound::Frame(ToAccepted::Client(ServerFrame::Closing {
-                        code: ErrorCode::Busy,
-                        message: format!("the router has its maximum of {} connections", limits.max_connections),
-                    })));
+                let refusal = if conns.clients() >= limits.max_connections {
+                    Some(format!("the router has its maximum of {} connections", limits.max_connections))
+                } else if conns.from_source(addr.ip()) >= limits.max_per_source {
+                    Some(format!("{} connections from your address are the most one address may have", limits.max_per_source))
+                } else {
+                    None
+                };
+                if let Some(message) = refusal {
+                    tracing::warn!(%addr, %message, "refusing connection");
+                    c.send(Outbound::Frame(ToAccepted::Client(ServerFrame::Closing { code: ErrorCode::Busy, message })));
                     c.send(Outbound::Close);
                     continue;
                 }
                 tracing::debug!(?conn, %addr, "connection accepted");
-                conns.insert(conn, Accepted { conn: c, member: false });
+                conns.insert(conn, Accepted { conn: c, source: Some(addr.ip()) });
                 router.handle(now(), RouterInput::Connected(conn));
             }
         }
@@ -469,20 +473,66 @@ async fn accept_cluster<L: Listener>(listener: &mut Option<L>) -> std::io::Resul
     }
 }
 
-/// An accepted connection, and whether it came through the cluster listener.
+/// An accepted connection, and for a client connection its source address
+/// (`None`: it came through the cluster listener).
 struct Accepted {
     conn: Connection<ToAccepted>,
-    member: bool,
+    source: Option<IpAddr>,
+}
+
+/// The accepted connections, with the counts that bound them.
+#[derive(Default)]
+struct AcceptedConns {
+    by_id: BTreeMap<ConnId, Accepted>,
+    /// How many came through the cluster listener.
+    members: usize,
+    /// How many client connections each source address holds.
+    sources: BTreeMap<IpAddr, usize>,
+}
+
+impl AcceptedConns {
+    fn get(&self, conn: &ConnId) -> Option<&Accepted> {
+        self.by_id.get(conn)
+    }
+
+    /// How many client connections there are.
+    fn clients(&self) -> usize {
+        self.by_id.len() - self.members
+    }
+
+    /// How many client connections `source` holds.
+    fn from_source(&self, source: IpAddr) -> usize {
+        self.sources.get(&source).copied().unwrap_or(0)
+    }
+
+    fn insert(&mut self, conn: ConnId, accepted: Accepted) {
+        match accepted.source {
+            Some(source) => *self.sources.entry(source).or_default() += 1,
+            None => self.members += 1,
+        }
+        self.by_id.insert(conn, accepted);
+    }
+
+    fn remove(&mut self, conn: ConnId) -> Option<Accepted> {
+        let accepted = self.by_id.remove(&conn)?;
+        match accepted.source {
+            Some(source) => {
+                if let Some(count) = self.sources.get_mut(&source) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.sources.remove(&source);
+                    }
+                }
+            }
+            None => self.members -= 1,
+        }
+        Some(accepted)
+    }
 }
 
 /// The router's input for what an accepted connection reported; forgets
 /// the connection when it ended.
-fn accepted_input(
-    conns: &mut BTreeMap<ConnId, Accepted>,
-    members: &mut usize,
-    conn: ConnId,
-    event: Inbound<FromAccepted>,
-) -> RouterInput {
+fn accepted_input(conns: &mut AcceptedConns, conn: ConnId, event: Inbound<FromAccepted>) -> RouterInput {
     match event {
         Inbound::Frame(FromAccepted::Client(frame)) => RouterInput::Frame(conn, frame),
         Inbound::Frame(FromAccepted::Follower(frame)) => RouterInput::Follower(conn, frame),
@@ -492,9 +542,7 @@ fn accepted_input(
         }
         Inbound::Closed(reason) => {
             tracing::debug!(?conn, %reason, "connection ended");
-            if let Some(c) = conns.remove(&conn) {
-                *members -= usize::from(c.member);
-            }
+            conns.remove(conn);
             RouterInput::Disconnected(conn)
         }
     }

@@ -134,6 +134,7 @@ pub(crate) async fn serve_router(router: Router, auth: Option<ClusterAuth>) -> t
     let limits = RouterLimits {
         max_frame_len: DEFAULT_MAX_FRAME_LEN,
         max_connections: 1_000,
+        max_per_source: 1_000,
         connect_timeout: Duration::from_secs(1),
         max_queued: DEFAULT_MAX_QUEUED,
     };

@@ -111,3 +111,34 @@ fn a_client_that_never_reads_is_disconnected_and_memory_stays_bounded() -> Resul
     bob.expect("received alice#1 from=alice to=bob: unharmed")?;
     Ok(())
 }
+
+#[test]
+fn one_address_cannot_take_every_connection() -> Result<()> {
+    let router = Router::start(&["--max-connections-per-source", "5"])?;
+    let dir = TempDir::new()?;
+    let mut alice = registered("alice", &router.addr, dir.path())?;
+    let mut bob = registered("bob", &router.addr, dir.path())?;
+    // alice and bob hold two of loopback's five places; three more fit.
+    let mut held: Vec<Raw> = (0..3)
+        .map(|_| Raw::connect(&router.addr))
+        .collect::<Result<_>>()?;
+    for raw in &mut held {
+        raw.write(b"{\"type\":\"ping\",\"req\":1}\n")?;
+        let pong = raw.read()?;
+        assert_eq!(pong["type"], "pong", "{pong}");
+    }
+    let mut refused = Raw::connect(&router.addr)?;
+    let closing = refused.read()?;
+    assert_eq!(closing["type"], "closing", "{closing}");
+    assert_eq!(closing["code"], "busy", "{closing}");
+    // One place frees when a connection goes.
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = Raw::connect(&router.addr)?;
+    again.write(b"{\"type\":\"ping\",\"req\":2}\n")?;
+    assert_eq!(again.read()?["type"], "pong");
+
+    alice.send("SEND_MSG bob still here")?;
+    bob.expect("received alice#1 from=alice to=bob: still here")?;
+    Ok(())
+}

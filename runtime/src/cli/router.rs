@@ -52,6 +52,10 @@ pub(crate) struct RouterArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_QUEUED as u64,
           value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
     max_queued_bytes: u64,
+    /// The most client connections from one address at once; more are
+    /// refused with `busy`, so that one source cannot take every place.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections_per_source: u64,
     /// The most client connections at once; more are refused with `busy`.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: u64,
@@ -180,6 +184,7 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         max_queued: args.max_queued_bytes as usize,
         max_frame_len: config.max_frame_len,
         max_connections: args.max_connections as usize,
+        max_per_source: args.max_connections_per_source as usize,
         connect_timeout: Duration::from_secs(2),
     };
     let router = Router::new(
