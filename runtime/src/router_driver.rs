@@ -418,7 +418,7 @@ pub async fn run_router<N: Network>(
                 let c = connection::spawn(stream, BytesMut::new(), conn, limits.link(limits.max_frame_len), decode_client, inbound_tx.clone());
                 let refusal = if conns.clients() >= limits.max_connections {
                     Some(format!("the router has its maximum of {} connections", limits.max_connections))
-                } else if conns.from_source(addr.ip()) >= limits.max_per_source {
+                } else if conns.held_by(addr.ip()) >= limits.max_per_source {
                     Some(format!("{} connections from your address are the most one address may have", limits.max_per_source))
                 } else {
                     None
@@ -501,7 +501,7 @@ impl AcceptedConns {
     }
 
     /// How many client connections `source` holds.
-    fn from_source(&self, source: IpAddr) -> usize {
+    fn held_by(&self, source: IpAddr) -> usize {
         self.sources.get(&source).copied().unwrap_or(0)
     }
 
