@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::state::{hash_secret, message_weight, Change, Item};
 use rand::RngCore;
 
-use super::{Router, RouterOutput, Session};
+use super::{Guesses, Router, RouterOutput, Session, FIRST_GUESS_DELAY, MAX_GUESS_DELAY};
 use crate::ids::{ConnId, DeliveryId, GroupName, PeerId, ReqId, Secret, Seq, Target};
 use crate::wire::{json_string_len, ClientFrame, ErrorCode, ServerFrame, FRAME_OVERHEAD, MAX_IN_FLIGHT};
 
@@ -58,10 +58,10 @@ impl Router {
         self.conns.get(&conn).and_then(|c| c.peer.clone())
     }
 
-    pub(super) fn handle_frame(&mut self, conn: ConnId, frame: ClientFrame) {
+    pub(super) fn handle_frame(&mut self, now: Instant, conn: ConnId, frame: ClientFrame) {
         match frame {
             ClientFrame::Register { req, peer, secret } => {
-                return self.handle_register(conn, req, peer, secret)
+                return self.handle_register(now, conn, req, peer, secret)
             }
             // A pong depends on no change: it goes out at once, even while
             // answers wait for a commit, so a client can tell a live router
@@ -93,7 +93,7 @@ impl Router {
         }
     }
 
-    fn handle_register(&mut self, conn: ConnId, req: ReqId, peer: PeerId, secret: Secret) {
+    fn handle_register(&mut self, now: Instant, conn: ConnId, req: ReqId, peer: PeerId, secret: Secret) {
         let Some(current) = self.conns.get(&conn) else {
             return;
         };
@@ -107,13 +107,44 @@ impl Router {
             self.error(conn, Some(req), ErrorCode::NameTaken, message);
             return;
         }
+        if let Some(wait) = self
+            .guesses
+            .get(&peer)
+            .map(|g| g.next_allowed)
+            .filter(|t| *t > now)
+        {
+            let message = format!(
+                "too many wrong secrets for {peer}: try again in {} ms",
+                (wait - now).as_millis()
+            );
+            self.error(conn, Some(req), ErrorCode::TooManyAttempts, message);
+            return;
+        }
         match self.state.peers.get(&peer) {
             Some(record) if !record.verify(&secret) => {
+                let failures = self
+                    .guesses
+                    .get(&peer)
+                    .map_or(0, |g| g.failures)
+                    .saturating_add(1);
+                let delay = FIRST_GUESS_DELAY
+                    .saturating_mul(1 << (failures - 1).min(16))
+                    .min(MAX_GUESS_DELAY);
+                let next_allowed = now + delay;
+                self.guesses.insert(
+                    peer.clone(),
+                    Guesses {
+                        failures,
+                        next_allowed,
+                    },
+                );
                 let message = format!("{peer} is registered with another secret");
                 self.error(conn, Some(req), ErrorCode::WrongSecret, message);
                 return;
             }
-            Some(_) => {}
+            Some(_) => {
+                self.guesses.remove(&peer);
+            }
             None => {
                 let mut salt = [0u8; 16];
                 self.rng.fill_bytes(&mut salt);

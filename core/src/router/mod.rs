@@ -285,7 +285,24 @@ pub struct Router {
     deadlines: BTreeSet<(Instant, ConnId)>,
     outbox: Outbox,
     replication: Option<Replication>,
+    /// Per registered ID: wrong secrets in a row, and when the next attempt
+    /// may be judged. Soft state: a failover forgets it.
+    guesses: BTreeMap<PeerId, Guesses>,
 }
+
+/// Wrong secrets presented for one ID.
+#[derive(Debug, Clone, Copy)]
+struct Guesses {
+    failures: u32,
+    next_allowed: Instant,
+}
+
+/// The wait after the first wrong secret for an ID; each further one in a
+/// row doubles it, up to [`MAX_GUESS_DELAY`].
+pub const FIRST_GUESS_DELAY: Duration = Duration::from_millis(100);
+
+/// The longest wait between two judged attempts at one ID's secret.
+pub const MAX_GUESS_DELAY: Duration = Duration::from_secs(30);
 
 impl Router {
     /// A router with no peers. `seed` drives the salts it draws for secrets.
@@ -302,6 +319,7 @@ impl Router {
             deadlines: BTreeSet::new(),
             outbox: Outbox::default(),
             replication,
+            guesses: BTreeMap::new(),
         }
     }
 
@@ -454,7 +472,7 @@ impl Machine for Router {
                     return;
                 }
                 self.touch(conn, now);
-                self.handle_frame(conn, frame);
+                self.handle_frame(now, conn, frame);
             }
             RouterInput::Follower(conn, frame) => self.handle_follower(now, conn, frame),
             RouterInput::Malformed(conn, error) => {

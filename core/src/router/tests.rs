@@ -665,3 +665,50 @@ fn a_connection_id_reported_twice_never_stalls_the_idle_sweep() {
     assert!(out.len() < 10, "the sweep spun: {} outputs", out.len());
     assert!(h.router.poll_timeout().is_none_or(|t| t > h.now));
 }
+
+#[test]
+fn wrong_secrets_for_one_id_back_off_exponentially() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.connect(2);
+    assert_eq!(
+        errors(&h.register(2, "alice", "guess-1")),
+        vec![ErrorCode::WrongSecret]
+    );
+    // Within the wait, nothing is judged, not even the right secret.
+    assert_eq!(
+        errors(&h.register(2, "alice", "guess-2")),
+        vec![ErrorCode::TooManyAttempts]
+    );
+    assert_eq!(
+        errors(&h.register(2, "alice", "alice-secret")),
+        vec![ErrorCode::TooManyAttempts]
+    );
+    // Each wrong secret in a row doubles the wait: 100, 200, 400 ms...
+    let mut wait = crate::router::FIRST_GUESS_DELAY;
+    for n in 3..=14 {
+        h.now += wait - Duration::from_millis(1);
+        assert_eq!(
+            errors(&h.register(2, "alice", "guess")),
+            vec![ErrorCode::TooManyAttempts],
+            "try {n}"
+        );
+        h.now += Duration::from_millis(1);
+        assert_eq!(
+            errors(&h.register(2, "alice", &format!("guess-{n}"))),
+            vec![ErrorCode::WrongSecret]
+        );
+        wait = (wait * 2).min(crate::router::MAX_GUESS_DELAY);
+    }
+    assert_eq!(wait, crate::router::MAX_GUESS_DELAY, "the wait is capped");
+    // After the wait, the right secret is judged, and clears the count.
+    h.now += wait;
+    assert!(errors(&h.register(2, "alice", "alice-secret")).is_empty());
+    h.connect(3);
+    assert_eq!(
+        errors(&h.register(3, "alice", "guess")),
+        vec![ErrorCode::WrongSecret]
+    );
+    // Another ID is not affected.
+    h.online(4, "bob");
+}

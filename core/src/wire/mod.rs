@@ -239,6 +239,9 @@ pub enum ErrorCode {
     NotPrimary,
     /// The epoch named is not the current one.
     StaleEpoch,
+    /// Too many wrong secrets for this ID in a row: the attempt was not
+    /// judged; try again after the wait the message gives.
+    TooManyAttempts,
     /// The request names a router other than the one this connection
     /// proved to be, or needs a router and the connection is an operator's
     /// tool.
@@ -273,6 +276,7 @@ impl ErrorCode {
             ErrorCode::NotPrimary => "not_primary",
             ErrorCode::StaleEpoch => "stale_epoch",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
         }
     }
 }
