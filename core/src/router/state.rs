@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::ids::{DeliveryId, GroupName, PeerId, Secret, Seq, Target};
 use crate::wire::{ErrorCode, MAX_IN_FLIGHT};
@@ -73,9 +74,10 @@ pub(crate) struct PeerRecord {
 }
 
 impl PeerRecord {
-    /// Whether `secret` is the one this peer registered with.
+    /// Whether `secret` is the one this peer registered with, compared in
+    /// constant time.
     pub(crate) fn verify(&self, secret: &Secret) -> bool {
-        hash_secret(&self.salt, secret) == self.secret_hash
+        hash_secret(&self.salt, secret).ct_eq(&self.secret_hash).into()
     }
 
     /// Stores `item`; returns its weight.
