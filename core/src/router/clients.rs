@@ -305,10 +305,25 @@ impl Router {
             let message = format!("{group} is the ID of a peer");
             self.error(conn, Some(req), ErrorCode::NameTaken, message);
             return;
+        } else if let Err(message) = self.check_groups_of(&me) {
+            self.error(conn, Some(req), ErrorCode::TooManyGroups, message);
+            return;
         } else {
             self.apply(Change::GroupCreated { group, creator: me });
         }
         self.send(conn, ServerFrame::Ok { req });
+    }
+
+    /// Refuses a peer that already belongs to (or created) the most groups
+    /// one peer may have.
+    fn check_groups_of(&self, peer: &PeerId) -> Result<(), String> {
+        let count = self.state.groups_of.get(peer).copied().unwrap_or(0);
+        if count >= self.config.max_groups_per_peer {
+            return Err(format!(
+                "{peer} already created or belongs to {count} groups, the most one peer may have"
+            ));
+        }
+        Ok(())
     }
 
     /// Joins (`join`) or leaves a group; both are idempotent.
@@ -319,7 +334,23 @@ impl Router {
             return;
         };
         match (join, existing.members.contains(&me)) {
-            (true, false) => self.apply(Change::Joined { group, peer: me }),
+            (true, false) => {
+                if existing.members.len() >= self.config.max_group_members {
+                    let message = format!(
+                        "group {group} has {} members, the most a group may have",
+                        existing.members.len()
+                    );
+                    self.error(conn, Some(req), ErrorCode::GroupFull, message);
+                    return;
+                }
+                if existing.creator != me {
+                    if let Err(message) = self.check_groups_of(&me) {
+                        self.error(conn, Some(req), ErrorCode::TooManyGroups, message);
+                        return;
+                    }
+                }
+                self.apply(Change::Joined { group, peer: me })
+            }
             (false, true) => self.apply(Change::Left { group, peer: me }),
             _ => {}
         }

@@ -66,6 +66,13 @@ pub struct RouterConfig {
     /// The most mailbox items pushed to a session and not yet acknowledged.
     /// Default 256.
     pub push_window: usize,
+    /// The most groups one peer may create or belong to (a group it created
+    /// counts even after it left); more are refused with
+    /// `too_many_groups`. Default 1,000.
+    pub max_groups_per_peer: usize,
+    /// The most members one group may have; a join beyond is refused with
+    /// `group_full`. Default 10,000.
+    pub max_group_members: usize,
     /// The largest frame, in bytes, newline included. A message whose frame
     /// to a recipient would be larger is refused with `body_too_large`.
     /// Default [`DEFAULT_MAX_FRAME_LEN`].
@@ -84,6 +91,8 @@ impl Default for RouterConfig {
             mailbox_limit: 10_000,
             mailbox_bytes: 64 * 1024 * 1024,
             storage_bytes: 1024 * 1024 * 1024,
+            max_groups_per_peer: 1_000,
+            max_group_members: 10_000,
             push_window: 256,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             replication: None,

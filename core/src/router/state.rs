@@ -176,6 +176,9 @@ pub struct State {
     pub(crate) groups: BTreeMap<GroupName, Group>,
     /// The weight of every mailbox item of every peer.
     pub(crate) stored_bytes: usize,
+    /// Per peer, how many groups it created or belongs to (a group it
+    /// created counts even after it left: groups are never deleted).
+    pub(crate) groups_of: BTreeMap<PeerId, usize>,
 }
 
 impl State {
@@ -267,15 +270,25 @@ impl State {
                         members: BTreeSet::from([creator.clone()]),
                     },
                 );
+                *self.groups_of.entry(creator.clone()).or_default() += 1;
             }
             Change::Joined { group, peer } => {
                 if let Some(g) = self.groups.get_mut(group) {
-                    g.members.insert(peer.clone());
+                    if g.members.insert(peer.clone()) && g.creator != *peer {
+                        *self.groups_of.entry(peer.clone()).or_default() += 1;
+                    }
                 }
             }
             Change::Left { group, peer } => {
                 if let Some(g) = self.groups.get_mut(group) {
-                    g.members.remove(peer);
+                    if g.members.remove(peer) && g.creator != *peer {
+                        if let Some(count) = self.groups_of.get_mut(peer) {
+                            *count -= 1;
+                            if *count == 0 {
+                                self.groups_of.remove(peer);
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -712,3 +712,35 @@ fn wrong_secrets_for_one_id_back_off_exponentially() {
     // Another ID is not affected.
     h.online(4, "bob");
 }
+
+#[test]
+fn groups_per_peer_and_members_per_group_are_bounded() {
+    let mut h = Harness::with(RouterConfig {
+        max_groups_per_peer: 2,
+        max_group_members: 2,
+        ..RouterConfig::default()
+    });
+    for (conn, name) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+        h.online(conn, name);
+    }
+    assert!(errors(&h.group_op(1, create, "g1")).is_empty());
+    assert!(errors(&h.group_op(1, create, "g2")).is_empty());
+    assert_eq!(
+        errors(&h.group_op(1, create, "g3")),
+        vec![ErrorCode::TooManyGroups]
+    );
+    assert!(errors(&h.group_op(2, create, "b1")).is_empty());
+    assert_eq!(errors(&h.group_op(1, join, "b1")), vec![ErrorCode::TooManyGroups]);
+    // A group created counts even after its creator left: groups stay.
+    assert!(errors(&h.group_op(1, leave, "g1")).is_empty());
+    assert_eq!(errors(&h.group_op(1, join, "b1")), vec![ErrorCode::TooManyGroups]);
+    // Rejoining one's own group is no new group.
+    assert!(errors(&h.group_op(1, join, "g1")).is_empty());
+    // b1 has bob; carol makes two; a third member is refused.
+    assert!(errors(&h.group_op(3, join, "b1")).is_empty());
+    h.online(4, "dave");
+    assert_eq!(errors(&h.group_op(4, join, "b1")), vec![ErrorCode::GroupFull]);
+    // A leave makes room, and gives the leaver's place back.
+    assert!(errors(&h.group_op(3, leave, "b1")).is_empty());
+    assert!(errors(&h.group_op(4, join, "b1")).is_empty());
+}

@@ -217,6 +217,11 @@ pub enum ErrorCode {
     UnknownGroup,
     /// The sender is not a member of the group.
     NotAMember,
+    /// The peer already created or belongs to the most groups one peer may
+    /// have.
+    TooManyGroups,
+    /// The group has the most members a group may have.
+    GroupFull,
     /// A recipient's mailbox is full; the message was not accepted.
     MailboxFull,
     /// The router's mailboxes together hold all it may store; the message
@@ -265,6 +270,8 @@ impl ErrorCode {
             ErrorCode::UnknownRecipient => "unknown_recipient",
             ErrorCode::UnknownGroup => "unknown_group",
             ErrorCode::NotAMember => "not_a_member",
+            ErrorCode::TooManyGroups => "too_many_groups",
+            ErrorCode::GroupFull => "group_full",
             ErrorCode::MailboxFull => "mailbox_full",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::BodyTooLarge => "body_too_large",

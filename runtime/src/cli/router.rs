@@ -42,6 +42,14 @@ pub(crate) struct RouterArgs {
     /// further messages are refused with `storage_full`.
     #[arg(long, default_value_t = 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=1 << 44))]
     storage_bytes: u64,
+    /// The most groups one peer may create or belong to; more are refused
+    /// with `too_many_groups`.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_groups_per_peer: u64,
+    /// The most members one group may have; more joins are refused with
+    /// `group_full`.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_group_members: u64,
     /// The largest frame accepted or sent, in bytes, newline included.
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME_LEN as u64,
           value_parser = clap::value_parser!(u64).range(FRAME_OVERHEAD as u64 * 2..=64 * 1024 * 1024))]
@@ -169,6 +177,8 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         mailbox_limit: args.mailbox_limit as usize,
         mailbox_bytes: usize::try_from(args.mailbox_bytes).context("--mailbox-bytes is too large")?,
         storage_bytes: usize::try_from(args.storage_bytes).context("--storage-bytes is too large")?,
+        max_groups_per_peer: args.max_groups_per_peer as usize,
+        max_group_members: args.max_group_members as usize,
         max_frame_len: args.max_frame_bytes as usize,
         replication,
         ..RouterConfig::default()
