@@ -218,3 +218,24 @@ fn while_the_key_rotates_members_with_either_key_admit_each_other() -> Result<()
     );
     Ok(())
 }
+
+#[test]
+fn one_address_holds_at_most_32_connections_to_the_replica_manager() -> Result<()> {
+    let cluster = Cluster::start(1)?;
+    // The router already holds one; 31 more fit, each greeted with a
+    // challenge it never answers.
+    let mut held = Vec::new();
+    for _ in 0..31 {
+        let mut raw = Raw::connect(&cluster.rm_addr)?;
+        let challenge = raw.read()?;
+        ensure!(challenge["type"] == "challenge", "{challenge}");
+        held.push(raw);
+    }
+    let mut refused = Raw::connect(&cluster.rm_addr)?;
+    let rest = refused.rest();
+    ensure!(rest.is_empty(), "the 33rd connection was greeted: {rest}");
+    // Unanswered handshakes end after 5 s, and their places come back.
+    std::thread::sleep(Duration::from_secs(6));
+    ensure!(cluster.status().is_ok(), "status after the handshakes timed out");
+    Ok(())
+}
