@@ -89,7 +89,8 @@ pub(crate) struct RouterArgs {
     #[arg(long, requires = "rm")]
     cluster_listen: Option<String>,
     /// The address other members should use to reach the cluster listener
-    /// [default: the address it listens on].
+    /// [default: the address it listens on; for a wildcard, the host of
+    /// --advertise].
     #[arg(long, requires = "rm")]
     cluster_advertise: Option<String>,
     #[command(flatten)]
@@ -151,10 +152,18 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
             let cluster_addr = listener
                 .local_addr()
                 .context("cannot read the cluster listening address")?;
-            let cluster_advertise = args
-                .cluster_advertise
-                .clone()
-                .unwrap_or_else(|| cluster_addr.to_string());
+            // Listening on every address, the cluster port is reached at the
+            // host clients use.
+            let cluster_advertise = args.cluster_advertise.clone().unwrap_or_else(|| {
+                if cluster_addr.ip().is_unspecified() {
+                    let host = advertise
+                        .rsplit_once(':')
+                        .map_or(advertise.as_str(), |(host, _)| host);
+                    format!("{host}:{}", cluster_addr.port())
+                } else {
+                    cluster_addr.to_string()
+                }
+            });
             check_advertised(
                 &cluster_advertise,
                 "--cluster-listen",
