@@ -317,7 +317,7 @@ impl ReplicaManager {
                     Err((code, message)) => self.reply(conn, RmReply::Error { code, message }),
                     // Only if a backup the RM hears can take over; otherwise
                     // the primary stays, waiting for its backups.
-                    Ok(()) => self.fail_over(now),
+                    Ok(()) => self.fail_over(now, OldPrimary::HoldsState),
                 }
                 self.reply_config(conn);
             }
@@ -411,7 +411,7 @@ impl ReplicaManager {
         } else if latest.primary.is_none() && latest.is_backup(&id) {
             // The role was withdrawn from a restarted primary: the first
             // backup that checks in takes it.
-            self.fail_over(now);
+            self.fail_over(now, OldPrimary::LostState);
         } else if latest.find(&id).is_none() {
             let mut next = self.next_configuration();
             let member = Member {
@@ -442,7 +442,7 @@ impl ReplicaManager {
     fn handle_restart(&mut self, now: Instant, id: &ReplicaId) {
         let latest = self.latest();
         if latest.is_primary(id) {
-            self.fail_over(now);
+            self.fail_over(now, OldPrimary::LostState);
             if self.restarted_primary_keeps_role() {
                 return;
             }
@@ -483,11 +483,13 @@ impl ReplicaManager {
     /// Replaces the primary with the promotable backup that has the highest
     /// LSN. Backups that are not alive become candidates — unless that would
     /// leave the new primary fewer backups than the minimum: then they stay
-    /// backups. Such a primary commits nothing until one of them has caught
-    /// up, so keeping them costs nothing, and they still hold every
-    /// committed change: if the new primary dies too, one of them can be
-    /// promoted. The old primary becomes a candidate.
-    fn fail_over(&mut self, now: Instant) {
+    /// backups, and so does the old primary if it still holds its state
+    /// (it was silent or resigned, not restarted). Such a primary commits
+    /// nothing until one of them has caught up, so keeping them costs
+    /// nothing, and they hold every committed change: if the new primary
+    /// dies too, one of them can be promoted. Otherwise the old primary
+    /// becomes a candidate.
+    fn fail_over(&mut self, now: Instant, old_primary: OldPrimary) {
         let latest = self.latest();
         let chosen = latest
             .backups
@@ -516,7 +518,14 @@ impl ReplicaManager {
         } else {
             next.candidates.extend(dead);
         }
-        next.candidates.extend(old);
+        let keep_old = next.backups.len() < next.min_backups
+            && old_primary == OldPrimary::HoldsState
+            && !self.demotes_unheard_backups();
+        if keep_old {
+            next.backups.extend(old);
+        } else {
+            next.candidates.extend(old);
+        }
         next.candidates.retain(|m| m.id != chosen.id);
         self.propose(next);
     }
@@ -527,6 +536,15 @@ impl ReplicaManager {
             self.reply_config(conn);
         }
     }
+}
+
+/// Whether the primary being replaced still holds its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OldPrimary {
+    /// It fell silent, or resigned: its state is intact.
+    HoldsState,
+    /// It restarted (or is gone): whatever it held is lost.
+    LostState,
 }
 
 /// The addresses a router announces.
@@ -600,7 +618,7 @@ impl Machine for ReplicaManager {
 
     fn handle_timeout(&mut self, now: Instant) {
         if self.poll_timeout().is_some_and(|t| t <= now) {
-            self.fail_over(now);
+            self.fail_over(now, OldPrimary::HoldsState);
         }
     }
 

@@ -820,3 +820,60 @@ fn a_member_that_moved_is_recorded_at_its_new_addresses() {
         "same incarnation: still a backup"
     );
 }
+
+#[test]
+fn a_resigning_primary_stays_a_backup_while_its_successor_is_below_the_minimum() {
+    // r1 is primary with r3 as its only backup (r2 was dropped).
+    let mut h = Harness::three_routers();
+    let epoch = h.config().epoch;
+    h.request(
+        1,
+        RmRequest::RemoveBackup {
+            id: id("r1"),
+            epoch,
+            backup: id("r2"),
+        },
+    );
+    assert_eq!(Harness::names(&h.config().backups), vec!["r3"]);
+    // r1 hears no backup and resigns; the RM hears r3 and promotes it.
+    h.now += Duration::from_millis(100);
+    h.beat(3, "r3", 33, 40, true);
+    let epoch = h.config().epoch;
+    h.request(1, RmRequest::Resign { id: id("r1"), epoch });
+    assert!(h.config().is_primary(&id("r3")));
+    assert_eq!(
+        Harness::names(&h.config().backups),
+        vec!["r1"],
+        "r1 holds everything committed, and r3 cannot commit without a backup"
+    );
+    // r3 dies and comes back empty; r1 takes over again.
+    h.now += Duration::from_millis(100);
+    h.beat(1, "r1", 11, 40, true);
+    h.beat(3, "r3", 34, 0, true);
+    assert!(h.config().is_primary(&id("r1")), "{:?}", h.config());
+}
+
+#[test]
+fn a_restarted_primary_is_never_kept_as_a_backup() {
+    // r1 is primary with r3 as its only backup: its successor will be below
+    // the minimum, and still r1, empty, must not count as a copy.
+    let mut h = Harness::three_routers();
+    let epoch = h.config().epoch;
+    h.request(
+        1,
+        RmRequest::RemoveBackup {
+            id: id("r1"),
+            epoch,
+            backup: id("r2"),
+        },
+    );
+    h.now += Duration::from_millis(100);
+    h.beat(3, "r3", 33, 40, true);
+    h.beat(1, "r1", 12, 0, true);
+    assert!(h.config().is_primary(&id("r3")));
+    let config = h.config();
+    assert!(
+        !config.is_primary(&id("r1")) && !config.is_backup(&id("r1")),
+        "{config:?}"
+    );
+}
