@@ -27,7 +27,10 @@
 //!   those heard within half the failure timeout; only backups can be
 //!   promoted, because only they hold every committed change. With no such
 //!   backup, a silent primary keeps its role (it may only be cut off from
-//!   the RM).
+//!   the RM). Unheard backups, and an old primary that did not restart,
+//!   stay backups while the new primary would otherwise be below
+//!   `min_backups`: they hold every committed change, so a second death
+//!   never leaves the cluster with no router that may be promoted.
 //! - A primary that hears none of its backups asks to resign
 //!   ([`RmRequest::Resign`]); the RM promotes a backup it hears, if any.
 //! - A primary that restarted has lost its state, so it never keeps its
