@@ -13,6 +13,7 @@ mod connection;
 pub mod net;
 pub mod rm_driver;
 pub mod router_driver;
+mod sources;
 mod timer;
 
 /// The current time, as the machines take it. Under turmoil this is the

@@ -23,6 +23,7 @@ use crate::connection::{self, Connection, Inbound, Outbound};
 use crate::net::Listener;
 use crate::now;
 use crate::router_driver::ACCEPT_BACKOFF;
+use crate::sources::SourceCounts;
 use crate::timer::sleep_until;
 
 /// The `tracing` target of the event logged for every configuration the
@@ -60,29 +61,6 @@ struct RmConn {
     conn: Connection<RmReply>,
     source: IpAddr,
     heard: tokio::time::Instant,
-}
-
-/// How many connections, handshaking or established, each source holds.
-#[derive(Default)]
-struct Sources(BTreeMap<IpAddr, usize>);
-
-impl Sources {
-    fn count(&self, source: IpAddr) -> usize {
-        self.0.get(&source).copied().unwrap_or(0)
-    }
-
-    fn add(&mut self, source: IpAddr) {
-        *self.0.entry(source).or_default() += 1;
-    }
-
-    fn remove(&mut self, source: IpAddr) {
-        if let Some(count) = self.0.get_mut(&source) {
-            *count -= 1;
-            if *count == 0 {
-                self.0.remove(&source);
-            }
-        }
-    }
 }
 
 /// A finished handshake.
@@ -164,7 +142,7 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
     let mut handshaking = 0usize;
     let (inbound_tx, mut inbound) = mpsc::channel::<(ConnId, Inbound<RmRequest>)>(1024);
     let mut conns: BTreeMap<ConnId, RmConn> = BTreeMap::new();
-    let mut sources = Sources::default();
+    let mut sources = SourceCounts::default();
     let mut idle_check = tokio::time::interval(IDLE_CHECK);
     let mut next_conn = ConnId(0);
     let mut unsaved: Option<Configuration> = None;
@@ -276,7 +254,7 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
                     tracing::warn!(%addr, limit = MAX_RM_CONNECTIONS, "refusing a connection: too many");
                     continue;
                 }
-                if sources.count(addr.ip()) >= MAX_RM_CONNECTIONS_PER_SOURCE {
+                if sources.held_by(addr.ip()) >= MAX_RM_CONNECTIONS_PER_SOURCE {
                     tracing::warn!(%addr, limit = MAX_RM_CONNECTIONS_PER_SOURCE, "refusing a connection: too many from one address");
                     continue;
                 }

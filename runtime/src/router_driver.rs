@@ -29,6 +29,7 @@ use crate::cluster_link::{self, Authenticated, ClusterAuth, HandshakeError};
 use crate::connection::{self, Connection, Inbound, Outbound};
 use crate::net::{Listener, Network};
 use crate::now;
+use crate::sources::SourceCounts;
 use crate::timer::Timer;
 
 /// The `tracing` target of the event logged at every commit of a primary,
@@ -487,7 +488,7 @@ struct AcceptedConns {
     /// How many came through the cluster listener.
     members: usize,
     /// How many client connections each source address holds.
-    sources: BTreeMap<IpAddr, usize>,
+    sources: SourceCounts,
 }
 
 impl AcceptedConns {
@@ -502,12 +503,12 @@ impl AcceptedConns {
 
     /// How many client connections `source` holds.
     fn held_by(&self, source: IpAddr) -> usize {
-        self.sources.get(&source).copied().unwrap_or(0)
+        self.sources.held_by(source)
     }
 
     fn insert(&mut self, conn: ConnId, accepted: Accepted) {
         match accepted.source {
-            Some(source) => *self.sources.entry(source).or_default() += 1,
+            Some(source) => self.sources.add(source),
             None => self.members += 1,
         }
         self.by_id.insert(conn, accepted);
@@ -516,14 +517,7 @@ impl AcceptedConns {
     fn remove(&mut self, conn: ConnId) -> Option<Accepted> {
         let accepted = self.by_id.remove(&conn)?;
         match accepted.source {
-            Some(source) => {
-                if let Some(count) = self.sources.get_mut(&source) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.sources.remove(&source);
-                    }
-                }
-            }
+            Some(source) => self.sources.remove(source),
             None => self.members -= 1,
         }
         Some(accepted)
