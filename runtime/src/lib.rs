@@ -7,6 +7,7 @@
 //! [`tokio::task::LocalSet`] on a current-thread runtime (as the `peerlink`
 //! binary and turmoil both do).
 
+pub mod certs;
 pub mod client_driver;
 pub mod cluster_link;
 mod connection;
@@ -15,6 +16,7 @@ pub mod rm_driver;
 pub mod router_driver;
 mod sources;
 mod timer;
+pub mod tls;
 
 /// The current time, as the machines take it. Under turmoil this is the
 /// simulated clock.
