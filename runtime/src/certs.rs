@@ -14,7 +14,10 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsage
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-/// The local authority's name, in every certificate it issues.
+/// The start of the local authority's name, in every certificate it
+/// issues; the rest comes from its key, so that a certificate from another
+/// user's (or machine's) authority is reported as unknown, not as a bad
+/// signature from a namesake.
 const CA_NAME: &str = "PeerLink local CA";
 
 /// A certificate authority whose key this process holds.
@@ -35,9 +38,17 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
-fn ca_params() -> CertificateParams {
+/// The authority's certificate parameters, named after its `key`.
+fn ca_params(key: &KeyPair) -> CertificateParams {
+    let raw = key.public_key_raw();
+    let fingerprint: String = raw[raw.len().saturating_sub(6)..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, CA_NAME);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{CA_NAME} {fingerprint}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params
@@ -55,7 +66,7 @@ impl LocalCa {
         let key = KeyPair::from_pem(&key_pem).map_err(invalid)?;
         let pem = fs::read_to_string(dir.join("ca.pem"))?;
         Ok(Self {
-            params: ca_params(),
+            params: ca_params(&key),
             key,
             pem,
         })
@@ -70,7 +81,7 @@ impl LocalCa {
         let _ = fs::remove_dir_all(&aside);
         fs::create_dir(&aside)?;
         let key = KeyPair::generate().map_err(invalid)?;
-        let cert = ca_params().self_signed(&key).map_err(invalid)?;
+        let cert = ca_params(&key).self_signed(&key).map_err(invalid)?;
         write_private(&aside.join("ca.key"), &key.serialize_pem())?;
         fs::write(aside.join("ca.pem"), cert.pem())?;
         match fs::rename(&aside, dir) {

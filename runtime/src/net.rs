@@ -1,6 +1,7 @@
 //! The transport seam: drivers are generic over [`Network`], so the very same
-//! driver code runs over `tokio::net` in production ([`TokioNetwork`]) and
-//! over `turmoil::net` in the simulator (crate `sim`).
+//! driver code runs over TCP with TLS in production
+//! ([`ProdNetwork`](crate::tls::ProdNetwork)) and over `turmoil::net` in the
+//! simulator (crate `sim`).
 
 use std::future::Future;
 use std::io;
@@ -37,39 +38,4 @@ pub trait Network: Clone + 'static {
 
     /// Connects to `addr` (`host:port`). Callers bound it with a timeout.
     fn connect(&self, addr: &str) -> impl Future<Output = io::Result<Self::Stream>>;
-}
-
-/// The production network: `tokio::net` TCP.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TokioNetwork;
-
-impl Listener for tokio::net::TcpListener {
-    type Stream = tokio::net::TcpStream;
-
-    async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
-        let (stream, addr) = tokio::net::TcpListener::accept(self).await?;
-        // Frames are small and latency matters more than packet count; the
-        // writer already batches whatever is queued into one write.
-        stream.set_nodelay(true)?;
-        Ok((stream, addr))
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        tokio::net::TcpListener::local_addr(self)
-    }
-}
-
-impl Network for TokioNetwork {
-    type Stream = tokio::net::TcpStream;
-    type Listener = tokio::net::TcpListener;
-
-    async fn bind(&self, addr: &str) -> io::Result<Self::Listener> {
-        tokio::net::TcpListener::bind(addr).await
-    }
-
-    async fn connect(&self, addr: &str) -> io::Result<Self::Stream> {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    }
 }

@@ -2,13 +2,13 @@
 //! processes, talk to them through their standard streams, and wait for the
 //! lines they print — always with a timeout, never with a fixed sleep.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -38,6 +38,22 @@ pub fn binary() -> &'static Path {
     })
 }
 
+/// The data home (`XDG_DATA_HOME`) of every process the tests start, unless
+/// a test says otherwise: it holds the local certificate authority and the
+/// default cluster key, shared by all tests and kept between runs, as a
+/// user's data directory would be.
+pub fn test_home() -> &'static Path {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| std::env::temp_dir().join("peerlink-tests-home"))
+}
+
+/// `peerlink <args>` in the tests' data home, ready to run.
+pub fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(binary());
+    command.args(args).env("XDG_DATA_HOME", test_home());
+    command
+}
+
 /// A running `peerlink` process whose standard output is read line by line.
 /// It is killed when dropped.
 pub struct Process {
@@ -52,8 +68,7 @@ pub struct Process {
 impl Process {
     /// Starts `peerlink` with `args`, its standard input piped.
     pub fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
-        let mut child = Command::new(binary())
-            .args(args)
+        let mut child = command(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
@@ -285,24 +300,12 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// The environment of the cluster's processes: the default cluster key
-    /// (created by the first process that needs it) lives in `data`.
-    fn env(data: &Path) -> Result<[(&'static str, &str); 1]> {
-        let dir = data.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?;
-        Ok([("XDG_DATA_HOME", dir)])
-    }
-
-    /// The cluster key file every member uses.
-    pub fn key_file(&self) -> PathBuf {
-        self.data.path().join("peerlink/cluster.key")
-    }
-
     fn start_rm(data: &Path, listen: &str) -> Result<(Process, String)> {
         let dir = data.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?;
         let mut rm = Process::start(
             "rm",
             &["rm", "--listen", listen, "--data-dir", dir],
-            &Self::env(data)?,
+            &[],
         )?;
         let addr = listening_addr(&mut rm)?;
         Ok((rm, addr))
@@ -332,7 +335,7 @@ impl Cluster {
     fn start_router_at(&self, i: usize, listen: &str) -> Result<(Process, String)> {
         let id = format!("r{i}");
         let args = ["router", "--id", &id, "--listen", listen, "--rm", &self.rm_addr];
-        let mut router = Process::start(&id, &args, &Self::env(self.data.path())?)?;
+        let mut router = Process::start(&id, &args, &[])?;
         let addr = listening_addr(&mut router)?;
         Ok((router, addr))
     }
@@ -369,17 +372,9 @@ impl Cluster {
         self.addrs.join(",")
     }
 
-    /// `peerlink <args>` with the cluster's key, ready to run.
-    pub fn command(&self, args: &[&str]) -> Result<Command> {
-        let mut command = Command::new(binary());
-        command.args(args).envs(Self::env(self.data.path())?);
-        Ok(command)
-    }
-
     /// The replica manager's view of the cluster, once.
     pub fn status(&self) -> Result<Status> {
-        let output = self
-            .command(&["status", "--json", "--rm", &self.rm_addr])?
+        let output = command(&["status", "--json", "--rm", &self.rm_addr])
             .output()
             .context("cannot run peerlink status")?;
         if !output.status.success() {
@@ -446,28 +441,130 @@ impl Status {
     }
 }
 
-/// A raw protocol connection: newline-delimited JSON by hand.
+/// A raw protocol connection: newline-delimited JSON by hand, over TLS
+/// (trusting the tests' local authority) unless made with
+/// [`Raw::connect_plain`].
 pub struct Raw {
-    /// The reading side.
-    pub reader: BufReader<TcpStream>,
-    /// The writing side.
-    pub writer: TcpStream,
+    /// The connection, buffered for reading.
+    pub reader: BufReader<Link>,
+    /// The TCP socket under it, for socket options.
+    socket: TcpStream,
+}
+
+/// The byte stream under a [`Raw`] connection.
+pub enum Link {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Link {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.read(buf),
+            Link::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Link {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.write(buf),
+            Link::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Link::Plain(s) => s.flush(),
+            Link::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// A TLS client configuration that trusts the certificates in `ca_pem`.
+pub fn tls_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_pem)
+        .with_context(|| format!("cannot read {}", ca_pem.display()))?
+    {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 impl Raw {
-    /// Connects to `addr`; reads time out after [`WAIT`].
+    /// Connects to `addr` over TLS, trusting the tests' local authority;
+    /// reads time out after [`WAIT`].
     pub fn connect(addr: &str) -> Result<Self> {
-        let stream = TcpStream::connect(addr).context("connect")?;
-        stream.set_read_timeout(Some(WAIT))?;
+        Self::connect_trusting(addr, &test_home().join("peerlink/tls/ca.pem"))
+    }
+
+    /// Connects to `addr` over TLS, trusting the authority in `ca_pem`.
+    pub fn connect_trusting(addr: &str, ca_pem: &Path) -> Result<Self> {
+        let socket = Self::tcp(addr)?;
+        let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
+        let tls = rustls::ClientConnection::new(tls_config(ca_pem)?, name)?;
         Ok(Self {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
+            reader: BufReader::new(Link::Tls(Box::new(rustls::StreamOwned::new(
+                tls,
+                socket.try_clone()?,
+            )))),
+            socket,
         })
+    }
+
+    /// Connects to `addr` in plain TCP.
+    pub fn connect_plain(addr: &str) -> Result<Self> {
+        let socket = Self::tcp(addr)?;
+        Ok(Self {
+            reader: BufReader::new(Link::Plain(socket.try_clone()?)),
+            socket,
+        })
+    }
+
+    fn tcp(addr: &str) -> Result<TcpStream> {
+        let socket = TcpStream::connect(addr).context("connect")?;
+        socket.set_read_timeout(Some(WAIT))?;
+        Ok(socket)
+    }
+
+    /// The TCP socket, for its options.
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
     }
 
     /// Writes `bytes` as they are.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.writer.write_all(bytes).context("write")
+        self.write_all(bytes).context("write")
+    }
+
+    /// Writes `bytes`, returning the I/O error as it is.
+    pub fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let link = self.reader.get_mut();
+        link.write_all(bytes)?;
+        link.flush()
+    }
+
+    /// Ends the writing side (with TLS, after saying so), keeping the
+    /// reading side open.
+    pub fn close_write(&mut self) -> Result<()> {
+        if let Link::Tls(tls) = self.reader.get_mut() {
+            tls.conn.send_close_notify();
+            tls.flush()?;
+        }
+        self.socket.shutdown(std::net::Shutdown::Write)?;
+        Ok(())
     }
 
     /// Reads one frame.
@@ -477,11 +574,16 @@ impl Raw {
         serde_json::from_str(&line).with_context(|| format!("non-JSON {line:?}"))
     }
 
-    /// Reads until the other side closes; returns everything it sent.
+    /// Reads until the other side closes (or the link fails); returns
+    /// everything it sent.
     pub fn rest(&mut self) -> String {
         let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut self.reader, &mut rest);
-        rest
+        loop {
+            match self.reader.read_line(&mut rest) {
+                Ok(0) | Err(_) => return rest,
+                Ok(_) => {}
+            }
+        }
     }
 
     /// Sends `bytes` and returns the error code of the reply.

@@ -1,7 +1,6 @@
 //! Garbage, oversized frames and protocol misuse over a raw TCP socket get
 //! error frames, while a connected pair of peers keeps talking.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -61,10 +60,9 @@ fn a_peer_that_disconnects_mid_frame_harms_nobody() -> Result<()> {
     }
     let mut raw = Raw::connect(&router.addr)?;
     raw.write(&[0u8; 10_000])?;
-    raw.writer.shutdown(std::net::Shutdown::Write)?;
-    let mut rest = Vec::new();
-    raw.writer.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let _ = raw.reader.read_to_end(&mut rest);
+    raw.close_write()?;
+    raw.socket().set_read_timeout(Some(Duration::from_secs(5)))?;
+    let _ = raw.rest();
 
     alice.send("SEND_MSG bob unharmed")?;
     bob.expect("received alice#1 from=alice to=bob: unharmed")?;
@@ -84,11 +82,11 @@ fn a_client_that_never_reads_is_disconnected_and_memory_stays_bounded() -> Resul
     // router must hang up (our write fails) long before the flood ends,
     // instead of queueing the answers.
     let mut raw = Raw::connect(&router.addr)?;
-    raw.writer.set_write_timeout(Some(Duration::from_secs(20)))?;
+    raw.socket().set_write_timeout(Some(Duration::from_secs(20)))?;
     let flood = b"{not json\n".repeat(10_000);
     let mut outcome = None;
     for _ in 0..400 {
-        if let Err(e) = raw.writer.write_all(&flood) {
+        if let Err(e) = raw.write_all(&flood) {
             outcome = Some(e);
             break;
         }

@@ -153,7 +153,7 @@ fn two_quick_deaths_make_the_cluster_wait_and_a_restart_brings_it_back() -> Resu
         waiting.primary().is_some_and(|p| index(&p) == backups[1]),
         "the surviving backup is primary: {waiting:?}"
     );
-    let status = cluster.command(&["status", "--rm", &cluster.rm_addr])?.output()?;
+    let status = peerlink_tests::command(&["status", "--rm", &cluster.rm_addr]).output()?;
     let status = String::from_utf8_lossy(&status.stdout);
     ensure!(
         status.contains("commits wait:"),

@@ -108,8 +108,7 @@ fn without_the_cluster_key_nothing_joins_heartbeats_or_follows() -> Result<()> {
         &[],
     )?;
     // `peerlink status` with that key is refused, with a clear message.
-    let output = cluster
-        .command(&["status", "--rm", &cluster.rm_addr, "--cluster-key", other_key])?
+    let output = peerlink_tests::command(&["status", "--rm", &cluster.rm_addr, "--cluster-key", other_key])
         .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(!output.status.success(), "status with a wrong key succeeded");
@@ -187,8 +186,7 @@ fn while_the_key_rotates_members_with_either_key_admit_each_other() -> Result<()
     std::thread::sleep(Duration::from_millis(500));
     let _r2 = router("r2", &new, &old)?;
     let status = |key: &str| -> Result<(bool, String)> {
-        let output = std::process::Command::new(peerlink_tests::binary())
-            .args(["status", "--json", "--rm", &rm_addr, "--cluster-key", key])
+        let output = peerlink_tests::command(&["status", "--json", "--rm", &rm_addr, "--cluster-key", key])
             .output()?;
         Ok((
             output.status.success(),

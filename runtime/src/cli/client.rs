@@ -14,11 +14,11 @@ use peerlink_core::client::{Client, ClientConfig};
 use peerlink_core::ids::{PeerId, Secret};
 use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
 use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, Control};
-use peerlink_runtime::net::TokioNetwork;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use super::commands::{self, Line};
+use super::tls_args::TlsArgs;
 use super::{output, secret};
 
 /// Flags of `peerlink client`.
@@ -58,6 +58,8 @@ pub(crate) struct ClientArgs {
     /// Give up a connection attempt after this many seconds.
     #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
     connect_timeout: f64,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -82,6 +84,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
             secret::load_or_create(&dir, &args.id)?
         }
     };
+    let net = args.tls.network()?;
     let interactive = std::io::stdin().is_terminal();
     let wait = Duration::from_secs_f64(args.wait);
     let config = ClientConfig::new(args.id.clone(), secret, args.router.clone());
@@ -94,7 +97,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let (controls, controls_rx) = mpsc::channel(1);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let driver = tokio::task::spawn_local(run_client(
-        TokioNetwork,
+        net,
         client,
         driver_config,
         controls_rx,

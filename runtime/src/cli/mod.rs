@@ -11,4 +11,5 @@ pub(crate) mod router;
 mod secret;
 mod shutdown;
 pub(crate) mod status;
+mod tls_args;
 pub(crate) mod up;

@@ -8,10 +8,11 @@ use anyhow::Context;
 use clap::Args;
 use peerlink_core::rm::{ReplicaManager, RmConfig};
 use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
-use peerlink_runtime::net::{Network, TokioNetwork};
+use peerlink_runtime::net::{Listener, Network};
 use peerlink_runtime::rm_driver::{run_rm, ConfigStore, FileStore};
 
 use super::cluster_key::ClusterKeyArgs;
+use super::tls_args::ServerTlsArgs;
 use super::{secret, shutdown};
 
 /// Flags of `peerlink rm`.
@@ -39,6 +40,8 @@ pub(crate) struct RmArgs {
     min_backups: u64,
     #[command(flatten)]
     key: ClusterKeyArgs,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
 }
 
 /// Runs the replica manager until Ctrl-C or SIGTERM.
@@ -51,7 +54,9 @@ pub(crate) async fn run(args: RmArgs) -> anyhow::Result<ExitCode> {
         FileStore::open(&dir).with_context(|| format!("cannot use {} for data", dir.display()))?;
     let restored = store.load().context("cannot load the saved configuration")?;
     let auth = args.key.auth()?;
-    let listener = TokioNetwork
+    let listener = args
+        .tls
+        .network(&[&args.listen])?
         .bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -11,11 +11,12 @@ use peerlink_core::router::replication::ReplicationConfig;
 use peerlink_core::router::{Router, RouterConfig};
 use peerlink_core::wire::cluster::check_addr;
 use peerlink_core::wire::{DEFAULT_MAX_FRAME_LEN, FRAME_OVERHEAD};
-use peerlink_runtime::net::{Network, TokioNetwork};
+use peerlink_runtime::net::{Listener, Network};
 use peerlink_runtime::router_driver::{run_router, ClusterPort, RouterLimits, DEFAULT_MAX_QUEUED};
 
 use super::cluster_key::ClusterKeyArgs;
 use super::shutdown;
+use super::tls_args::ServerTlsArgs;
 
 /// Flags of `peerlink router`.
 #[derive(Debug, Args)]
@@ -95,6 +96,8 @@ pub(crate) struct RouterArgs {
     cluster_advertise: Option<String>,
     #[command(flatten)]
     key: ClusterKeyArgs,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
     /// How often to heartbeat the replica manager, in milliseconds.
     #[arg(long, default_value_t = 100, requires = "rm",
           value_parser = clap::value_parser!(u64).range(10..=10_000))]
@@ -128,7 +131,18 @@ fn check_advertised(
 
 /// Runs the router until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
-    let listener = TokioNetwork
+    let reached_at: Vec<&str> = [
+        Some(&args.listen),
+        args.advertise.as_ref(),
+        args.cluster_listen.as_ref(),
+        args.cluster_advertise.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(String::as_str)
+    .collect();
+    let net = args.tls.network(&reached_at)?;
+    let listener = net
         .bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -145,7 +159,7 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
                 .cluster_listen
                 .clone()
                 .unwrap_or_else(|| SocketAddr::new(addr.ip(), 0).to_string());
-            let listener = TokioNetwork
+            let listener = net
                 .bind(&cluster_listen)
                 .await
                 .with_context(|| format!("cannot listen on {cluster_listen}"))?;
@@ -228,7 +242,7 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         None => tracing::info!(id = %args.id, %addr, "standalone router started"),
     }
     run_router(
-        TokioNetwork,
+        net,
         router,
         listener,
         cluster,

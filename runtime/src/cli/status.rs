@@ -10,9 +10,12 @@ use peerlink_core::ids::ReqId;
 use peerlink_core::wire::cluster::{MemberStatus, RmReply, RmRequest};
 use peerlink_core::wire::{decode_as, encode_frame, LineDecoder, DEFAULT_MAX_FRAME_LEN};
 use peerlink_runtime::cluster_link::{self, Authenticated};
+use peerlink_runtime::net::Network;
+use peerlink_runtime::tls::ProdNetwork;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cluster_key::ClusterKeyArgs;
+use super::tls_args::TlsArgs;
 
 /// Flags of `peerlink status`.
 #[derive(Debug, Args)]
@@ -25,13 +28,16 @@ pub(crate) struct StatusArgs {
     json: bool,
     #[command(flatten)]
     key: ClusterKeyArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
-/// Asks the replica manager for the cluster's status, once, proving with
-/// `key` that the asker belongs to the cluster.
-pub(crate) async fn query(rm: &str, key: &ClusterKey) -> anyhow::Result<RmReply> {
+/// Asks the replica manager for the cluster's status, once, over `net`,
+/// proving with `key` that the asker belongs to the cluster.
+pub(crate) async fn query(net: &ProdNetwork, rm: &str, key: &ClusterKey) -> anyhow::Result<RmReply> {
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect(rm)
+        let stream = net
+            .connect(rm)
             .await
             .with_context(|| format!("cannot reach the replica manager at {rm}"))?;
         let connector = Connector::new(key.clone(), None, Nonce(rand::random()));
@@ -63,7 +69,7 @@ pub(crate) async fn query(rm: &str, key: &ClusterKey) -> anyhow::Result<RmReply>
 
 /// Prints the status table.
 pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let reply = query(&args.rm, &args.key.load()?).await?;
+    let reply = query(&args.tls.network()?, &args.rm, &args.key.load()?).await?;
     if args.json {
         println!("{}", serde_json::to_string(&reply)?);
         return Ok(ExitCode::SUCCESS);

@@ -11,7 +11,10 @@ use peerlink_core::cluster_auth::ClusterKey;
 use peerlink_core::wire::cluster::{Configuration, RmReply};
 
 use super::children::{start, Started};
+use peerlink_runtime::tls::ProdNetwork;
+
 use super::cluster_key::ClusterKeyArgs;
+use super::tls_args::ServerTlsArgs;
 use super::{shutdown, status};
 
 /// How many routers `up` starts.
@@ -30,6 +33,8 @@ pub(crate) struct UpArgs {
     min_backups: u64,
     #[command(flatten)]
     key: ClusterKeyArgs,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
 }
 
 /// The cluster's scratch directory (the replica manager's data), removed
@@ -56,7 +61,9 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let key_path = args.key.path()?;
     let key = args.key.load()?;
     let key_path = key_path.to_str().context("the cluster key's path is not UTF-8")?;
-    let rm_flags = [
+    let tls_flags = args.tls.forwarded()?;
+    let net = args.tls.trust.network()?;
+    let mut rm_flags = vec![
         "rm",
         "--listen",
         &rm_addr,
@@ -67,12 +74,13 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         "--cluster-key",
         key_path,
     ];
+    rm_flags.extend(tls_flags.iter().map(String::as_str));
     let mut children = vec![start(&exe, "rm", &rm_flags).await?];
     let mut addrs = Vec::new();
     for n in 1..=ROUTERS {
         let id = format!("r{n}");
         let addr = format!("127.0.0.1:{}", args.base_port + n);
-        let flags = [
+        let mut flags = vec![
             "router",
             "--id",
             &id,
@@ -83,6 +91,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             "--cluster-key",
             key_path,
         ];
+        flags.extend(tls_flags.iter().map(String::as_str));
         children.push(start(&exe, &id, &flags).await?);
         addrs.push(addr);
     }
@@ -99,7 +108,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("then type REGISTER, and SEND_MSG bob hello. Try `kill -9` on the primary's pid:");
     println!("the clients carry on through the new primary. Ctrl-C here stops everything.");
     println!();
-    let outcome = watch(&rm_addr, &key, &mut children).await;
+    let outcome = watch(&net, &rm_addr, &key, &mut children).await;
     for started in &mut children {
         let _ = started.child.kill().await;
     }
@@ -111,7 +120,12 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 /// Prints each new configuration until a signal arrives. A child that
 /// exits is reported; the rest keep running, as a real cluster would.
-async fn watch(rm_addr: &str, key: &ClusterKey, children: &mut [Started]) -> anyhow::Result<()> {
+async fn watch(
+    net: &ProdNetwork,
+    rm_addr: &str,
+    key: &ClusterKey,
+    children: &mut [Started],
+) -> anyhow::Result<()> {
     let signal = shutdown::signal();
     tokio::pin!(signal);
     let mut shown: Option<Configuration> = None;
@@ -131,7 +145,7 @@ async fn watch(rm_addr: &str, key: &ClusterKey, children: &mut [Started]) -> any
                 }
             }
         }
-        let Ok(RmReply::Status { config, .. }) = status::query(rm_addr, key).await else {
+        let Ok(RmReply::Status { config, .. }) = status::query(net, rm_addr, key).await else {
             continue;
         };
         if shown.as_ref() == Some(&config) {

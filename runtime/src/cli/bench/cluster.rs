@@ -9,8 +9,11 @@ use anyhow::{bail, Context};
 use peerlink_core::cluster_auth::ClusterKey;
 use peerlink_core::wire::cluster::RmReply;
 
+use peerlink_runtime::tls::ProdNetwork;
+
 use super::super::children::{start, Started};
 use super::super::status;
+use super::super::tls_args::ServerTlsArgs;
 
 /// How long a started cluster may take to form.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,12 +34,14 @@ pub(super) struct Cluster {
     /// The replica manager's address and process, and the cluster's key.
     rm: Option<(String, Started, ClusterKey)>,
     scratch: Option<PathBuf>,
+    /// How the bench's peers (and its status queries) connect.
+    net: ProdNetwork,
 }
 
 impl Cluster {
-    /// A cluster already running at `addrs`; `bench` neither starts nor
-    /// kills it, and cannot read its memory use.
-    pub(super) fn external(addrs: Vec<String>) -> Self {
+    /// A cluster already running at `addrs`, reached over `net`; `bench`
+    /// neither starts nor kills it, and cannot read its memory use.
+    pub(super) fn external(addrs: Vec<String>, net: ProdNetwork) -> Self {
         let routers = addrs
             .into_iter()
             .map(|addr| RouterProcess {
@@ -49,22 +54,28 @@ impl Cluster {
             routers,
             rm: None,
             scratch: None,
+            net,
         }
     }
 
-    /// Starts one router without replication on `base_port`.
-    pub(super) async fn standalone(exe: &Path, base_port: u16, mailbox_limit: u64) -> anyhow::Result<Self> {
+    /// How the bench's peers connect to the cluster.
+    pub(super) fn net(&self) -> &ProdNetwork {
+        &self.net
+    }
+
+    /// Starts one router without replication on `base_port`, with the TLS
+    /// settings of `tls`.
+    pub(super) async fn standalone(
+        exe: &Path,
+        tls: &ServerTlsArgs,
+        base_port: u16,
+        mailbox_limit: u64,
+    ) -> anyhow::Result<Self> {
         let addr = format!("127.0.0.1:{base_port}");
         let limit = mailbox_limit.to_string();
-        let flags = [
-            "router",
-            "--id",
-            "r1",
-            "--listen",
-            &addr,
-            "--mailbox-limit",
-            &limit,
-        ];
+        let mut flags = vec!["router", "--id", "r1", "--listen", &addr, "--mailbox-limit", &limit];
+        let tls_flags = tls.forwarded()?;
+        flags.extend(tls_flags.iter().map(String::as_str));
         let process = start(exe, "r1", &flags).await?;
         Ok(Self {
             routers: vec![RouterProcess {
@@ -74,14 +85,16 @@ impl Cluster {
             }],
             rm: None,
             scratch: None,
+            net: tls.trust.network()?,
         })
     }
 
     /// Starts a replica manager on `base_port` and `1 + backups` routers on
-    /// the ports after it, and waits until the first is primary and every
-    /// other one a backup.
+    /// the ports after it, all with the TLS settings of `tls`, and waits
+    /// until the first is primary and every other one a backup.
     pub(super) async fn replicated(
         exe: &Path,
+        tls: &ServerTlsArgs,
         base_port: u16,
         backups: u16,
         mailbox_limit: u64,
@@ -102,7 +115,8 @@ impl Cluster {
             .to_str()
             .context("the temporary directory is not UTF-8")?
             .to_owned();
-        let rm_flags = [
+        let tls_flags = tls.forwarded()?;
+        let mut rm_flags = vec![
             "rm",
             "--listen",
             &rm_addr,
@@ -111,17 +125,19 @@ impl Cluster {
             "--cluster-key",
             &key_path,
         ];
+        rm_flags.extend(tls_flags.iter().map(String::as_str));
         let rm = start(exe, "rm", &rm_flags).await?;
         let mut cluster = Self {
             routers: Vec::new(),
             rm: Some((rm_addr.clone(), rm, key)),
             scratch: Some(scratch),
+            net: tls.trust.network()?,
         };
         let limit = mailbox_limit.to_string();
         for n in 1..=1 + backups {
             let id = format!("r{n}");
             let addr = format!("127.0.0.1:{}", base_port + n);
-            let flags = [
+            let mut flags = vec![
                 "router",
                 "--id",
                 &id,
@@ -134,6 +150,7 @@ impl Cluster {
                 "--cluster-key",
                 &key_path,
             ];
+            flags.extend(tls_flags.iter().map(String::as_str));
             let process = start(exe, &id, &flags).await?;
             cluster.routers.push(RouterProcess {
                 addr,
@@ -156,7 +173,7 @@ impl Cluster {
         };
         let deadline = tokio::time::Instant::now() + FORM_TIMEOUT;
         loop {
-            if let Ok(RmReply::Status { config, .. }) = status::query(rm_addr, key).await {
+            if let Ok(RmReply::Status { config, .. }) = status::query(&self.net, rm_addr, key).await {
                 if config.primary.is_some() && config.backups.len() == backups {
                     return Ok(());
                 }
@@ -184,7 +201,7 @@ impl Cluster {
     /// The primary's index and address, as the replica manager reports it.
     pub(super) async fn primary(&self) -> anyhow::Result<(usize, String)> {
         let (rm_addr, _, key) = self.rm.as_ref().context("this cluster has no replica manager")?;
-        let RmReply::Status { config, .. } = status::query(rm_addr, key).await? else {
+        let RmReply::Status { config, .. } = status::query(&self.net, rm_addr, key).await? else {
             bail!("the replica manager answered something other than its status");
         };
         let primary = config.primary.context("the cluster has no primary")?;

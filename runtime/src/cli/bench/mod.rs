@@ -17,6 +17,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use peerlink_core::client::{ClientEvent, Command, GroupOp};
 use peerlink_core::ids::{GroupName, PeerId, Secret, Target};
+use peerlink_runtime::tls::ProdNetwork;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -24,6 +25,8 @@ use cluster::Cluster;
 use load::{SendPlan, Tally, Targets, Until};
 use peer::Peer;
 use report::Report;
+
+use super::tls_args::ServerTlsArgs;
 
 /// The workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,6 +103,8 @@ pub(crate) struct BenchArgs {
     /// received and reported Delivered before counting the rest as lost.
     #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
     settle_timeout: f64,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
 }
 
 fn positive_seconds(s: &str) -> Result<f64, String> {
@@ -126,7 +131,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if args.workload == Workload::Failover {
             bail!("failover kills the primary, so it needs a cluster bench starts: use --spawn replicated");
         }
-        Cluster::external(args.router.clone())
+        Cluster::external(args.router.clone(), args.tls.trust.network()?)
     } else {
         let exe = std::env::current_exe().context("cannot find the peerlink executable")?;
         match args.spawn {
@@ -136,7 +141,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             Spawn::Standalone if args.backups.is_some() => {
                 bail!("--backups applies to a replicated cluster: add --spawn replicated")
             }
-            Spawn::Standalone => Cluster::standalone(&exe, args.base_port, mailbox_limit).await?,
+            Spawn::Standalone => Cluster::standalone(&exe, &args.tls, args.base_port, mailbox_limit).await?,
             Spawn::Replicated => {
                 let backups = backups(&args);
                 if args.workload == Workload::Failover && backups < 2 {
@@ -145,7 +150,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                          only with a backup (--min-backups 1), so one must remain after the kill"
                     );
                 }
-                Cluster::replicated(&exe, args.base_port, backups, mailbox_limit).await?
+                Cluster::replicated(&exe, &args.tls, args.base_port, backups, mailbox_limit).await?
             }
         }
     };
@@ -181,6 +186,7 @@ fn setup(args: &BenchArgs, cluster: &Cluster) -> Vec<(&'static str, String)> {
         ("backups", backups.to_string()),
         ("size", args.size.to_string()),
         ("window", args.window.to_string()),
+        ("tls", if cluster.net().is_tls() { "on" } else { "off" }.to_owned()),
     ]
 }
 
@@ -195,11 +201,17 @@ fn secret() -> Secret {
 }
 
 /// Registers `n` peers, one connection each.
-async fn register_all(prefix: &str, n: u64, routers: &[String], window: usize) -> anyhow::Result<Vec<Peer>> {
+async fn register_all(
+    net: &ProdNetwork,
+    prefix: &str,
+    n: u64,
+    routers: &[String],
+    window: usize,
+) -> anyhow::Result<Vec<Peer>> {
     let mut peers = Vec::new();
     for i in 0..n {
         let id = PeerId::new(format!("{prefix}-{i}"))?;
-        peers.push(Peer::register(id, &secret(), routers, window, i).await?);
+        peers.push(Peer::register(net, id, &secret(), routers, window, i).await?);
     }
     Ok(peers)
 }
@@ -230,7 +242,7 @@ fn body(size: u64) -> String {
 async fn dm(args: &BenchArgs, cluster: &mut Cluster) -> anyhow::Result<Report> {
     let prefix = run_prefix();
     let window = args.window as usize;
-    let peers = register_all(&prefix, args.peers, &cluster.addrs(), window).await?;
+    let peers = register_all(cluster.net(), &prefix, args.peers, &cluster.addrs(), window).await?;
     let ids = Rc::new(peers.iter().map(|p| p.id.clone()).collect::<Vec<_>>());
     let plan = SendPlan {
         targets: Targets::RandomPeer(ids),
@@ -270,7 +282,7 @@ async fn dm(args: &BenchArgs, cluster: &mut Cluster) -> anyhow::Result<Report> {
 async fn group(args: &BenchArgs, cluster: &Cluster) -> anyhow::Result<Report> {
     let prefix = run_prefix();
     let window = args.window as usize;
-    let mut peers = register_all(&prefix, args.group_size, &cluster.addrs(), window).await?;
+    let mut peers = register_all(cluster.net(), &prefix, args.group_size, &cluster.addrs(), window).await?;
     let group = GroupName::new(format!("{prefix}-g"))?;
     for (i, peer) in peers.iter_mut().enumerate() {
         let op = if i == 0 { GroupOp::Create } else { GroupOp::Join };
@@ -304,7 +316,7 @@ async fn drain(args: &BenchArgs, cluster: &Cluster) -> anyhow::Result<Report> {
     let prefix = run_prefix();
     let window = args.window as usize;
     let routers = cluster.addrs();
-    let mut peers = register_all(&prefix, 2, &routers, window).await?;
+    let mut peers = register_all(cluster.net(), &prefix, 2, &routers, window).await?;
     let recipient = peers.pop().context("two peers")?;
     let sender = peers.pop().context("two peers")?;
     let (recipient_id, sender_id) = (recipient.id.clone(), sender.id.clone());
@@ -334,8 +346,8 @@ async fn drain(args: &BenchArgs, cluster: &Cluster) -> anyhow::Result<Report> {
     .await;
     let piled_up = tally.borrow().check().expected;
     let back = Instant::now();
-    let recipient = Peer::register(recipient_id, &secret(), &routers, window, 1).await?;
-    let sender = Peer::register(sender_id, &secret(), &routers, window, 0).await?;
+    let recipient = Peer::register(cluster.net(), recipient_id, &secret(), &routers, window, 1).await?;
+    let sender = Peer::register(cluster.net(), sender_id, &secret(), &routers, window, 0).await?;
     let peers = vec![(recipient, None), (sender, None)];
     load::run(peers, tally.clone(), stop, Until::Settled, settle).await;
     let tally = tally.borrow();

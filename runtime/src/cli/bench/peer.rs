@@ -8,7 +8,7 @@ use peerlink_core::client::{Client, ClientConfig, ClientEvent, Command};
 use peerlink_core::ids::{PeerId, Secret};
 use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
 use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, Control};
-use peerlink_runtime::net::TokioNetwork;
+use peerlink_runtime::tls::ProdNetwork;
 use tokio::sync::mpsc;
 
 /// How long registration may take.
@@ -25,9 +25,10 @@ pub(super) struct Peer {
 }
 
 impl Peer {
-    /// Starts a client for `id` on `routers` that takes up to `window`
-    /// commands ahead of their answers, and registers it.
+    /// Starts a client for `id` on `routers`, over `net`, that takes up to
+    /// `window` commands ahead of their answers, and registers it.
     pub(super) async fn register(
+        net: &ProdNetwork,
         id: PeerId,
         secret: &Secret,
         routers: &[String],
@@ -45,7 +46,7 @@ impl Peer {
         let (controls, controls_rx) = mpsc::channel(outbox_limit);
         let (events_tx, events) = mpsc::unbounded_channel();
         tokio::task::spawn_local(run_client(
-            TokioNetwork,
+            net.clone(),
             client,
             driver_config,
             controls_rx,
