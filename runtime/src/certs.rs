@@ -106,21 +106,36 @@ impl LocalCa {
         &self,
         hosts: &[String],
     ) -> io::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-        let issuer = self.params.clone().self_signed(&self.key).map_err(invalid)?;
-        let key = KeyPair::generate().map_err(invalid)?;
-        let mut params = CertificateParams::new(hosts.to_vec()).map_err(invalid)?;
-        params.distinguished_name.push(
-            DnType::CommonName,
-            hosts.first().map_or("peerlink", String::as_str),
-        );
-        let cert = params.signed_by(&key, &issuer, &self.key).map_err(invalid)?;
+        let (cert, key) = self.sign(hosts)?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok((vec![cert.der().clone()], der))
     }
+
+    /// A fresh server certificate for `hosts` and its key, both PEM, for
+    /// another machine: `(certificate, key)`.
+    pub fn issue_pem(&self, hosts: &[String]) -> io::Result<(String, String)> {
+        let (cert, key) = self.sign(hosts)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    fn sign(&self, hosts: &[String]) -> io::Result<(rcgen::Certificate, KeyPair)> {
+        if hosts.is_empty() {
+            return Err(invalid("a certificate needs at least one host"));
+        }
+        let issuer = self.params.clone().self_signed(&self.key).map_err(invalid)?;
+        let key = KeyPair::generate().map_err(invalid)?;
+        let mut params = CertificateParams::new(hosts.to_vec()).map_err(invalid)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, hosts[0].as_str());
+        let cert = params.signed_by(&key, &issuer, &self.key).map_err(invalid)?;
+        Ok((cert, key))
+    }
 }
 
-/// Writes `text` to a new file at `path` readable only by its owner.
-fn write_private(path: &Path, text: &str) -> io::Result<()> {
+/// Writes `text` to a new file at `path` readable only by its owner (it
+/// fails if the file exists).
+pub fn write_private(path: &Path, text: &str) -> io::Result<()> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -3,7 +3,8 @@
 //! `peerlink up` starts a local cluster; `peerlink router` and `peerlink rm`
 //! run its parts; `peerlink status` shows its configuration; `peerlink
 //! client` is a peer, interactive on a terminal and line-oriented in
-//! scripts; `peerlink bench` measures a cluster under load. `peerlink --help`
+//! scripts; `peerlink bench` measures a cluster under load; `peerlink cert` issues
+//! TLS certificates for routers on other machines. `peerlink --help`
 //! and `peerlink <command> --help` explain every flag.
 
 mod cli;
@@ -39,13 +40,15 @@ enum Command {
     Client(cli::client::ClientArgs),
     /// Measure a cluster under load: throughput, latency, losses, memory.
     Bench(cli::bench::BenchArgs),
+    /// Issue a TLS certificate from the local authority for another machine.
+    Cert(cli::cert::CertArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let default_level = match args.command {
         Command::Router(_) | Command::Up(_) | Command::Rm(_) => "info",
-        Command::Status(_) => "warn",
+        Command::Status(_) | Command::Cert(_) => "warn",
         Command::Client(_) | Command::Bench(_) => "warn",
     };
     tracing_subscriber::fmt()
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
             Command::Status(args) => cli::status::run(args).await,
             Command::Client(args) => cli::client::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
+            Command::Cert(args) => cli::cert::run(args).await,
         }
     });
     // A read of standard input may still be blocked in a runtime thread;

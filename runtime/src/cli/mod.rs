@@ -1,6 +1,7 @@
 //! The subcommands of the `peerlink` binary.
 
 pub(crate) mod bench;
+pub(crate) mod cert;
 mod children;
 pub(crate) mod client;
 mod cluster_key;

@@ -50,7 +50,8 @@ pub(crate) struct ServerTlsArgs {
     pub(crate) tls_key: Option<PathBuf>,
 }
 
-fn local_ca() -> anyhow::Result<LocalCa> {
+/// The local authority of this user, created if missing.
+pub(crate) fn local_ca() -> anyhow::Result<LocalCa> {
     let dir = secret::default_data_dir()?.join(LOCAL_CA_DIR);
     LocalCa::load_or_create(&dir)
         .with_context(|| format!("cannot use the local certificate authority in {}", dir.display()))
