@@ -45,12 +45,12 @@ median() {
 echo
 echo "medians of $RUNS runs"
 printf '%-18s %12s %9s %9s %9s %9s %10s %5s %5s %9s\n' configuration deliveries/s sent_p50 sent_p99 deliv_p50 deliv_p99 deliv_p999 lost dup rss_mib
-for name in dm-standalone dm-1-backup dm-2-backups w1-standalone w1-1-backup w1-2-backups group-standalone drain-standalone failover-1-backup; do
+for name in dm-standalone dm-1-backup dm-2-backups w1-standalone w1-1-backup w1-2-backups group-standalone drain-standalone failover-2-backups; do
     printf '%-18s %12s %9s %9s %9s %9s %10s %5s %5s %9s\n' "$name" \
         "$(median "$name" deliveries_per_s)" "$(median "$name" sent_p50_ms)" "$(median "$name" sent_p99_ms)" \
         "$(median "$name" delivered_p50_ms)" "$(median "$name" delivered_p99_ms)" "$(median "$name" delivered_p999_ms)" \
         "$(median "$name" lost)" "$(median "$name" duplicated)" "$(median "$name" router_peak_rss_mib)"
 done
-echo "failover: first Sent after the kill $(median failover-1-backup failover_first_sent_ms) ms"
+echo "failover: first Sent after the kill $(median failover-2-backups failover_first_sent_ms) ms"
 echo "drain: $(median drain-standalone drain_messages) messages in $(median drain-standalone drain_s) s"
 echo "core: $(median core core_router_msgs_per_s) messages/s router only, $(median core core_router_codec_msgs_per_s) with the JSON codec"

@@ -38,17 +38,26 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
-/// The authority's certificate parameters, named after its `key`.
-fn ca_params(key: &KeyPair) -> CertificateParams {
+/// Twelve hex digits from the authority's public key, for its name.
+fn fingerprint(key: &KeyPair) -> String {
     let raw = key.public_key_raw();
-    let fingerprint: String = raw[raw.len().saturating_sub(6)..]
+    raw[raw.len().saturating_sub(6)..]
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
+        .collect()
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The authority's certificate parameters, named after its `key`.
+fn ca_params(key: &KeyPair) -> CertificateParams {
     let mut params = CertificateParams::default();
     params
         .distinguished_name
-        .push(DnType::CommonName, format!("{CA_NAME} {fingerprint}"));
+        .push(DnType::CommonName, format!("{CA_NAME} {}", fingerprint(key)));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params
@@ -65,11 +74,20 @@ impl LocalCa {
         let key_pem = fs::read_to_string(dir.join("ca.key"))?;
         let key = KeyPair::from_pem(&key_pem).map_err(invalid)?;
         let pem = fs::read_to_string(dir.join("ca.pem"))?;
-        Ok(Self {
-            params: ca_params(&key),
-            key,
-            pem,
-        })
+        let params = ca_params(&key);
+        // Certificates are issued in the name of the authority rebuilt from
+        // its key: they chain to `ca.pem` only if it is that authority.
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(invalid)?;
+        let name = format!("{CA_NAME} {}", fingerprint(&key));
+        if !contains(&der, key.public_key_raw()) || !contains(&der, name.as_bytes()) {
+            return Err(invalid(format!(
+                "{} is not the certificate of {}: delete {} to make a new authority",
+                dir.join("ca.pem").display(),
+                dir.join("ca.key").display(),
+                dir.display()
+            )));
+        }
+        Ok(Self { params, key, pem })
     }
 
     fn create(dir: &Path) -> io::Result<()> {
@@ -195,4 +213,22 @@ pub fn load_pem_pair(
     }
     let key = PrivateKeyDer::from_pem_file(key).map_err(invalid)?;
     Ok((chain, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_authority_whose_certificate_is_not_its_keys_is_refused() {
+        let base = std::env::temp_dir().join(format!("peerlink-certs-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let mine = LocalCa::load_or_create(&base.join("a")).unwrap();
+        let theirs = LocalCa::load_or_create(&base.join("b")).unwrap();
+        assert_ne!(mine.pem(), theirs.pem());
+        fs::write(base.join("a/ca.pem"), theirs.pem()).unwrap();
+        let refused = LocalCa::load_or_create(&base.join("a")).unwrap_err();
+        assert!(refused.to_string().contains("is not the certificate of"), "{refused}");
+        fs::remove_dir_all(&base).unwrap();
+    }
 }
