@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use peerlink_core::ids::{ConnId, PeerId, ReqId, Secret, Seq, Target};
+use peerlink_core::router::secrets::KdfParams;
 use peerlink_core::router::{Router, RouterConfig, RouterInput, RouterOutput};
 use peerlink_core::wire::{decode_client_frame, encode_frame, ClientFrame, ServerFrame};
 use peerlink_core::Machine;
@@ -45,7 +46,14 @@ impl Bench {
     fn new(codec: bool) -> Self {
         let now = Instant::now();
         let mut bench = Self {
-            router: Router::new(RouterConfig::default(), 1, now),
+            router: Router::new(
+                RouterConfig {
+                    kdf: KdfParams::CHEAPEST,
+                    ..RouterConfig::default()
+                },
+                1,
+                now,
+            ),
             now,
             codec,
             line: Vec::new(),
@@ -76,12 +84,20 @@ impl Bench {
         self.router
             .handle(self.now, RouterInput::Frame(ConnId(conn), frame));
         while let Some(output) = self.router.poll_output() {
-            if let RouterOutput::Send(ConnId(c), frame) = output {
-                if self.codec {
-                    self.out.clear();
-                    encode_frame(&frame, &mut self.out);
+            match output {
+                RouterOutput::Send(ConnId(c), frame) => {
+                    if self.codec {
+                        self.out.clear();
+                        encode_frame(&frame, &mut self.out);
+                    }
+                    written.push((c, frame));
                 }
-                written.push((c, frame));
+                RouterOutput::HashSecret(job) => {
+                    let hash = job.run();
+                    let input = RouterInput::SecretHashed { job: job.job, hash };
+                    self.router.handle(self.now, input);
+                }
+                _ => {}
             }
         }
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use peerlink_core::ids::{ConnId, DeliveryId, Epoch, Lsn, PeerId, ReplicaId, ReqId, Secret, Seq, Target};
 use peerlink_core::router::replication::{Link, ReplicationConfig};
+use peerlink_core::router::secrets::KdfParams;
 use peerlink_core::router::{Router, RouterConfig, RouterInput, RouterOutput};
 use peerlink_core::testing::epoch;
 use peerlink_core::wire::cluster::{Configuration, FollowerFrame, Member, PrimaryFrame, RmReply, RmRequest};
@@ -37,6 +38,7 @@ fn router(id: &str, now: Instant) -> Router {
     );
     let config = RouterConfig {
         replication: Some(replication),
+        kdf: KdfParams::CHEAPEST,
         ..RouterConfig::default()
     };
     Router::new(config, 3, now)
@@ -139,6 +141,11 @@ impl Pair {
             while let Some(output) = self.p.poll_output() {
                 moved = true;
                 match output {
+                    RouterOutput::HashSecret(job) => {
+                        let hash = job.run();
+                        self.p
+                            .handle(self.now, RouterInput::SecretHashed { job: job.job, hash });
+                    }
                     RouterOutput::Send(conn, frame) => self.client_receives(conn, frame),
                     RouterOutput::Replicate(conn, frame) => {
                         if Some(conn) == self.f_conn {
@@ -620,6 +627,7 @@ fn a_router_named_primary_for_an_earlier_life_does_not_serve() {
     );
     let config = RouterConfig {
         replication: Some(replication),
+        kdf: KdfParams::CHEAPEST,
         ..RouterConfig::default()
     };
     let mut restarted = Router::new(config, 3, now);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use peerlink_core::ids::ConnId;
+use peerlink_core::router::secrets::KdfParams;
 use peerlink_core::router::{Router, RouterConfig, RouterInput, RouterOutput};
 use peerlink_core::wire::{decode_client_frame, decode_server_frame, encode_frame};
 use peerlink_core::Machine;
@@ -23,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
         mailbox_bytes: 4096,
         storage_bytes: 16_384,
         push_window: 4,
+        kdf: KdfParams::CHEAPEST,
         ..RouterConfig::default()
     };
     let mut router = Router::new(config, 7, now);
@@ -61,10 +63,17 @@ fuzz_target!(|data: &[u8]| {
         };
         router.handle(now, input);
         while let Some(output) = router.poll_output() {
-            if let RouterOutput::Send(_, frame) = output {
-                let mut out = BytesMut::new();
-                encode_frame(&frame, &mut out);
-                decode_server_frame(&out[..out.len() - 1]).expect("the router writes frames that decode");
+            match output {
+                RouterOutput::Send(_, frame) => {
+                    let mut out = BytesMut::new();
+                    encode_frame(&frame, &mut out);
+                    decode_server_frame(&out[..out.len() - 1]).expect("the router writes frames that decode");
+                }
+                RouterOutput::HashSecret(job) => {
+                    let hash = job.run();
+                    router.handle(now, RouterInput::SecretHashed { job: job.job, hash });
+                }
+                _ => {}
             }
         }
     }

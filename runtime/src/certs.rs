@@ -228,7 +228,10 @@ mod tests {
         assert_ne!(mine.pem(), theirs.pem());
         fs::write(base.join("a/ca.pem"), theirs.pem()).unwrap();
         let refused = LocalCa::load_or_create(&base.join("a")).unwrap_err();
-        assert!(refused.to_string().contains("is not the certificate of"), "{refused}");
+        assert!(
+            refused.to_string().contains("is not the certificate of"),
+            "{refused}"
+        );
         fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::rc::Rc;
 use std::time::Duration;
 
 use std::net::{IpAddr, SocketAddr};
@@ -18,12 +19,13 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::BytesMut;
 use peerlink_core::ids::{ConnId, ReplicaId};
 use peerlink_core::router::replication::Link;
+use peerlink_core::router::secrets::SecretHash;
 use peerlink_core::router::{Router, RouterInput, RouterOutput};
 use peerlink_core::wire::cluster::{FollowerFrame, PrimaryFrame, RmReply, RmRequest};
 use peerlink_core::wire::{decode_as, decode_client_frame, ClientFrame, ErrorCode, FrameError, ServerFrame};
 use peerlink_core::Machine;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::cluster_link::{self, Authenticated, ClusterAuth, HandshakeError};
 use crate::connection::{self, Connection, Inbound, Outbound};
@@ -96,7 +98,19 @@ type Handshake<S> = (
     Result<(Authenticated<S>, Option<ReplicaId>), HandshakeError>,
 );
 
-/// Limits the driver enforces around the machine.
+/// Where the driver stretches secrets (argon2id) the router asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hashing {
+    /// On tokio's blocking pool, at most as many at once as the machine has
+    /// cores (each takes the parameters' memory): the event loop never
+    /// waits for one. Production.
+    Blocking,
+    /// In the driver's own task, at once: deterministic, for the simulator,
+    /// with cheap parameters.
+    Inline,
+}
+
+/// Limits and settings the driver applies around the machine.
 #[derive(Debug, Clone)]
 pub struct RouterLimits {
     /// The largest frame accepted from a client, in bytes, newline included.
@@ -113,6 +127,8 @@ pub struct RouterLimits {
     /// reads so slowly that more would wait is disconnected (its mailbox
     /// keeps what was not acknowledged). Default [`DEFAULT_MAX_QUEUED`].
     pub max_queued: usize,
+    /// Where secrets are stretched.
+    pub hashing: Hashing,
 }
 
 /// The default of [`RouterLimits::max_queued`]: 8 MiB, eight frames of the
@@ -186,10 +202,32 @@ pub async fn run_router<N: Network>(
     let mut primary_link: LinkConn<FollowerFrame> = LinkConn::new();
     let mut next_conn = ConnId(0);
     let mut timer = Timer::new();
+    let (hashed_tx, mut hashed) = mpsc::unbounded_channel::<(u64, SecretHash)>();
+    let hashers = Rc::new(Semaphore::new(
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+    ));
     tokio::pin!(shutdown);
     loop {
         while let Some(output) = router.poll_output() {
             match output {
+                RouterOutput::HashSecret(job) => match limits.hashing {
+                    Hashing::Inline => {
+                        let hash = job.run();
+                        router.handle(now(), RouterInput::SecretHashed { job: job.job, hash });
+                    }
+                    Hashing::Blocking => {
+                        let (hashers, hashed_tx) = (Rc::clone(&hashers), hashed_tx.clone());
+                        tokio::task::spawn_local(async move {
+                            let Ok(_permit) = hashers.acquire().await else {
+                                return;
+                            };
+                            let id = job.job;
+                            if let Ok(hash) = tokio::task::spawn_blocking(move || job.run()).await {
+                                let _ = hashed_tx.send((id, hash));
+                            }
+                        });
+                    }
+                },
                 RouterOutput::Send(conn, frame) => {
                     if let Some(c) = conns.get(&conn) {
                         c.conn.send(Outbound::Frame(ToAccepted::Client(frame)));
@@ -298,6 +336,7 @@ pub async fn run_router<N: Network>(
             biased;
             () = &mut shutdown => return,
             () = timer.fired() => router.handle_timeout(now()),
+            Some((job, hash)) = hashed.recv() => router.handle(now(), RouterInput::SecretHashed { job, hash }),
             Some((link, attempt, outcome)) = attempts.recv() => {
                 let current = match link {
                     Link::Rm => rm_link.attempt,

@@ -14,6 +14,7 @@ use peerlink_core::cluster_auth::ClusterKey;
 use peerlink_core::ids::{GroupName, PeerId, ReplicaId, Secret, Target};
 use peerlink_core::rm::{ReplicaManager, RmConfig};
 use peerlink_core::router::replication::ReplicationConfig;
+use peerlink_core::router::secrets::KdfParams;
 use peerlink_core::router::{Router, RouterConfig};
 use peerlink_core::testing::What;
 use peerlink_core::wire::cluster::Configuration;
@@ -22,7 +23,7 @@ use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, Control};
 use peerlink_runtime::cluster_link::ClusterAuth;
 use peerlink_runtime::net::Network;
 use peerlink_runtime::rm_driver::{run_rm, ConfigStore};
-use peerlink_runtime::router_driver::{run_router, ClusterPort, RouterLimits, DEFAULT_MAX_QUEUED};
+use peerlink_runtime::router_driver::{run_router, ClusterPort, Hashing, RouterLimits, DEFAULT_MAX_QUEUED};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
@@ -137,6 +138,7 @@ pub(crate) async fn serve_router(router: Router, auth: Option<ClusterAuth>) -> t
         max_per_source: 1_000,
         connect_timeout: Duration::from_secs(1),
         max_queued: DEFAULT_MAX_QUEUED,
+        hashing: Hashing::Inline,
     };
     run_router(
         TurmoilNetwork,
@@ -232,6 +234,9 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
                 let router_config = RouterConfig {
                     replication: Some(replication),
                     mailbox_limit,
+                    // Simulated routers register thousands of peers: the
+                    // cheapest stretching, computed inline (deterministic).
+                    kdf: KdfParams::CHEAPEST,
                     #[cfg(feature = "planted-bugs")]
                     bugs,
                     ..RouterConfig::default()

@@ -302,11 +302,7 @@ impl Cluster {
 
     fn start_rm(data: &Path, listen: &str) -> Result<(Process, String)> {
         let dir = data.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?;
-        let mut rm = Process::start(
-            "rm",
-            &["rm", "--listen", listen, "--data-dir", dir],
-            &[],
-        )?;
+        let mut rm = Process::start("rm", &["rm", "--listen", listen, "--data-dir", dir], &[])?;
         let addr = listening_addr(&mut rm)?;
         Ok((rm, addr))
     }

@@ -36,7 +36,10 @@ fn a_client_refuses_a_router_it_cannot_trust() -> Result<()> {
     let refused = raw.write(b"{\"type\":\"ping\",\"req\":1}\n");
     let error = match refused {
         Err(e) => format!("{e:#}"),
-        Ok(()) => format!("{:#}", raw.read().expect_err("a pong through an untrusted router")),
+        Ok(()) => format!(
+            "{:#}",
+            raw.read().expect_err("a pong through an untrusted router")
+        ),
     };
     ensure!(error.contains("UnknownIssuer"), "{error}");
 
@@ -65,7 +68,10 @@ fn a_client_refuses_a_router_it_cannot_trust() -> Result<()> {
         .expect("stdin is piped")
         .write_all(b"REGISTER\n")?;
     let output = child.wait_with_output()?;
-    ensure!(!output.status.success(), "a client registered through an untrusted router");
+    ensure!(
+        !output.status.success(),
+        "a client registered through an untrusted router"
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     ensure!(!stdout.contains("registered"), "{stdout}");
     Ok(())

@@ -4,11 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::state::{hash_secret, message_weight, Change, Item};
-use rand::RngCore;
+use super::state::{message_weight, Change, Item};
 
-use super::{Guesses, Router, RouterOutput, Session, FIRST_GUESS_DELAY, MAX_GUESS_DELAY};
-use crate::ids::{ConnId, DeliveryId, GroupName, PeerId, ReqId, Secret, Seq, Target};
+use super::{Router, RouterOutput};
+use crate::ids::{ConnId, DeliveryId, GroupName, PeerId, ReqId, Seq, Target};
 use crate::wire::{json_string_len, ClientFrame, ErrorCode, ServerFrame, FRAME_OVERHEAD, MAX_IN_FLIGHT};
 
 impl Router {
@@ -54,7 +53,7 @@ impl Router {
         self.forget(conn);
     }
 
-    fn session_peer(&self, conn: ConnId) -> Option<PeerId> {
+    pub(super) fn session_peer(&self, conn: ConnId) -> Option<PeerId> {
         self.conns.get(&conn).and_then(|c| c.peer.clone())
     }
 
@@ -91,93 +90,6 @@ impl Router {
             ClientFrame::LeaveGroup { req, group } => self.handle_membership(conn, me, req, group, false),
             ClientFrame::Ack { delivery } => self.handle_ack(me, delivery),
         }
-    }
-
-    fn handle_register(&mut self, now: Instant, conn: ConnId, req: ReqId, peer: PeerId, secret: Secret) {
-        let Some(current) = self.conns.get(&conn) else {
-            return;
-        };
-        if let Some(other) = current.peer.as_ref().filter(|p| **p != peer) {
-            let message = format!("this connection is registered as {other}");
-            self.error(conn, Some(req), ErrorCode::AlreadyRegistered, message);
-            return;
-        }
-        if self.state.groups.contains_key(peer.as_str()) {
-            let message = format!("{peer} is the name of a group");
-            self.error(conn, Some(req), ErrorCode::NameTaken, message);
-            return;
-        }
-        if let Some(wait) = self
-            .guesses
-            .get(&peer)
-            .map(|g| g.next_allowed)
-            .filter(|t| *t > now)
-        {
-            let message = format!(
-                "too many wrong secrets for {peer}: try again in {} ms",
-                (wait - now).as_millis()
-            );
-            self.error(conn, Some(req), ErrorCode::TooManyAttempts, message);
-            return;
-        }
-        match self.state.peers.get(&peer) {
-            Some(record) if !record.verify(&secret) => {
-                let failures = self
-                    .guesses
-                    .get(&peer)
-                    .map_or(0, |g| g.failures)
-                    .saturating_add(1);
-                let delay = FIRST_GUESS_DELAY
-                    .saturating_mul(1 << (failures - 1).min(16))
-                    .min(MAX_GUESS_DELAY);
-                let next_allowed = now + delay;
-                self.guesses.insert(
-                    peer.clone(),
-                    Guesses {
-                        failures,
-                        next_allowed,
-                    },
-                );
-                let message = format!("{peer} is registered with another secret");
-                self.error(conn, Some(req), ErrorCode::WrongSecret, message);
-                return;
-            }
-            Some(_) => {
-                self.guesses.remove(&peer);
-            }
-            None => {
-                let mut salt = [0u8; 16];
-                self.rng.fill_bytes(&mut salt);
-                let secret_hash = hash_secret(&salt, &secret);
-                self.apply(Change::Registered {
-                    peer: peer.clone(),
-                    salt,
-                    secret_hash,
-                });
-            }
-        }
-        if let Some(old) = self.sessions.get(&peer).map(|s| s.conn).filter(|c| *c != conn) {
-            let message = format!("a newer session registered as {peer}");
-            self.close(old, ErrorCode::Replaced, message);
-        }
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.peer = Some(peer.clone());
-        }
-        self.sessions.entry(peer.clone()).or_insert(Session {
-            conn,
-            next_push: DeliveryId(0),
-            in_flight: 0,
-        });
-        let next_seq = self.state.peers[&peer].last_seq.next();
-        self.send(
-            conn,
-            ServerFrame::Registered {
-                req,
-                peer: peer.clone(),
-                next_seq,
-            },
-        );
-        self.push(&peer);
     }
 
     fn handle_send(&mut self, conn: ConnId, me: PeerId, req: ReqId, seq: Seq, to: Target, body: String) {
@@ -404,7 +316,7 @@ impl Router {
     }
 
     /// Pushes mailbox items to `peer`'s session, up to the push window.
-    fn push(&mut self, peer: &PeerId) {
+    pub(super) fn push(&mut self, peer: &PeerId) {
         let Some(session) = self.sessions.get_mut(peer) else {
             return;
         };

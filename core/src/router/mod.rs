@@ -27,7 +27,9 @@
 //! client never hears Sent for a message a failover could lose.
 
 mod clients;
+mod registration;
 pub mod replication;
+pub mod secrets;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -42,7 +44,10 @@ use crate::ids::{ConnId, DeliveryId, Epoch, Lsn, PeerId, ReplicaId};
 use crate::machine::Machine;
 use crate::wire::cluster::{FollowerFrame, PrimaryFrame, RmReply, RmRequest};
 use crate::wire::{ClientFrame, FrameError, ServerFrame, DEFAULT_MAX_FRAME_LEN};
+use registration::Registrations;
+pub use registration::{MAX_QUEUED_PER_ID, MAX_REGISTRATIONS};
 use replication::{Link, Replication, ReplicationConfig};
+use secrets::{HashJob, KdfParams, SecretHash};
 pub use state::{Change, State, ITEM_OVERHEAD};
 
 /// Tunables of a [`Router`]. `Default` gives the documented defaults.
@@ -77,6 +82,9 @@ pub struct RouterConfig {
     /// to a recipient would be larger is refused with `body_too_large`.
     /// Default [`DEFAULT_MAX_FRAME_LEN`].
     pub max_frame_len: usize,
+    /// How new registrations' secrets are stretched. Default
+    /// [`KdfParams::DEFAULT`]; an invalid setting is replaced by it.
+    pub kdf: KdfParams,
     /// Replication settings; `None` runs a standalone router.
     pub replication: Option<ReplicationConfig>,
     /// Deliberate bugs (tests only).
@@ -95,6 +103,7 @@ impl Default for RouterConfig {
             max_group_members: 10_000,
             push_window: 256,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            kdf: KdfParams::DEFAULT,
             replication: None,
             #[cfg(feature = "planted-bugs")]
             bugs: crate::bugs::Bugs::default(),
@@ -142,6 +151,13 @@ pub enum RouterInput {
     FromRm(RmReply),
     /// The primary sent a frame on the primary link.
     FromPrimary(PrimaryFrame),
+    /// The hash asked for with [`RouterOutput::HashSecret`] `job`.
+    SecretHashed {
+        /// The job, as named by the output.
+        job: u64,
+        /// [`HashJob::run`]'s result.
+        hash: SecretHash,
+    },
 }
 
 /// What a [`Router`] asks its driver to do.
@@ -172,6 +188,10 @@ pub enum RouterOutput {
     ToRm(RmRequest),
     /// Write a frame on the primary link.
     ToPrimary(FollowerFrame),
+    /// Run the job (slow: off the event loop) and hand its result back with
+    /// [`RouterInput::SecretHashed`]. A job never answered leaves that one
+    /// registration, and those of the same ID after it, unanswered.
+    HashSecret(HashJob),
     /// Informational: the router starts serving as primary of `epoch`, its
     /// state at `lsn`. Drivers log it; checkers use it to verify that a
     /// deposed primary commits nothing its successor lacks.
@@ -297,6 +317,8 @@ pub struct Router {
     /// Per registered ID: wrong secrets in a row, and when the next attempt
     /// may be judged. Soft state: a failover forgets it.
     guesses: BTreeMap<PeerId, Guesses>,
+    /// Registrations waiting for their secret's hash.
+    registrations: Registrations,
 }
 
 /// Wrong secrets presented for one ID.
@@ -318,6 +340,9 @@ impl Router {
     /// With [`RouterConfig::replication`] set, it starts outside any
     /// configuration and connects to the replica manager at `now`.
     pub fn new(mut config: RouterConfig, seed: u64, now: Instant) -> Self {
+        if !config.kdf.is_valid() {
+            config.kdf = KdfParams::DEFAULT;
+        }
         let replication = config.replication.take().map(|r| Replication::new(r, now));
         Self {
             config,
@@ -329,6 +354,7 @@ impl Router {
             outbox: Outbox::default(),
             replication,
             guesses: BTreeMap::new(),
+            registrations: Registrations::default(),
         }
     }
 
@@ -504,6 +530,7 @@ impl Machine for Router {
             RouterInput::LinkDown { link, attempt } => self.handle_link_down(now, link, attempt),
             RouterInput::FromRm(reply) => self.handle_rm_reply(now, reply),
             RouterInput::FromPrimary(frame) => self.handle_primary_frame(now, frame),
+            RouterInput::SecretHashed { job, hash } => self.handle_secret_hashed(now, job, hash),
         }
     }
 

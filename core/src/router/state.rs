@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::ids::{DeliveryId, GroupName, PeerId, Secret, Seq, Target};
+use super::secrets::{KdfParams, SecretHash};
+use crate::ids::{DeliveryId, GroupName, PeerId, Seq, Target};
 use crate::wire::{ErrorCode, MAX_IN_FLIGHT};
 
 /// What one mailbox item costs on top of its text: the entry, its key
@@ -54,8 +54,11 @@ pub(crate) fn message_weight(from: &PeerId, to: &Target, body: &str) -> usize {
 /// A registered peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PeerRecord {
-    salt: [u8; 16],
-    secret_hash: [u8; 32],
+    /// The salt its secret was stretched with.
+    pub(crate) salt: [u8; 16],
+    /// The parameters its secret was stretched with.
+    pub(crate) kdf: KdfParams,
+    secret_hash: SecretHash,
     /// The highest sequence number accepted or rejected from this peer.
     pub(crate) last_seq: Seq,
     /// Recent rejections, so a resent rejected message is refused again
@@ -74,10 +77,11 @@ pub(crate) struct PeerRecord {
 }
 
 impl PeerRecord {
-    /// Whether `secret` is the one this peer registered with, compared in
+    /// Whether `hash`, a secret stretched with this record's salt and
+    /// parameters, is the one this peer registered with; compared in
     /// constant time.
-    pub(crate) fn verify(&self, secret: &Secret) -> bool {
-        hash_secret(&self.salt, secret).ct_eq(&self.secret_hash).into()
+    pub(crate) fn matches(&self, hash: &SecretHash) -> bool {
+        hash.ct_eq(&self.secret_hash).into()
     }
 
     /// Stores `item`; returns its weight.
@@ -112,8 +116,10 @@ pub enum Change {
         peer: PeerId,
         /// The salt drawn for its secret.
         salt: [u8; 16],
-        /// SHA-256 of the salt and the secret.
-        secret_hash: [u8; 32],
+        /// The argon2id parameters its secret was stretched with.
+        kdf: KdfParams,
+        /// argon2id of the secret with that salt and those parameters.
+        secret_hash: SecretHash,
     },
     /// A message is accepted and stored in each recipient's mailbox.
     Accepted {
@@ -194,6 +200,7 @@ impl State {
             Change::Registered {
                 peer,
                 salt,
+                kdf,
                 secret_hash,
             } => {
                 debug_assert!(!self.peers.contains_key(peer));
@@ -201,6 +208,7 @@ impl State {
                     peer.clone(),
                     PeerRecord {
                         salt: *salt,
+                        kdf: *kdf,
                         secret_hash: *secret_hash,
                         last_seq: Seq(0),
                         rejected: BTreeMap::new(),
@@ -351,14 +359,6 @@ mod pairs {
     }
 }
 
-/// The salted hash the router stores instead of a secret.
-pub(crate) fn hash_secret(salt: &[u8; 16], secret: &Secret) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(salt);
-    hasher.update(secret.as_bytes());
-    hasher.finalize().into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +374,7 @@ mod tests {
             state.apply(&Change::Registered {
                 peer: peer(name),
                 salt: [7; 16],
+                kdf: KdfParams::CHEAPEST,
                 secret_hash: [9; 32],
             });
         }

@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::ids::{ConnId, DeliveryId, GroupName, PeerId, ReqId, Secret, Seq, Target};
+use crate::router::secrets::{stretch, HashJob, KdfParams};
 use crate::testing::{drain, epoch};
 use crate::wire::{ClientFrame, ErrorCode, ServerFrame, FRAME_OVERHEAD};
 
@@ -30,6 +31,10 @@ impl Harness {
     }
 
     fn with(config: RouterConfig) -> Self {
+        let config = RouterConfig {
+            kdf: KdfParams::CHEAPEST,
+            ..config
+        };
         Self {
             router: Router::new(config, 7, epoch()),
             now: epoch(),
@@ -41,10 +46,32 @@ impl Harness {
         self.router.handle(self.now, RouterInput::Connected(ConnId(conn)));
     }
 
+    /// Feeds a frame; returns the outputs, with every hash the router asks
+    /// for computed and handed back at once.
     fn frame(&mut self, conn: u64, frame: ClientFrame) -> Vec<RouterOutput> {
         self.router
             .handle(self.now, RouterInput::Frame(ConnId(conn), frame));
-        drain(&mut self.router)
+        self.drain()
+    }
+
+    /// Drains the outputs, answering every hash job at once.
+    fn drain(&mut self) -> Vec<RouterOutput> {
+        let mut out = Vec::new();
+        let mut pending = drain(&mut self.router);
+        while !pending.is_empty() {
+            for output in pending {
+                match output {
+                    RouterOutput::HashSecret(job) => {
+                        let hash = job.run();
+                        self.router
+                            .handle(self.now, RouterInput::SecretHashed { job: job.job, hash });
+                    }
+                    other => out.push(other),
+                }
+            }
+            pending = drain(&mut self.router);
+        }
+        out
     }
 
     fn next_req(&mut self) -> ReqId {
@@ -743,4 +770,187 @@ fn groups_per_peer_and_members_per_group_are_bounded() {
     // A leave makes room, and gives the leaver's place back.
     assert!(errors(&h.group_op(3, leave, "b1")).is_empty());
     assert!(errors(&h.group_op(4, join, "b1")).is_empty());
+}
+
+// Registration waits for argon2id, which the driver computes: what happens
+// between the request and the hash.
+
+impl Harness {
+    /// Feeds a `register` frame without answering hash jobs; returns the
+    /// outputs and the jobs asked for.
+    fn register_pending(&mut self, conn: u64, name: &str, secret: &str) -> (Vec<RouterOutput>, Vec<HashJob>) {
+        let req = self.next_req();
+        let frame = ClientFrame::Register {
+            req,
+            peer: peer(name),
+            secret: Secret::new(secret).unwrap(),
+        };
+        self.router
+            .handle(self.now, RouterInput::Frame(ConnId(conn), frame));
+        split_jobs(drain(&mut self.router))
+    }
+
+    /// Hands `job`'s hash back; returns the outputs and further jobs.
+    fn finish(&mut self, job: &HashJob) -> (Vec<RouterOutput>, Vec<HashJob>) {
+        let hash = job.run();
+        self.router
+            .handle(self.now, RouterInput::SecretHashed { job: job.job, hash });
+        split_jobs(drain(&mut self.router))
+    }
+}
+
+fn split_jobs(outputs: Vec<RouterOutput>) -> (Vec<RouterOutput>, Vec<HashJob>) {
+    let mut jobs = Vec::new();
+    let rest = outputs
+        .into_iter()
+        .filter_map(|o| match o {
+            RouterOutput::HashSecret(job) => {
+                jobs.push(job);
+                None
+            }
+            other => Some(other),
+        })
+        .collect();
+    (rest, jobs)
+}
+
+fn registered_on(outputs: &[RouterOutput]) -> Vec<u64> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            RouterOutput::Send(ConnId(c), ServerFrame::Registered { .. }) => Some(*c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_registration_is_answered_only_once_its_hash_is_back() {
+    let mut h = Harness::new();
+    h.connect(1);
+    let (out, jobs) = h.register_pending(1, "alice", "s3cret");
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].params, KdfParams::CHEAPEST);
+    assert_eq!(h.router.peer_count(), 0, "claimed before the hash");
+    let (out, more) = h.finish(&jobs[0]);
+    assert!(more.is_empty());
+    assert_eq!(registered_on(&out), vec![1]);
+    // The record keeps the hash with its salt and parameters: the same
+    // secret, stretched again with them, matches it; another does not.
+    let record = &h.router.state().peers[&peer("alice")];
+    assert_eq!(record.kdf, KdfParams::CHEAPEST);
+    assert_eq!(record.salt, jobs[0].salt);
+    assert!(record.matches(&stretch(
+        record.kdf,
+        &record.salt,
+        &Secret::new("s3cret").unwrap()
+    )));
+    assert!(!record.matches(&stretch(
+        record.kdf,
+        &record.salt,
+        &Secret::new("s3cret!").unwrap()
+    )));
+    // An answer to no job changes nothing.
+    h.router.handle(
+        h.now,
+        RouterInput::SecretHashed {
+            job: 99,
+            hash: [0; 32],
+        },
+    );
+    assert!(drain(&mut h.router).is_empty());
+}
+
+#[test]
+fn a_client_gone_before_its_hash_claims_nothing() {
+    let mut h = Harness::new();
+    h.connect(1);
+    let (_, jobs) = h.register_pending(1, "alice", "s3cret");
+    h.router.handle(h.now, RouterInput::Disconnected(ConnId(1)));
+    let (out, _) = h.finish(&jobs[0]);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(h.router.peer_count(), 0);
+    // The ID is still free for the next one.
+    h.connect(2);
+    assert_eq!(registered_on(&h.register(2, "alice", "other")), vec![2]);
+}
+
+#[test]
+fn of_two_claims_of_a_free_id_the_second_must_prove_the_first_ones_secret() {
+    let mut h = Harness::new();
+    h.connect(1);
+    h.connect(2);
+    h.connect(3);
+    let (_, first) = h.register_pending(1, "alice", "mine");
+    // Queued behind the first: no hash asked for yet.
+    let (out, second) = h.register_pending(2, "alice", "theirs");
+    assert!(out.is_empty() && second.is_empty(), "{out:?} {second:?}");
+    let (_, third) = h.register_pending(3, "alice", "mine");
+    assert!(third.is_empty());
+    let (out, next) = h.finish(&first[0]);
+    assert_eq!(registered_on(&out), vec![1]);
+    // The second is judged against the record the first made.
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].salt, first[0].salt);
+    // It is wrong; the third, though right, falls in the back-off that
+    // wrong guess started, and is refused without being hashed.
+    let (out, next) = h.finish(&next[0]);
+    assert_eq!(
+        errors(&out),
+        vec![ErrorCode::WrongSecret, ErrorCode::TooManyAttempts]
+    );
+    assert!(next.is_empty());
+    assert_eq!(h.router.peer_count(), 1);
+}
+
+#[test]
+fn guesses_at_one_id_are_judged_one_at_a_time_however_many_connections() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    for conn in 2..=5 {
+        h.connect(conn);
+    }
+    let (_, jobs) = h.register_pending(2, "alice", "guess-2");
+    assert_eq!(jobs.len(), 1);
+    for conn in 3..=5 {
+        let (out, more) = h.register_pending(conn, "alice", &format!("guess-{conn}"));
+        assert!(
+            out.is_empty() && more.is_empty(),
+            "guess {conn} was judged in parallel"
+        );
+    }
+    // The queue is full: a fifth guess is refused at once.
+    h.connect(6);
+    let (out, _) = h.register_pending(6, "alice", "guess-6");
+    assert_eq!(errors(&out), vec![ErrorCode::TooManyAttempts]);
+    // The first guess is wrong: the ones queued behind it fall in its
+    // back-off and are refused without being hashed.
+    let (out, more) = h.finish(&jobs[0]);
+    assert!(more.is_empty(), "a guess was hashed within the back-off");
+    let expected = [ErrorCode::WrongSecret]
+        .into_iter()
+        .chain([ErrorCode::TooManyAttempts; 3]);
+    assert_eq!(errors(&out), expected.collect::<Vec<_>>());
+}
+
+#[test]
+fn registrations_in_progress_are_bounded() {
+    let mut h = Harness::new();
+    let mut jobs = Vec::new();
+    for i in 0..crate::router::MAX_REGISTRATIONS as u64 {
+        h.connect(i);
+        let (out, job) = h.register_pending(i, &format!("p{i}"), "s");
+        assert!(out.is_empty());
+        jobs.extend(job);
+    }
+    let extra = crate::router::MAX_REGISTRATIONS as u64;
+    h.connect(extra);
+    let (out, job) = h.register_pending(extra, "late", "s");
+    assert_eq!(errors(&out), vec![ErrorCode::Busy]);
+    assert!(job.is_empty());
+    // Once one is judged, a place frees.
+    h.finish(&jobs[0]);
+    let (out, job) = h.register_pending(extra, "late", "s");
+    assert!(out.is_empty() && job.len() == 1, "{out:?}");
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::client::{Client, ClientConfig, ClientEvent, ClientInput, ClientOutput, Command};
 use crate::ids::{ConnId, PeerId, Secret};
 use crate::machine::Machine;
+use crate::router::secrets::KdfParams;
 use crate::router::{Router, RouterConfig, RouterInput, RouterOutput};
 use crate::wire::{ClientFrame, ServerFrame};
 
@@ -61,7 +62,9 @@ pub struct World {
 
 impl World {
     /// A world with one router and a client per name, all reachable. Every
-    /// machine is seeded from `seed`.
+    /// machine is seeded from `seed`. The router stretches secrets with
+    /// [`KdfParams::CHEAPEST`], whatever `router` says, and gets each hash
+    /// as soon as it asks.
     pub fn new(seed: u64, names: &[&str], router: RouterConfig, start: Instant) -> Self {
         let slots = names
             .iter()
@@ -82,7 +85,16 @@ impl World {
             .collect();
         let mut world = Self {
             now: start,
-            router: Router::new(router, seed, start),
+            // Secrets are stretched with the cheapest argon2 setting: the
+            // world registers peers thousands of times.
+            router: Router::new(
+                RouterConfig {
+                    kdf: KdfParams::CHEAPEST,
+                    ..router
+                },
+                seed,
+                start,
+            ),
             slots,
             owners: BTreeMap::new(),
             next_conn: 0,
@@ -310,6 +322,12 @@ impl World {
                         let slot = self.slots.get_mut(peer).expect("known peer");
                         slot.down.push_back(frame);
                     }
+                }
+                // Hashed at once: the world's router never waits for it.
+                RouterOutput::HashSecret(job) => {
+                    let hash = job.run();
+                    let input = RouterInput::SecretHashed { job: job.job, hash };
+                    self.router.handle(self.now, input);
                 }
                 RouterOutput::Replicate(..)
                 | RouterOutput::Connect { .. }

@@ -34,15 +34,20 @@ pub(crate) async fn run(args: CertArgs) -> anyhow::Result<ExitCode> {
         let ip = host.parse::<std::net::IpAddr>().is_ok();
         let dns = !host.is_empty()
             && host.len() <= 253
-            && host
-                .split('.')
-                .all(|label| !label.is_empty() && label.len() <= 63 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
         if !ip && !dns {
             bail!("--host {host:?} is neither an IP address nor a DNS name");
         }
     }
     if args.out.exists() {
-        bail!("{} exists: give a new folder, so that no key is overwritten", args.out.display());
+        bail!(
+            "{} exists: give a new folder, so that no key is overwritten",
+            args.out.display()
+        );
     }
     let ca = local_ca()?;
     let (cert, key) = ca

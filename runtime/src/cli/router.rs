@@ -12,7 +12,7 @@ use peerlink_core::router::{Router, RouterConfig};
 use peerlink_core::wire::cluster::check_addr;
 use peerlink_core::wire::{DEFAULT_MAX_FRAME_LEN, FRAME_OVERHEAD};
 use peerlink_runtime::net::{Listener, Network};
-use peerlink_runtime::router_driver::{run_router, ClusterPort, RouterLimits, DEFAULT_MAX_QUEUED};
+use peerlink_runtime::router_driver::{run_router, ClusterPort, Hashing, RouterLimits, DEFAULT_MAX_QUEUED};
 
 use super::cluster_key::ClusterKeyArgs;
 use super::shutdown;
@@ -219,6 +219,7 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         max_connections: args.max_connections as usize,
         max_per_source: args.max_connections_per_source as usize,
         connect_timeout: Duration::from_secs(2),
+        hashing: Hashing::Blocking,
     };
     let router = Router::new(
         config,
@@ -241,15 +242,7 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         }
         None => tracing::info!(id = %args.id, %addr, "standalone router started"),
     }
-    run_router(
-        net,
-        router,
-        listener,
-        cluster,
-        limits,
-        shutdown::signal(),
-    )
-    .await;
+    run_router(net, router, listener, cluster, limits, shutdown::signal()).await;
     tracing::info!(id = %args.id, "router stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -58,7 +58,9 @@ pub(crate) fn local_ca() -> anyhow::Result<LocalCa> {
 }
 
 fn warn_insecure() {
-    tracing::warn!("--insecure: links are plain TCP; anyone on the network path can read and change every message");
+    tracing::warn!(
+        "--insecure: links are plain TCP; anyone on the network path can read and change every message"
+    );
 }
 
 impl TlsArgs {
@@ -111,7 +113,11 @@ impl ServerTlsArgs {
         let client = self.trust.client_config()?;
         let (chain, key) = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => load_pem_pair(cert, key).with_context(|| {
-                format!("cannot use --tls-cert {} with --tls-key {}", cert.display(), key.display())
+                format!(
+                    "cannot use --tls-cert {} with --tls-key {}",
+                    cert.display(),
+                    key.display()
+                )
             })?,
             _ => local_ca()?
                 .issue(&certificate_hosts(addrs))
@@ -164,8 +170,22 @@ mod tests {
     #[test]
     fn certificates_name_loopback_and_every_advertised_host_but_wildcards() {
         assert_eq!(
-            certificate_hosts(&["0.0.0.0:8008", "[::]:1", "10.0.0.5:8008", "node.example:9", "127.0.0.1:0", "[fd00::1]:7"]),
-            ["localhost", "127.0.0.1", "::1", "10.0.0.5", "node.example", "fd00::1"]
+            certificate_hosts(&[
+                "0.0.0.0:8008",
+                "[::]:1",
+                "10.0.0.5:8008",
+                "node.example:9",
+                "127.0.0.1:0",
+                "[fd00::1]:7"
+            ]),
+            [
+                "localhost",
+                "127.0.0.1",
+                "::1",
+                "10.0.0.5",
+                "node.example",
+                "fd00::1"
+            ]
         );
     }
 }

@@ -73,7 +73,15 @@ impl Cluster {
     ) -> anyhow::Result<Self> {
         let addr = format!("127.0.0.1:{base_port}");
         let limit = mailbox_limit.to_string();
-        let mut flags = vec!["router", "--id", "r1", "--listen", &addr, "--mailbox-limit", &limit];
+        let mut flags = vec![
+            "router",
+            "--id",
+            "r1",
+            "--listen",
+            &addr,
+            "--mailbox-limit",
+            &limit,
+        ];
         let tls_flags = tls.forwarded()?;
         flags.extend(tls_flags.iter().map(String::as_str));
         let process = start(exe, "r1", &flags).await?;

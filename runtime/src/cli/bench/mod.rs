@@ -186,7 +186,10 @@ fn setup(args: &BenchArgs, cluster: &Cluster) -> Vec<(&'static str, String)> {
         ("backups", backups.to_string()),
         ("size", args.size.to_string()),
         ("window", args.window.to_string()),
-        ("tls", if cluster.net().is_tls() { "on" } else { "off" }.to_owned()),
+        (
+            "tls",
+            if cluster.net().is_tls() { "on" } else { "off" }.to_owned(),
+        ),
     ]
 }
 
