@@ -85,8 +85,8 @@ impl HashJob {
 }
 
 /// argon2id of `secret` with `salt` and `params`. Parameters that are not
-/// [valid](KdfParams::is_valid) give a hash no secret matches (all zeros
-/// is never an argon2 output in practice, and such records never verify).
+/// [valid](KdfParams::is_valid) give all zeros; the router never compares
+/// a hash with a record whose parameters are not valid.
 pub fn stretch(params: KdfParams, salt: &[u8; 16], secret: &Secret) -> SecretHash {
     let mut out = [0u8; 32];
     if !params.is_valid() {
