@@ -60,7 +60,14 @@ impl Bench {
             out: BytesMut::new(),
         };
         for p in 0..PEERS {
-            bench.router.handle(now, RouterInput::Connected(ConnId(p)));
+            let source = std::net::IpAddr::from([127, 0, 0, 1]);
+            bench.router.handle(
+                now,
+                RouterInput::Connected {
+                    conn: ConnId(p),
+                    source,
+                },
+            );
             let frame = ClientFrame::Register {
                 req: ReqId(1),
                 peer: peer(p),

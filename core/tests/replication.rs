@@ -5,6 +5,7 @@
 //! equals the primary's. Plus: frames from an older epoch are refused.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use peerlink_core::ids::{ConnId, DeliveryId, Epoch, Lsn, PeerId, ReplicaId, ReqId, Secret, Seq, Target};
@@ -119,7 +120,13 @@ impl Pair {
         pair.tick(Duration::ZERO);
         for (i, name) in PEERS.iter().enumerate() {
             let conn = ConnId(100 + i as u64);
-            pair.p.handle(now, RouterInput::Connected(conn));
+            pair.p.handle(
+                now,
+                RouterInput::Connected {
+                    conn,
+                    source: IpAddr::from([127, 0, 0, 1]),
+                },
+            );
             let frame = ClientFrame::Register {
                 req: ReqId(1),
                 peer: PeerId::new(*name).unwrap(),
@@ -639,7 +646,13 @@ fn a_router_named_primary_for_an_earlier_life_does_not_serve() {
         !out.iter().any(|o| matches!(o, RouterOutput::Promoted { .. })),
         "{out:?}"
     );
-    restarted.handle(now, RouterInput::Connected(ConnId(7)));
+    restarted.handle(
+        now,
+        RouterInput::Connected {
+            conn: ConnId(7),
+            source: IpAddr::from([127, 0, 0, 1]),
+        },
+    );
     let out: Vec<RouterOutput> = std::iter::from_fn(|| restarted.poll_output()).collect();
     assert!(
         out.iter()
@@ -804,7 +817,13 @@ fn follow_as(proven: Option<Option<&str>>, follower: &str) -> Vec<RouterOutput> 
             let id = id.map(|s| ReplicaId::new(s).unwrap());
             pair.p.handle(pair.now, RouterInput::MemberConnected { conn, id });
         }
-        None => pair.p.handle(pair.now, RouterInput::Connected(conn)),
+        None => pair.p.handle(
+            pair.now,
+            RouterInput::Connected {
+                conn,
+                source: IpAddr::from([127, 0, 0, 1]),
+            },
+        ),
     }
     let _ = std::iter::from_fn(|| pair.p.poll_output()).count();
     let frame = FollowerFrame::Follow {

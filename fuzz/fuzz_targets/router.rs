@@ -16,6 +16,11 @@ use peerlink_core::router::{Router, RouterConfig, RouterInput, RouterOutput};
 use peerlink_core::wire::{decode_client_frame, decode_server_frame, encode_frame};
 use peerlink_core::Machine;
 
+/// Two source addresses, so that per-source limits come into play.
+fn source(conn: ConnId) -> std::net::IpAddr {
+    std::net::IpAddr::from([10, 0, 0, (conn.0 % 2) as u8])
+}
+
 fuzz_target!(|data: &[u8]| {
     let start = Instant::now();
     let mut now = start;
@@ -32,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     let mut slots = [ConnId(1), ConnId(2), ConnId(3)];
     let mut next = 3;
     for conn in slots {
-        router.handle(now, RouterInput::Connected(conn));
+        router.handle(now, RouterInput::Connected { conn, source: source(conn) });
     }
     // Each line: a control byte (which connection, and what else happens)
     // then the frame.
@@ -47,9 +52,9 @@ fuzz_target!(|data: &[u8]| {
                 router.handle(now, RouterInput::Disconnected(slots[slot]));
                 next += 1;
                 slots[slot] = ConnId(next);
-                router.handle(now, RouterInput::Connected(slots[slot]));
+                router.handle(now, RouterInput::Connected { conn: slots[slot], source: source(slots[slot]) });
             }
-            3 => router.handle(now, RouterInput::Connected(slots[slot])),
+            3 => router.handle(now, RouterInput::Connected { conn: slots[slot], source: source(slots[slot]) }),
             2 => {
                 now += Duration::from_millis(u64::from(control) * 100);
                 router.handle_timeout(now);

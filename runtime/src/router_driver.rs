@@ -471,7 +471,7 @@ pub async fn run_router<N: Network>(
                 }
                 tracing::debug!(?conn, %addr, "connection accepted");
                 conns.insert(conn, Accepted { conn: c, source: Some(addr.ip()) });
-                router.handle(now(), RouterInput::Connected(conn));
+                router.handle(now(), RouterInput::Connected { conn, source: addr.ip() });
             }
         }
     }

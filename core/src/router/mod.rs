@@ -35,6 +35,7 @@ mod state;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -82,6 +83,11 @@ pub struct RouterConfig {
     /// to a recipient would be larger is refused with `body_too_large`.
     /// Default [`DEFAULT_MAX_FRAME_LEN`].
     pub max_frame_len: usize,
+    /// The most source addresses whose wrong secrets are remembered. When
+    /// full, those whose wait ended [`MAX_GUESS_DELAY`] ago are forgotten;
+    /// a new source that still finds no room is not tracked (the per-ID
+    /// limit still holds for it). Default 65,536.
+    pub max_tracked_sources: usize,
     /// How new registrations' secrets are stretched. Default
     /// [`KdfParams::DEFAULT`]; an invalid setting is replaced by it.
     pub kdf: KdfParams,
@@ -103,6 +109,7 @@ impl Default for RouterConfig {
             max_group_members: 10_000,
             push_window: 256,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_tracked_sources: 65_536,
             kdf: KdfParams::DEFAULT,
             replication: None,
             #[cfg(feature = "planted-bugs")]
@@ -114,8 +121,13 @@ impl Default for RouterConfig {
 /// What a [`Router`] reacts to.
 #[derive(Debug, Clone)]
 pub enum RouterInput {
-    /// A client connection was accepted; its frames will carry this ID.
-    Connected(ConnId),
+    /// A client connection was accepted; its frames will carry `conn`.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// The address it comes from, which registration limits count by.
+        source: IpAddr,
+    },
     /// A connection to the cluster listener passed the membership handshake
     /// ([`cluster_auth`](crate::cluster_auth)) as router `id`, or as an
     /// operator's tool for `None`; its frames will carry `conn`.
@@ -249,6 +261,8 @@ struct Conn {
     /// For a cluster connection, the identity it proved (`Some(None)`: an
     /// operator's tool); `None` for a client connection.
     member: Option<Option<ReplicaId>>,
+    /// For a client connection, the address it comes from.
+    source: Option<IpAddr>,
     /// When the connection times out for silence; `None` for follower
     /// connections, whose liveness replication itself tracks.
     deadline: Option<Instant>,
@@ -317,15 +331,39 @@ pub struct Router {
     /// Per registered ID: wrong secrets in a row, and when the next attempt
     /// may be judged. Soft state: a failover forgets it.
     guesses: BTreeMap<PeerId, Guesses>,
+    /// The same per source address, across IDs, at most
+    /// [`RouterConfig::max_tracked_sources`] of them.
+    source_guesses: BTreeMap<IpAddr, Guesses>,
     /// Registrations waiting for their secret's hash.
     registrations: Registrations,
 }
 
-/// Wrong secrets presented for one ID.
+/// Wrong secrets presented for one ID, or from one source.
 #[derive(Debug, Clone, Copy)]
 struct Guesses {
     failures: u32,
     next_allowed: Instant,
+}
+
+impl Guesses {
+    /// After `failures` wrong secrets in a row, of which the first `grace`
+    /// cost nothing: the next attempt waits [`FIRST_GUESS_DELAY`] after the
+    /// first that counts, doubling with each further one, up to
+    /// [`MAX_GUESS_DELAY`].
+    fn after(now: Instant, failures: u32, grace: u32) -> Self {
+        let counted = failures.saturating_sub(grace);
+        let delay = if counted == 0 {
+            Duration::ZERO
+        } else {
+            FIRST_GUESS_DELAY
+                .saturating_mul(1 << (counted - 1).min(16))
+                .min(MAX_GUESS_DELAY)
+        };
+        Self {
+            failures,
+            next_allowed: now + delay,
+        }
+    }
 }
 
 /// The wait after the first wrong secret for an ID; each further one in a
@@ -334,6 +372,11 @@ pub const FIRST_GUESS_DELAY: Duration = Duration::from_millis(100);
 
 /// The longest wait between two judged attempts at one ID's secret.
 pub const MAX_GUESS_DELAY: Duration = Duration::from_secs(30);
+
+/// Wrong secrets in a row one source address may present, across IDs,
+/// before its registrations wait too: after the next, [`FIRST_GUESS_DELAY`],
+/// doubling up to [`MAX_GUESS_DELAY`], as for one ID.
+pub const SOURCE_GRACE: u32 = 8;
 
 impl Router {
     /// A router with no peers. `seed` drives the salts it draws for secrets.
@@ -354,6 +397,7 @@ impl Router {
             outbox: Outbox::default(),
             replication,
             guesses: BTreeMap::new(),
+            source_guesses: BTreeMap::new(),
             registrations: Registrations::default(),
         }
     }
@@ -467,7 +511,7 @@ impl Machine for Router {
 
     fn handle(&mut self, now: Instant, input: RouterInput) {
         match input {
-            RouterInput::Connected(conn) => {
+            RouterInput::Connected { conn, source } => {
                 // Drivers never reuse an ID; if one did, the old connection
                 // is forgotten rather than left with a second deadline.
                 self.forget(conn);
@@ -485,6 +529,7 @@ impl Machine for Router {
                     Conn {
                         peer: None,
                         member: None,
+                        source: Some(source),
                         deadline: Some(deadline),
                     },
                 );
@@ -497,6 +542,7 @@ impl Machine for Router {
                 let c = Conn {
                     peer: None,
                     member,
+                    source: None,
                     deadline: Some(deadline),
                 };
                 self.conns.insert(conn, c);

@@ -14,13 +14,14 @@
 //! ID and [`MAX_REGISTRATIONS`] in all, further ones are refused at once.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
 use std::time::Instant;
 
 use rand::RngCore;
 
 use super::secrets::{HashJob, KdfParams, SecretHash};
 use super::state::Change;
-use super::{Router, RouterOutput, Session, FIRST_GUESS_DELAY, MAX_GUESS_DELAY};
+use super::{Guesses, Router, RouterOutput, Session, MAX_GUESS_DELAY, SOURCE_GRACE};
 use crate::ids::{ConnId, DeliveryId, PeerId, ReqId, Secret};
 use crate::wire::{ErrorCode, ServerFrame};
 
@@ -36,6 +37,8 @@ pub const MAX_REGISTRATIONS: usize = 256;
 #[derive(Debug)]
 struct Request {
     conn: ConnId,
+    /// Where the connection comes from.
+    source: Option<IpAddr>,
     req: ReqId,
     secret: Secret,
     /// The hash under way, once it is this request's turn.
@@ -78,6 +81,7 @@ impl Router {
         let Some(current) = self.conns.get(&conn) else {
             return;
         };
+        let source = current.source;
         if let Some(other) = current.peer.as_ref().filter(|p| **p != peer) {
             let message = format!("this connection is registered as {other}");
             self.error(conn, Some(req), ErrorCode::AlreadyRegistered, message);
@@ -88,7 +92,7 @@ impl Router {
             self.error(conn, Some(req), ErrorCode::NameTaken, message);
             return;
         }
-        if let Some(message) = self.backing_off(now, &peer) {
+        if let Some(message) = self.backing_off(now, &peer, source) {
             self.error(conn, Some(req), ErrorCode::TooManyAttempts, message);
             return;
         }
@@ -105,6 +109,7 @@ impl Router {
         }
         queue.push_back(Request {
             conn,
+            source,
             req,
             secret,
             job: None,
@@ -115,16 +120,22 @@ impl Router {
         }
     }
 
-    /// Why `peer` may not be judged now, if it may not: the wait after its
-    /// last wrong secret has not passed.
-    fn backing_off(&self, now: Instant, peer: &PeerId) -> Option<String> {
-        let wait = self
-            .guesses
-            .get(peer)
-            .map(|g| g.next_allowed)
-            .filter(|t| *t > now)?;
+    /// Why `peer`, from `source`, may not be judged now, if it may not: the
+    /// wait after the last wrong secret for that ID, or from that source,
+    /// has not passed.
+    fn backing_off(&self, now: Instant, peer: &PeerId, source: Option<IpAddr>) -> Option<String> {
+        let waiting = |g: &Guesses| Some(g.next_allowed).filter(|t| *t > now);
+        if let Some(wait) = self.guesses.get(peer).and_then(waiting) {
+            return Some(format!(
+                "too many wrong secrets for {peer}: try again in {} ms",
+                (wait - now).as_millis()
+            ));
+        }
+        let wait = source
+            .and_then(|s| self.source_guesses.get(&s))
+            .and_then(waiting)?;
         Some(format!(
-            "too many wrong secrets for {peer}: try again in {} ms",
+            "too many wrong secrets from your address: try again in {} ms",
             (wait - now).as_millis()
         ))
     }
@@ -140,12 +151,12 @@ impl Router {
             if front.job.is_some() {
                 return;
             }
-            let (conn, req) = (front.conn, front.req);
+            let (conn, req, source) = (front.conn, front.req, front.source);
             if !self.conns.contains_key(&conn) {
                 self.pop_request(peer);
                 continue;
             }
-            if let Some(message) = self.backing_off(now, peer) {
+            if let Some(message) = self.backing_off(now, peer, source) {
                 self.pop_request(peer);
                 self.error(conn, Some(req), ErrorCode::TooManyAttempts, message);
                 continue;
@@ -207,11 +218,14 @@ impl Router {
             Some(record) if !done.fresh && record.salt == done.salt && record.kdf == done.params => {
                 if record.kdf.is_valid() && record.matches(&hash) {
                     self.guesses.remove(&peer);
+                    if let Some(source) = request.source {
+                        self.source_guesses.remove(&source);
+                    }
                     if live {
                         self.registered(request.conn, request.req, &peer);
                     }
                 } else {
-                    self.wrong_secret(now, &peer);
+                    self.wrong_secret(now, &peer, request.source);
                     if live {
                         let message = format!("{peer} is registered with another secret");
                         self.error(request.conn, Some(request.req), ErrorCode::WrongSecret, message);
@@ -241,20 +255,29 @@ impl Router {
         self.start_next(now, &peer);
     }
 
-    /// Counts a wrong secret for `peer` and sets the wait before the next
-    /// attempt.
-    fn wrong_secret(&mut self, now: Instant, peer: &PeerId) {
+    /// Counts a wrong secret for `peer` from `source` and sets the waits
+    /// before the next attempts.
+    fn wrong_secret(&mut self, now: Instant, peer: &PeerId, source: Option<IpAddr>) {
         let failures = self.guesses.get(peer).map_or(0, |g| g.failures).saturating_add(1);
-        let delay = FIRST_GUESS_DELAY
-            .saturating_mul(1 << (failures - 1).min(16))
-            .min(MAX_GUESS_DELAY);
-        self.guesses.insert(
-            peer.clone(),
-            super::Guesses {
-                failures,
-                next_allowed: now + delay,
-            },
-        );
+        self.guesses
+            .insert(peer.clone(), Guesses::after(now, failures, 0));
+        let Some(source) = source else { return };
+        if !self.source_guesses.contains_key(&source)
+            && self.source_guesses.len() >= self.config.max_tracked_sources
+        {
+            self.source_guesses
+                .retain(|_, g| g.next_allowed + MAX_GUESS_DELAY > now);
+            if self.source_guesses.len() >= self.config.max_tracked_sources {
+                return;
+            }
+        }
+        let failures = self
+            .source_guesses
+            .get(&source)
+            .map_or(0, |g| g.failures)
+            .saturating_add(1);
+        self.source_guesses
+            .insert(source, Guesses::after(now, failures, SOURCE_GRACE));
     }
 
     /// Binds `conn` to `peer`, whose secret it proved, replacing an older

@@ -1,10 +1,18 @@
 use std::time::Duration;
 
+use std::net::IpAddr;
+
 use super::*;
 use crate::ids::{ConnId, DeliveryId, GroupName, PeerId, ReqId, Secret, Seq, Target};
 use crate::router::secrets::{stretch, HashJob, KdfParams};
 use crate::testing::{drain, epoch};
 use crate::wire::{ClientFrame, ErrorCode, ServerFrame, FRAME_OVERHEAD};
+
+/// A source address of its own for each connection, unless a test says
+/// otherwise.
+fn source_of(conn: u64) -> IpAddr {
+    IpAddr::from([10, 0, (conn >> 8) as u8, conn as u8])
+}
 
 fn peer(s: &str) -> PeerId {
     PeerId::new(s).unwrap()
@@ -43,7 +51,16 @@ impl Harness {
     }
 
     fn connect(&mut self, conn: u64) {
-        self.router.handle(self.now, RouterInput::Connected(ConnId(conn)));
+        self.connect_from(conn, source_of(conn));
+    }
+
+    /// Connects `conn` from `source`.
+    fn connect_from(&mut self, conn: u64, source: IpAddr) {
+        let input = RouterInput::Connected {
+            conn: ConnId(conn),
+            source,
+        };
+        self.router.handle(self.now, input);
     }
 
     /// Feeds a frame; returns the outputs, with every hash the router asks
@@ -685,7 +702,7 @@ fn a_connection_id_reported_twice_never_stalls_the_idle_sweep() {
     let mut h = Harness::new();
     h.online(1, "alice");
     h.now += Duration::from_secs(1);
-    h.router.handle(h.now, RouterInput::Connected(ConnId(1)));
+    h.connect(1);
     h.now += Duration::from_secs(3600);
     h.router.handle_timeout(h.now);
     let out: Vec<RouterOutput> = std::iter::from_fn(|| h.router.poll_output()).take(100).collect();
@@ -953,4 +970,76 @@ fn registrations_in_progress_are_bounded() {
     h.finish(&jobs[0]);
     let (out, job) = h.register_pending(extra, "late", "s");
     assert!(out.is_empty() && job.len() == 1, "{out:?}");
+}
+
+// Per source address: wrong secrets across IDs.
+
+/// Registers `n` peers `p0`, `p1`, ... on connections 1000 + i.
+fn with_peers(h: &mut Harness, n: u64) {
+    for i in 0..n {
+        h.online(1000 + i, &format!("p{i}"));
+    }
+}
+
+#[test]
+fn one_source_guessing_across_ids_waits_once_past_its_grace() {
+    let mut h = Harness::new();
+    with_peers(&mut h, 12);
+    let attacker = IpAddr::from([192, 0, 2, 1]);
+    for i in 0..u64::from(crate::router::SOURCE_GRACE) {
+        h.connect_from(i, attacker);
+        let out = h.register(i, &format!("p{i}"), "guess");
+        assert_eq!(errors(&out), vec![ErrorCode::WrongSecret], "guess {i}");
+    }
+    // One more is judged; from then on the source waits, whatever ID.
+    let grace = u64::from(crate::router::SOURCE_GRACE);
+    h.connect_from(grace, attacker);
+    let out = h.register(grace, &format!("p{grace}"), "guess");
+    assert_eq!(errors(&out), vec![ErrorCode::WrongSecret]);
+    h.connect_from(50, attacker);
+    let out = h.register(50, "p10", "p10-secret");
+    assert_eq!(errors(&out), vec![ErrorCode::TooManyAttempts]);
+    assert!(out.iter().any(|o| matches!(o,
+        RouterOutput::Send(_, ServerFrame::Error { message, .. }) if message.contains("from your address"))));
+    // Another source is not held up, even for the same ID.
+    h.connect_from(51, IpAddr::from([192, 0, 2, 2]));
+    assert_eq!(registered_on(&h.register(51, "p10", "p10-secret")), vec![51]);
+    // After the wait the attacker's next attempt is judged; the right
+    // secret clears its count.
+    h.now += crate::router::FIRST_GUESS_DELAY;
+    assert_eq!(registered_on(&h.register(50, "p11", "p11-secret")), vec![50]);
+    h.connect_from(52, attacker);
+    let out = h.register(52, "p0", "guess");
+    assert_eq!(errors(&out), vec![ErrorCode::WrongSecret]);
+    h.connect_from(53, attacker);
+    let out = h.register(53, "p1", "p1-secret");
+    assert!(errors(&out).is_empty(), "the count was not cleared: {out:?}");
+}
+
+#[test]
+fn remembered_sources_are_bounded_and_forgotten_once_their_wait_is_long_over() {
+    let mut h = Harness::with(RouterConfig {
+        max_tracked_sources: 2,
+        ..RouterConfig::default()
+    });
+    let per_source = u64::from(crate::router::SOURCE_GRACE) + 1;
+    with_peers(&mut h, 3 * per_source);
+    let sources = [1, 2, 3].map(|i| IpAddr::from([192, 0, 2, i]));
+    // Two sources fill the table; a third is not tracked, so it never
+    // waits for its own guesses (the per-ID waits still hold). Each guess
+    // is at another ID, so no ID's wait gets in the way.
+    for (i, source) in (0u64..).zip(sources) {
+        h.connect_from(i, source);
+        for k in 0..per_source {
+            let out = h.register(i, &format!("p{}", i * per_source + k), "guess");
+            assert_eq!(errors(&out), vec![ErrorCode::WrongSecret]);
+        }
+    }
+    assert_eq!(h.router.source_guesses.len(), 2);
+    assert!(!h.router.source_guesses.contains_key(&sources[2]));
+    // Once the tracked ones' waits are long over, they make room.
+    h.now += crate::router::MAX_GUESS_DELAY * 2;
+    h.register(2, "p0", "guess");
+    assert!(h.router.source_guesses.contains_key(&sources[2]));
+    assert_eq!(h.router.source_guesses.len(), 1);
 }

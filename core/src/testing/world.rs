@@ -278,7 +278,9 @@ impl World {
                         let conn = ConnId(self.next_conn);
                         slot.link = Some((attempt, conn));
                         self.owners.insert(conn, peer.clone());
-                        self.router.handle(self.now, RouterInput::Connected(conn));
+                        let source = std::net::IpAddr::from([127, 0, 0, 1]);
+                        self.router
+                            .handle(self.now, RouterInput::Connected { conn, source });
                         self.pump_router();
                         ClientInput::Connected { attempt }
                     } else {
