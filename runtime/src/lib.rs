@@ -11,6 +11,7 @@ pub mod certs;
 pub mod client_driver;
 pub mod cluster_link;
 mod connection;
+mod hashers;
 pub mod net;
 pub mod rm_driver;
 pub mod router_driver;

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::rc::Rc;
 use std::time::Duration;
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,10 +24,11 @@ use peerlink_core::wire::cluster::{FollowerFrame, PrimaryFrame, RmReply, RmReque
 use peerlink_core::wire::{decode_as, decode_client_frame, ClientFrame, ErrorCode, FrameError, ServerFrame};
 use peerlink_core::Machine;
 use serde::Serialize;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 use crate::cluster_link::{self, Authenticated, ClusterAuth, HandshakeError};
 use crate::connection::{self, Connection, Inbound, Outbound};
+use crate::hashers::Hashers;
 use crate::net::{Listener, Network};
 use crate::now;
 use crate::sources::SourceCounts;
@@ -101,9 +101,9 @@ type Handshake<S> = (
 /// Where the driver stretches secrets (argon2id) the router asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hashing {
-    /// On tokio's blocking pool, at most as many at once as the machine has
-    /// cores (each takes the parameters' memory): the event loop never
-    /// waits for one. Production.
+    /// On worker threads, one per core (at most 4), each reusing one
+    /// buffer of the parameters' memory: the event loop never waits for
+    /// one. Production.
     Blocking,
     /// In the driver's own task, at once: deterministic, for the simulator,
     /// with cheap parameters.
@@ -203,30 +203,27 @@ pub async fn run_router<N: Network>(
     let mut next_conn = ConnId(0);
     let mut timer = Timer::new();
     let (hashed_tx, mut hashed) = mpsc::unbounded_channel::<(u64, SecretHash)>();
-    let hashers = Rc::new(Semaphore::new(
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-    ));
+    let hashers = match limits.hashing {
+        Hashing::Inline => None,
+        Hashing::Blocking => match Hashers::start(hashed_tx) {
+            Ok(hashers) => Some(hashers),
+            Err(error) => {
+                tracing::error!(%error, "cannot start the threads that check secrets; registrations will not be answered");
+                None
+            }
+        },
+    };
     tokio::pin!(shutdown);
     loop {
         while let Some(output) = router.poll_output() {
             match output {
-                RouterOutput::HashSecret(job) => match limits.hashing {
-                    Hashing::Inline => {
+                RouterOutput::HashSecret(job) => match &hashers {
+                    Some(hashers) => hashers.submit(job),
+                    None if limits.hashing == Hashing::Inline => {
                         let hash = job.run();
                         router.handle(now(), RouterInput::SecretHashed { job: job.job, hash });
                     }
-                    Hashing::Blocking => {
-                        let (hashers, hashed_tx) = (Rc::clone(&hashers), hashed_tx.clone());
-                        tokio::task::spawn_local(async move {
-                            let Ok(_permit) = hashers.acquire().await else {
-                                return;
-                            };
-                            let id = job.job;
-                            if let Ok(hash) = tokio::task::spawn_blocking(move || job.run()).await {
-                                let _ = hashed_tx.send((id, hash));
-                            }
-                        });
-                    }
+                    None => {}
                 },
                 RouterOutput::Send(conn, frame) => {
                     if let Some(c) = conns.get(&conn) {

@@ -9,7 +9,7 @@
 //! inline in the simulator) and hands the result back with
 //! [`RouterInput::SecretHashed`](super::RouterInput::SecretHashed).
 
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::Secret;
@@ -80,7 +80,27 @@ pub struct HashJob {
 impl HashJob {
     /// Runs the job: slow, by design. Call it off the event loop.
     pub fn run(&self) -> SecretHash {
-        stretch(self.params, &self.salt, &self.secret)
+        self.run_in(&mut HashMemory::default())
+    }
+
+    /// Runs the job in `memory`, which keeps its size for the next job: a
+    /// long-lived worker reuses one buffer instead of asking the allocator
+    /// for the parameters' whole memory every time (which allocators tend
+    /// to keep, per thread, long after).
+    pub fn run_in(&self, memory: &mut HashMemory) -> SecretHash {
+        stretch_in(self.params, &self.salt, &self.secret, memory)
+    }
+}
+
+/// Working memory for [`HashJob::run_in`]: as large as the largest job run
+/// in it so far.
+#[derive(Debug, Default)]
+pub struct HashMemory(Vec<Block>);
+
+impl HashMemory {
+    /// Its size, in bytes.
+    pub fn len_bytes(&self) -> usize {
+        self.0.len() * Block::SIZE
     }
 }
 
@@ -88,6 +108,10 @@ impl HashJob {
 /// [valid](KdfParams::is_valid) give all zeros; the router never compares
 /// a hash with a record whose parameters are not valid.
 pub fn stretch(params: KdfParams, salt: &[u8; 16], secret: &Secret) -> SecretHash {
+    stretch_in(params, salt, secret, &mut HashMemory::default())
+}
+
+fn stretch_in(params: KdfParams, salt: &[u8; 16], secret: &Secret, memory: &mut HashMemory) -> SecretHash {
     let mut out = [0u8; 32];
     if !params.is_valid() {
         return out;
@@ -95,9 +119,13 @@ pub fn stretch(params: KdfParams, salt: &[u8; 16], secret: &Secret) -> SecretHas
     let Ok(argon_params) = Params::new(params.m_kib, params.t, params.p, Some(32)) else {
         return out;
     };
+    let blocks = argon_params.block_count();
+    if memory.0.len() < blocks {
+        memory.0.resize(blocks, Block::new());
+    }
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
     if argon
-        .hash_password_into(secret.as_bytes(), salt, &mut out)
+        .hash_password_into_with_memory(secret.as_bytes(), salt, &mut out, &mut memory.0[..blocks])
         .is_err()
     {
         return [0u8; 32];
@@ -122,6 +150,27 @@ mod tests {
         assert_ne!(a, stretch(p, &[1; 16], &secret("hunter3")));
         assert_ne!(a, stretch(KdfParams { t: 2, ..p }, &[1; 16], &secret("hunter2")));
         assert_ne!(a, [0; 32]);
+    }
+
+    #[test]
+    fn reused_memory_gives_the_same_hashes_and_keeps_its_size() {
+        let mut memory = HashMemory::default();
+        let job = |params, s: &str| HashJob {
+            job: 1,
+            params,
+            salt: [3; 16],
+            secret: secret(s),
+        };
+        let big = KdfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        };
+        for (params, s) in [(big, "a"), (KdfParams::CHEAPEST, "b"), (big, "c")] {
+            let job = job(params, s);
+            assert_eq!(job.run_in(&mut memory), job.run(), "{params:?} {s}");
+        }
+        assert_eq!(memory.len_bytes(), 64 * 1024);
     }
 
     #[test]
