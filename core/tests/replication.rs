@@ -30,13 +30,19 @@ fn member(id: &str) -> Member {
 }
 
 fn router(id: &str, now: Instant) -> Router {
-    let replication = ReplicationConfig::new(
+    router_with_log(id, now, 100_000)
+}
+
+/// A router whose replication log keeps at most `max_log` changes.
+fn router_with_log(id: &str, now: Instant, max_log: usize) -> Router {
+    let mut replication = ReplicationConfig::new(
         ReplicaId::new(id).unwrap(),
         format!("{id}:1"),
         format!("{id}:2"),
         "rm:1".into(),
         1,
     );
+    replication.max_log = max_log;
     let config = RouterConfig {
         replication: Some(replication),
         kdf: KdfParams::CHEAPEST,
@@ -87,10 +93,15 @@ struct Pair {
 
 impl Pair {
     fn new() -> Self {
+        Self::with_log(100_000)
+    }
+
+    /// A pair whose primary's log keeps at most `max_log` changes.
+    fn with_log(max_log: usize) -> Self {
         let now = epoch();
         let mut pair = Self {
             now,
-            p: router("p", now),
+            p: router_with_log("p", now, max_log),
             f: router("f", now),
             to_f: VecDeque::new(),
             to_p: VecDeque::new(),
@@ -288,13 +299,18 @@ impl Pair {
     }
 
     fn send(&mut self, from: usize, to: usize) {
+        let seq = self.next_seq.get(&from).copied().unwrap_or(0) + 1;
+        self.send_body(from, to, format!("m{seq}"));
+    }
+
+    fn send_body(&mut self, from: usize, to: usize, body: String) {
         let seq = self.next_seq.entry(from).or_insert(0);
         *seq += 1;
         let frame = ClientFrame::Send {
             req: ReqId(*seq + 1),
             seq: Seq(*seq),
             to: Target::new(PEERS[to % PEERS.len()]).unwrap(),
-            body: format!("m{seq}"),
+            body,
         };
         self.sends += 1;
         self.p
@@ -467,16 +483,13 @@ fn entries_and_checkpoints_from_an_older_epoch_are_refused() {
             peer: PeerId::new("a").unwrap(),
         },
     };
-    let stale_checkpoint = PrimaryFrame::Checkpoint {
-        epoch: Epoch(2),
-        lsn: Lsn(0),
-        state: Default::default(),
-    };
-    for frame in [stale_entry, stale_checkpoint] {
-        pair.f.handle(pair.now, RouterInput::FromPrimary(frame));
-        pair.pump();
-        assert_eq!(pair.f.state(), &before, "a stale frame changed the follower");
-        assert_eq!(pair.f.applied_lsn(), applied);
+    for frames in [vec![stale_entry], empty_checkpoint(Epoch(2))] {
+        for frame in frames {
+            pair.f.handle(pair.now, RouterInput::FromPrimary(frame));
+            pair.pump();
+            assert_eq!(pair.f.state(), &before, "a stale frame changed the follower");
+            assert_eq!(pair.f.applied_lsn(), applied);
+        }
     }
 }
 
@@ -671,13 +684,10 @@ fn a_follower_refuses_a_checkpoint_behind_its_own_state_in_the_same_epoch() {
     let applied = pair.f.applied_lsn();
     assert!(applied > Lsn(0));
     // What a primary that restarted empty would ship in the same epoch.
-    let empty = PrimaryFrame::Checkpoint {
-        epoch: Epoch(2),
-        lsn: Lsn(0),
-        state: Default::default(),
-    };
-    pair.f.handle(pair.now, RouterInput::FromPrimary(empty));
-    pair.pump();
+    for frame in empty_checkpoint(Epoch(2)) {
+        pair.f.handle(pair.now, RouterInput::FromPrimary(frame));
+        pair.pump();
+    }
     assert_eq!(pair.f.state(), &before, "the follower's state moved backwards");
     assert_eq!(pair.f.applied_lsn(), applied);
 }
@@ -836,13 +846,25 @@ fn follow_as(proven: Option<Option<&str>>, follower: &str) -> Vec<RouterOutput> 
     std::iter::from_fn(|| pair.p.poll_output()).collect()
 }
 
+/// The frames of a checkpoint of an empty state, as of LSN 0, in `epoch`.
+fn empty_checkpoint(epoch: Epoch) -> Vec<PrimaryFrame> {
+    vec![
+        PrimaryFrame::CheckpointStart { epoch, lsn: Lsn(0) },
+        PrimaryFrame::CheckpointEnd {
+            epoch,
+            lsn: Lsn(0),
+            parts: 0,
+        },
+    ]
+}
+
 fn streams_state(out: &[RouterOutput]) -> bool {
     out.iter().any(|o| {
         matches!(
             o,
             RouterOutput::Replicate(
                 ConnId(500),
-                PrimaryFrame::Checkpoint { .. } | PrimaryFrame::Entry { .. }
+                PrimaryFrame::CheckpointStart { .. } | PrimaryFrame::Entry { .. }
             )
         )
     })
@@ -862,4 +884,107 @@ fn only_a_member_that_proved_its_identity_may_follow() {
         let out = follow_as(proven, follower);
         assert!(!streams_state(&out), "{proven:?} as {follower}: {out:?}");
     }
+}
+
+#[test]
+fn a_large_checkpoint_goes_in_parts_a_window_at_a_time() {
+    let mut pair = Pair::new();
+    pair.heal();
+    // About 3 MiB waits for c, who never acknowledges: a dozen parts.
+    for _ in 0..60 {
+        pair.send_body(0, 2, "x".repeat(50_000));
+        pair.heal();
+    }
+    // The follower comes back empty (a new process), so it needs the
+    // whole state.
+    pair.break_stream();
+    pair.f = router("f", pair.now);
+    pair.f.handle(
+        pair.now,
+        RouterInput::FromRm(RmReply::Config {
+            config: configuration(2),
+        }),
+    );
+    let mut most_in_flight = 0;
+    let mut parts_seen = 0;
+    for _ in 0..1_000 {
+        pair.tick(Duration::from_millis(10));
+        let sent = pair
+            .to_f
+            .iter()
+            .filter(|f| matches!(f, PrimaryFrame::CheckpointPart { .. }))
+            .count();
+        most_in_flight = most_in_flight.max(sent);
+        parts_seen += sent;
+        pair.deliver_to_f(usize::MAX);
+        pair.deliver_to_p(usize::MAX);
+        if pair.f.applied_lsn() == pair.p.applied_lsn() && pair.to_f.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(pair.f.state(), pair.p.state(), "the follower's state differs");
+    assert!(parts_seen > 10, "only {parts_seen} parts");
+    assert!(
+        most_in_flight as u64 <= peerlink_core::router::replication::CHECKPOINT_WINDOW,
+        "{most_in_flight} parts in flight at once"
+    );
+    assert!(pair.violations.is_empty(), "{:?}", pair.violations);
+}
+
+#[test]
+fn changes_that_fall_off_the_log_during_a_checkpoint_start_another() {
+    let mut pair = Pair::with_log(5);
+    pair.heal();
+    for _ in 0..40 {
+        pair.send_body(0, 2, "x".repeat(50_000));
+        pair.heal();
+    }
+    pair.break_stream();
+    pair.f = router("f", pair.now);
+    pair.f.handle(
+        pair.now,
+        RouterInput::FromRm(RmReply::Config {
+            config: configuration(2),
+        }),
+    );
+    // The checkpoint starts; ten changes happen before its first window is
+    // taken, more than the log keeps.
+    for _ in 0..1_000 {
+        if pair
+            .to_f
+            .iter()
+            .any(|f| matches!(f, PrimaryFrame::CheckpointStart { .. }))
+        {
+            break;
+        }
+        pair.deliver_to_p(usize::MAX);
+        pair.tick(Duration::from_millis(10));
+    }
+    assert!(!pair.to_f.is_empty(), "the follower never reconnected");
+    for _ in 0..10 {
+        pair.send(1, 0);
+    }
+    let (mut starts, mut follows) = (0, 0);
+    for _ in 0..1_000 {
+        starts += pair
+            .to_f
+            .iter()
+            .filter(|f| matches!(f, PrimaryFrame::CheckpointStart { .. }))
+            .count();
+        follows += pair
+            .to_p
+            .iter()
+            .filter(|f| matches!(f, FollowerFrame::Follow { .. }))
+            .count();
+        pair.deliver_to_f(usize::MAX);
+        pair.deliver_to_p(usize::MAX);
+        if pair.f.applied_lsn() == pair.p.applied_lsn() && pair.to_f.is_empty() {
+            break;
+        }
+        pair.tick(Duration::from_millis(10));
+    }
+    assert_eq!(starts, 2, "the lost changes did not start a second checkpoint");
+    assert_eq!(follows, 0, "the follower had to reconnect");
+    assert_eq!(pair.f.state(), pair.p.state());
+    assert!(pair.violations.is_empty(), "{:?}", pair.violations);
 }

@@ -57,9 +57,10 @@ const INBOUND_BATCH: usize = 256;
 /// How long the driver waits after a failed `accept` before the next.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// The largest frame a follower accepts from its primary: a checkpoint
-/// carries the whole state in one frame.
-pub const MAX_REPLICATION_FRAME: usize = 1 << 30;
+/// The largest frame a follower accepts from its primary. Checkpoint parts
+/// are about 256 KiB; the largest frames are changes: a group message of a
+/// maximum-size body to a group of hundreds of thousands of members.
+pub const MAX_REPLICATION_FRAME: usize = 64 << 20;
 
 /// The most connections to the cluster listener at once, handshakes under
 /// way included; more are closed at once. A cluster has a handful of
@@ -231,7 +232,7 @@ pub async fn run_router<N: Network>(
                     }
                 }
                 RouterOutput::Replicate(conn, frame) => {
-                    if let PrimaryFrame::Checkpoint { epoch, lsn, .. } = &frame {
+                    if let PrimaryFrame::CheckpointStart { epoch, lsn } = &frame {
                         tracing::debug!(target: CHECKPOINT_TARGET, ?conn, epoch = epoch.0, lsn = lsn.0, "checkpoint");
                     }
                     if let Some(c) = conns.get(&conn) {
@@ -408,7 +409,8 @@ pub async fn run_router<N: Network>(
                         next_conn = next_conn.next();
                         let conn = next_conn;
                         tracing::debug!(?conn, %addr, ?id, "cluster member connected");
-                        // A follower is sent a whole checkpoint as one frame.
+                        // A follower may be sent the largest change while the
+                        // window of checkpoint parts is in flight.
                         let member = connection::Limits {
                             max_frame_len: limits.max_frame_len,
                             max_queued: MAX_REPLICATION_FRAME + limits.max_queued,

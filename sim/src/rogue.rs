@@ -129,7 +129,9 @@ async fn forge_acknowledgements(router: &'static str, backup: ReplicaId, connect
         loop {
             while let Some(line) = decoder.decode(&mut buffered) {
                 let epoch = match decode_as::<PrimaryFrame>(&line.ok()?).ok()? {
-                    PrimaryFrame::Checkpoint { epoch, .. }
+                    PrimaryFrame::CheckpointStart { epoch, .. }
+                    | PrimaryFrame::CheckpointPart { epoch, .. }
+                    | PrimaryFrame::CheckpointEnd { epoch, .. }
                     | PrimaryFrame::Entry { epoch, .. }
                     | PrimaryFrame::Alive { epoch, .. } => epoch,
                     PrimaryFrame::NotPrimary { .. } => return None::<()>,

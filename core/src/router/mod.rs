@@ -26,6 +26,7 @@
 //! standalone router, or a primary without backups, commits at once. So a
 //! client never hears Sent for a message a failover could lose.
 
+pub mod checkpoint;
 mod clients;
 mod registration;
 pub mod replication;

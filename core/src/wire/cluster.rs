@@ -10,7 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Epoch, Lsn, ReplicaId, ReqId};
-use crate::router::{Change, State};
+use crate::router::checkpoint::StatePart;
+use crate::router::Change;
 use crate::wire::ErrorCode;
 
 /// The longest address a member may announce, in bytes (a DNS name of
@@ -276,6 +277,14 @@ pub enum FollowerFrame {
         /// instead of sending a checkpoint.
         stream_epoch: Epoch,
     },
+    /// The follower has received the first `parts` parts of the
+    /// checkpoint under way: the primary sends more as these come.
+    CheckpointReceived {
+        /// The epoch of the stream.
+        epoch: Epoch,
+        /// Parts received so far.
+        parts: u64,
+    },
     /// The follower has applied every change up to `lsn`.
     Applied {
         /// The epoch of the stream.
@@ -295,14 +304,36 @@ pub enum FollowerFrame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PrimaryFrame {
-    /// The primary's whole state as of `lsn`.
-    Checkpoint {
+    /// The primary's whole state as of `lsn` follows, in parts, then
+    /// [`PrimaryFrame::CheckpointEnd`]; the follower answers each part with
+    /// [`FollowerFrame::CheckpointReceived`], and applies nothing until the
+    /// end.
+    CheckpointStart {
         /// The primary's epoch.
         epoch: Epoch,
         /// The last change the state includes.
         lsn: Lsn,
-        /// The state.
-        state: State,
+    },
+    /// The next part of the state (about
+    /// [`PART_BYTES`](crate::router::checkpoint::PART_BYTES)).
+    CheckpointPart {
+        /// The primary's epoch.
+        epoch: Epoch,
+        /// Numbers the parts of one checkpoint from 0: a follower takes
+        /// them strictly in order.
+        n: u64,
+        /// The part.
+        part: StatePart,
+    },
+    /// Every part has been sent: the follower loads the state as of `lsn`
+    /// if it has all `parts` of them.
+    CheckpointEnd {
+        /// The primary's epoch.
+        epoch: Epoch,
+        /// As in the start.
+        lsn: Lsn,
+        /// How many parts the checkpoint has.
+        parts: u64,
     },
     /// One change, following the one before it.
     Entry {

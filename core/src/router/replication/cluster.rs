@@ -19,6 +19,9 @@ impl Router {
         let Some(r) = self.replication_mut() else {
             return;
         };
+        if link == Link::Primary {
+            r.incoming = None;
+        }
         let state = r.link_mut(link);
         if matches!(state.status, LinkStatus::Up | LinkStatus::Connecting) {
             self.outbox.emit_now(RouterOutput::DropLink(link));
@@ -39,6 +42,9 @@ impl Router {
         }
         state.status = LinkStatus::Up;
         state.heard = now;
+        if link == Link::Primary {
+            r.incoming = None;
+        }
         match link {
             Link::Rm => r.next_heartbeat = now,
             Link::Primary => {

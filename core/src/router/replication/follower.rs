@@ -3,8 +3,9 @@
 
 use std::time::Instant;
 
-use super::{Link, LinkStatus, Role};
+use super::{Incoming, Link, LinkStatus, Role};
 use crate::ids::{Epoch, Lsn};
+use crate::router::checkpoint::StateBuilder;
 use crate::router::{Router, RouterOutput};
 use crate::wire::cluster::{FollowerFrame, PrimaryFrame};
 
@@ -23,7 +24,7 @@ impl Router {
         r.primary.heard = now;
         let my_epoch = if old_epochs { Epoch(0) } else { r.epoch() };
         match frame {
-            PrimaryFrame::Checkpoint { epoch, lsn, state } => {
+            PrimaryFrame::CheckpointStart { epoch, lsn } => {
                 if epoch < my_epoch || !following {
                     return self.restart_link(Link::Primary, now);
                 }
@@ -35,7 +36,37 @@ impl Router {
                     let retry_at = now + r.config.retry_interval;
                     return self.restart_link(Link::Primary, retry_at);
                 }
-
+                r.incoming = Some(Incoming {
+                    epoch,
+                    lsn,
+                    builder: StateBuilder::default(),
+                });
+            }
+            PrimaryFrame::CheckpointPart { epoch, n, part } => {
+                let Some(incoming) = r
+                    .incoming
+                    .as_mut()
+                    .filter(|i| i.epoch == epoch && i.builder.parts() == n)
+                else {
+                    return self.restart_link(Link::Primary, now);
+                };
+                if incoming.builder.add(part).is_err() {
+                    return self.restart_link(Link::Primary, now);
+                }
+                let parts = incoming.builder.parts();
+                self.received(epoch, parts);
+            }
+            PrimaryFrame::CheckpointEnd { epoch, lsn, parts } => {
+                let Some(incoming) = r
+                    .incoming
+                    .take()
+                    .filter(|i| i.epoch == epoch && i.lsn == lsn && i.builder.parts() == parts)
+                else {
+                    return self.restart_link(Link::Primary, now);
+                };
+                let Ok(state) = incoming.builder.finish() else {
+                    return self.restart_link(Link::Primary, now);
+                };
                 r.stream_epoch = epoch;
                 self.state = state;
                 self.outbox.applied = lsn;
@@ -43,7 +74,7 @@ impl Router {
                 self.acknowledge(now, epoch, lsn);
             }
             PrimaryFrame::Entry { epoch, lsn, change } => {
-                if epoch < my_epoch {
+                if epoch < my_epoch || r.incoming.is_some() {
                     return self.restart_link(Link::Primary, now);
                 }
                 if lsn <= self.outbox.applied {
@@ -65,6 +96,11 @@ impl Router {
                 if epoch < my_epoch {
                     return self.restart_link(Link::Primary, now);
                 }
+                // Mid-checkpoint, the state it has is not the primary's:
+                // it reports progress, never its old position.
+                if let Some(parts) = r.incoming.as_ref().map(|i| i.builder.parts()) {
+                    return self.received(epoch, parts);
+                }
                 let applied = self.outbox.applied;
                 self.acknowledge(now, epoch, applied);
             }
@@ -73,6 +109,19 @@ impl Router {
                 self.restart_link(Link::Primary, retry_at);
             }
         }
+    }
+
+    /// Tells the primary how many checkpoint parts have arrived.
+    fn received(&mut self, epoch: Epoch, parts: u64) {
+        let frame = FollowerFrame::CheckpointReceived { epoch, parts };
+        // Cumulative too: the newest count replaces one not yet written.
+        if let Some(RouterOutput::ToPrimary(last @ FollowerFrame::CheckpointReceived { .. })) =
+            self.outbox.ready.back_mut()
+        {
+            *last = frame;
+            return;
+        }
+        self.outbox.emit_now(RouterOutput::ToPrimary(frame));
     }
 
     pub(in crate::router) fn acknowledge(&mut self, now: Instant, epoch: Epoch, lsn: Lsn) {

@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::{StateBuilder, StatePart};
 use super::{Change, Outbox, RouterOutput};
 use crate::ids::{ConnId, Epoch, Lsn, ReplicaId};
 use crate::wire::cluster::{Configuration, Member, PrimaryFrame, RmRequest};
@@ -164,7 +165,37 @@ struct Stream {
     /// When the follower last acknowledged, and whether it then heard the RM.
     heard: Instant,
     rm_live: bool,
+    /// The checkpoint it is being sent, until it acknowledges having
+    /// applied it.
+    checkpoint: Option<Outgoing>,
 }
+
+/// A checkpoint on its way to a follower.
+#[derive(Debug)]
+struct Outgoing {
+    /// The last change the state includes.
+    lsn: Lsn,
+    /// The parts not yet sent.
+    parts: VecDeque<StatePart>,
+    /// Parts sent, and parts the follower said it received.
+    sent: u64,
+    received: u64,
+    /// Every part, the end, and the changes since `lsn` have been sent:
+    /// new changes go out as to any follower.
+    ended: bool,
+}
+
+/// A checkpoint a follower is receiving.
+#[derive(Debug)]
+struct Incoming {
+    epoch: Epoch,
+    lsn: Lsn,
+    builder: StateBuilder,
+}
+
+/// The most checkpoint parts sent to a follower and not yet reported
+/// received: about 2 MiB in flight per follower.
+pub const CHECKPOINT_WINDOW: u64 = 8;
 
 /// How many unanswered heartbeats a router remembers the send time of.
 const BEATS_KEPT: usize = 64;
@@ -196,6 +227,8 @@ pub(super) struct Replication {
 
     /// Follower: the epoch of the primary frames the state came from.
     stream_epoch: Epoch,
+    /// Follower: the checkpoint being received on the current primary link.
+    incoming: Option<Incoming>,
 
     /// Heartbeats sent and not yet answered: their numbers and send times.
     beats: VecDeque<(u64, Instant)>,
@@ -238,6 +271,7 @@ impl Replication {
             promoted_at: Lsn(0),
 
             stream_epoch: Epoch(0),
+            incoming: None,
             beats: VecDeque::new(),
             next_beat: 0,
             rm_lease_from: None,
@@ -415,7 +449,13 @@ impl Replication {
             return;
         }
         let epoch = self.epoch();
-        for stream in self.streams.values() {
+        // A follower loading a checkpoint gets the changes after it from
+        // the log once every part is out.
+        let live = self
+            .streams
+            .values()
+            .filter(|s| s.checkpoint.as_ref().is_none_or(|c| c.ended));
+        for stream in live {
             let frame = PrimaryFrame::Entry {
                 epoch,
                 lsn,

@@ -3,8 +3,9 @@
 
 use std::time::Instant;
 
-use super::{Link, LinkStatus, Replication, Role, Stream};
-use crate::ids::{ConnId, Epoch, Lsn};
+use super::{Link, LinkStatus, Outgoing, Replication, Role, Stream, CHECKPOINT_WINDOW};
+use crate::ids::{ConnId, Epoch, Lsn, ReplicaId};
+use crate::router::checkpoint::PART_BYTES;
 use crate::router::{Router, RouterOutput};
 use crate::wire::cluster::{FollowerFrame, PrimaryFrame};
 use crate::wire::ServerFrame;
@@ -167,7 +168,7 @@ impl Router {
                 let from_me = stream_epoch >= term && lsn >= log_start && lsn <= applied;
                 let acked = if from_me { lsn } else { Lsn(0) };
                 if let Some(old) = r.streams.insert(
-                    id,
+                    id.clone(),
                     Stream {
                         conn,
                         acked,
@@ -175,6 +176,7 @@ impl Router {
                         heard: now,
                         // Until it says otherwise, it may hear the RM.
                         rm_live: true,
+                        checkpoint: None,
                     },
                 ) {
                     if old.conn != conn {
@@ -193,16 +195,23 @@ impl Router {
                         self.outbox.emit_now(RouterOutput::Replicate(conn, frame));
                     }
                 } else {
-                    let frame = PrimaryFrame::Checkpoint {
-                        epoch,
-                        lsn: applied,
-                        state: self.state.clone(),
-                    };
-                    self.outbox.emit_now(RouterOutput::Replicate(conn, frame));
+                    self.start_checkpoint(&id);
                 }
                 let r = self.replication.as_mut().expect("replicated");
                 r.track_lag(now, applied);
                 self.commit_up_to(applied);
+            }
+            FollowerFrame::CheckpointReceived { parts, .. } => {
+                let Some((id, stream)) = r.streams.iter_mut().find(|(_, s)| s.conn == conn) else {
+                    return;
+                };
+                let id = id.clone();
+                stream.heard = now;
+                r.backup_heard.insert(id.clone(), now);
+                if let Some(c) = stream.checkpoint.as_mut() {
+                    c.received = c.received.max(parts.min(c.sent));
+                }
+                self.pump_checkpoint(&id);
             }
             FollowerFrame::Applied { lsn, rm_live, .. } => {
                 let Some((id, stream)) = r.streams.iter_mut().find(|(_, s)| s.conn == conn) else {
@@ -212,6 +221,14 @@ impl Router {
                 stream.heard = now;
                 stream.rm_live = rm_live;
                 r.backup_heard.insert(id.clone(), now);
+                // Until a follower has applied its checkpoint, what it says
+                // it applied is its old state's, not this primary's.
+                if let Some(c) = &stream.checkpoint {
+                    if !c.ended || lsn < c.lsn {
+                        return;
+                    }
+                    stream.checkpoint = None;
+                }
                 if lsn > stream.acked {
                     stream.acked = lsn.min(applied);
                     r.behind_since.remove(&id);
@@ -221,6 +238,86 @@ impl Router {
                 let r = self.replication.as_mut().expect("replicated");
                 r.propose_caught_up(self.outbox.committed, false, &mut self.outbox);
             }
+        }
+    }
+
+    /// Starts sending follower `id` the whole state, as of the last change
+    /// applied, in parts.
+    fn start_checkpoint(&mut self, id: &ReplicaId) {
+        let lsn = self.outbox.applied;
+        let parts = self.state.clone().into_parts(PART_BYTES);
+        let Some(r) = self.replication.as_mut() else {
+            return;
+        };
+        let epoch = r.epoch();
+        let Some(stream) = r.streams.get_mut(id) else {
+            return;
+        };
+        stream.acked = Lsn(0);
+        stream.checkpoint = Some(Outgoing {
+            lsn,
+            parts,
+            sent: 0,
+            received: 0,
+            ended: false,
+        });
+        let frame = PrimaryFrame::CheckpointStart { epoch, lsn };
+        self.outbox.emit_now(RouterOutput::Replicate(stream.conn, frame));
+        self.pump_checkpoint(id);
+    }
+
+    /// Sends follower `id` as many parts of its checkpoint as its window
+    /// allows; after the last, the end and every change since — or, if the
+    /// log no longer holds them all, a new checkpoint.
+    fn pump_checkpoint(&mut self, id: &ReplicaId) {
+        let applied = self.outbox.applied;
+        let Some(r) = self.replication.as_mut() else {
+            return;
+        };
+        let epoch = r.epoch();
+        let Some(stream) = r.streams.get_mut(id) else {
+            return;
+        };
+        let conn = stream.conn;
+        let Some(c) = stream.checkpoint.as_mut().filter(|c| !c.ended) else {
+            return;
+        };
+        while c.sent - c.received < CHECKPOINT_WINDOW {
+            let Some(part) = c.parts.pop_front() else {
+                break;
+            };
+            let frame = PrimaryFrame::CheckpointPart {
+                epoch,
+                n: c.sent,
+                part,
+            };
+            c.sent += 1;
+            self.outbox.emit_now(RouterOutput::Replicate(conn, frame));
+        }
+        if !c.parts.is_empty() {
+            return;
+        }
+        let lsn = c.lsn;
+        let log_start = r.log.front().map_or(applied, |(l, _)| Lsn(l.0 - 1));
+        if lsn < log_start {
+            // The changes since the checkpoint fell off the log while it
+            // was sent: send one as of now instead.
+            return self.start_checkpoint(id);
+        }
+        c.ended = true;
+        let frame = PrimaryFrame::CheckpointEnd {
+            epoch,
+            lsn,
+            parts: c.sent,
+        };
+        self.outbox.emit_now(RouterOutput::Replicate(conn, frame));
+        for (l, change) in r.log.iter().filter(|(l, _)| *l > lsn) {
+            let frame = PrimaryFrame::Entry {
+                epoch,
+                lsn: *l,
+                change: change.clone(),
+            };
+            self.outbox.emit_now(RouterOutput::Replicate(conn, frame));
         }
     }
 
