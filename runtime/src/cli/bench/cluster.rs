@@ -246,6 +246,21 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Kills every process `bench` started and waits until each is gone,
+    /// so that its ports are free for whatever runs next.
+    pub(super) async fn stop(&mut self) {
+        let processes = self
+            .routers
+            .iter_mut()
+            .filter_map(|r| r.process.as_mut())
+            .chain(self.rm.as_mut().map(|(_, rm, _)| rm));
+        for started in processes {
+            let _ = started.child.kill().await;
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         // The children are killed as their handles drop; then the scratch.

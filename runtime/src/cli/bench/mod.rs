@@ -161,6 +161,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     report.peak_rss = cluster.peak_router_rss();
     report.setup = setup(&args, &cluster);
+    cluster.stop().await;
     report.print();
     Ok(if report.check.lost == 0 && report.check.duplicated == 0 {
         ExitCode::SUCCESS
