@@ -269,3 +269,67 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use peerlink_core::cluster_auth::{ClusterKey, Connector, Nonce};
+    use peerlink_core::rm::RmConfig;
+    use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::net::Network;
+    use crate::tls::ProdNetwork;
+
+    /// Keeps nothing.
+    struct NoStore;
+
+    impl ConfigStore for NoStore {
+        fn load(&mut self) -> io::Result<Configuration> {
+            Ok(Configuration::default())
+        }
+        fn save(&mut self, _: &Configuration) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_connection_silent_for_the_idle_timeout_is_closed() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let key = ClusterKey::new(vec![7; 32]).unwrap();
+                let net = ProdNetwork::insecure();
+                let listener = net.bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap().to_string();
+                let rm = ReplicaManager::new(
+                    RmConfig::new(Duration::from_millis(500), 1),
+                    Configuration::default(),
+                    crate::now(),
+                );
+                let auth = ClusterAuth::new(key.clone(), [1; 32]);
+                tokio::task::spawn_local(run_rm(
+                    rm,
+                    listener,
+                    auth,
+                    NoStore,
+                    DEFAULT_MAX_FRAME_LEN,
+                    std::future::pending(),
+                ));
+                let stream = net.connect(&addr).await.unwrap();
+                let connector = Connector::new(key, None, Nonce([2; 32]));
+                let mut link = cluster_link::connect(stream, connector).await.unwrap();
+                // Silent just short of the timeout: still open.
+                tokio::time::sleep(RM_IDLE_TIMEOUT - Duration::from_secs(2)).await;
+                let mut byte = [0u8; 1];
+                let early =
+                    tokio::time::timeout(Duration::from_millis(100), link.stream.read(&mut byte)).await;
+                assert!(early.is_err(), "closed before the timeout: {early:?}");
+                // Past it: closed.
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                let read = tokio::time::timeout(Duration::from_secs(1), link.stream.read(&mut byte)).await;
+                assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "still open: {read:?}");
+            })
+            .await;
+    }
+}
