@@ -103,8 +103,16 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("  replica manager {rm_addr}; routers {}", addrs.join(", "));
     println!();
     println!("Connect peers from other terminals, for example:");
-    println!("  peerlink client --id alice --router {}", addrs.join(","));
-    println!("  peerlink client --id bob --router {}", addrs.join(","));
+    // Clients need the same trust as the cluster: the flags, if any.
+    let trust = args.tls.trust.forwarded()?;
+    let trust = if trust.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", trust.join(" "))
+    };
+    for id in ["alice", "bob"] {
+        println!("  peerlink client --id {id} --router {}{trust}", addrs.join(","));
+    }
     println!("then type REGISTER, and SEND_MSG bob hello. Try `kill -9` on the primary's pid:");
     println!("the clients carry on through the new primary. Ctrl-C here stops everything.");
     println!();
