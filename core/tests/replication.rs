@@ -988,3 +988,38 @@ fn changes_that_fall_off_the_log_during_a_checkpoint_start_another() {
     assert_eq!(pair.f.state(), pair.p.state());
     assert!(pair.violations.is_empty(), "{:?}", pair.violations);
 }
+
+#[test]
+fn a_checkpoint_whose_epoch_ends_midway_is_not_loaded() {
+    let mut pair = Pair::new();
+    pair.heal();
+    pair.send(0, 1);
+    pair.heal();
+    let before = pair.f.state().clone();
+    let applied = pair.f.applied_lsn();
+    let lsn = Lsn(applied.0 + 5);
+    let start = PrimaryFrame::CheckpointStart { epoch: Epoch(2), lsn };
+    pair.f.handle(pair.now, RouterInput::FromPrimary(start));
+    pair.pump();
+    // Epoch 3 begins while the parts are on their way.
+    let newer = Configuration {
+        epoch: Epoch(3),
+        ..configuration(3)
+    };
+    pair.f
+        .handle(pair.now, RouterInput::FromRm(RmReply::Config { config: newer }));
+    pair.pump();
+    let end = PrimaryFrame::CheckpointEnd {
+        epoch: Epoch(2),
+        lsn,
+        parts: 0,
+    };
+    pair.f.handle(pair.now, RouterInput::FromPrimary(end));
+    pair.pump();
+    assert_eq!(
+        pair.f.state(),
+        &before,
+        "a checkpoint of an ended epoch was loaded"
+    );
+    assert_eq!(pair.f.applied_lsn(), applied);
+}

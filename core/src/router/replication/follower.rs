@@ -46,7 +46,7 @@ impl Router {
                 let Some(incoming) = r
                     .incoming
                     .as_mut()
-                    .filter(|i| i.epoch == epoch && i.builder.parts() == n)
+                    .filter(|i| epoch >= my_epoch && i.epoch == epoch && i.builder.parts() == n)
                 else {
                     return self.restart_link(Link::Primary, now);
                 };
@@ -57,11 +57,9 @@ impl Router {
                 self.received(epoch, parts);
             }
             PrimaryFrame::CheckpointEnd { epoch, lsn, parts } => {
-                let Some(incoming) = r
-                    .incoming
-                    .take()
-                    .filter(|i| i.epoch == epoch && i.lsn == lsn && i.builder.parts() == parts)
-                else {
+                let Some(incoming) = r.incoming.take().filter(|i| {
+                    epoch >= my_epoch && i.epoch == epoch && i.lsn == lsn && i.builder.parts() == parts
+                }) else {
                     return self.restart_link(Link::Primary, now);
                 };
                 let Ok(state) = incoming.builder.finish() else {
