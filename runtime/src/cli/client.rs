@@ -38,7 +38,8 @@ pub(crate) struct ClientArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "127.0.0.1:8008,127.0.0.1:8009,127.0.0.1:8010"
+        default_value = "127.0.0.1:8008,127.0.0.1:8009,127.0.0.1:8010",
+        value_parser = parse_router
     )]
     router: Vec<String>,
     /// The peer's secret. Without it (or PEERLINK_SECRET), a secret is
@@ -47,7 +48,7 @@ pub(crate) struct ClientArgs {
     secret: Option<String>,
     /// Where generated secrets are kept [default: $XDG_DATA_HOME/peerlink
     /// or ~/.local/share/peerlink].
-    #[arg(long, env = "PEERLINK_DATA_DIR")]
+    #[arg(long, env = "PEERLINK_DATA_DIR", hide_env_values = true)]
     data_dir: Option<PathBuf>,
     /// Print events as JSON objects, one a line.
     #[arg(long)]
@@ -60,6 +61,12 @@ pub(crate) struct ClientArgs {
     connect_timeout: f64,
     #[command(flatten)]
     tls: TlsArgs,
+}
+
+/// A router address as a client dials it: `HOST:PORT`.
+pub(crate) fn parse_router(s: &str) -> Result<String, String> {
+    peerlink_core::wire::cluster::check_addr(s)?;
+    Ok(s.to_owned())
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -112,7 +119,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let failures = Rc::new(Cell::new(0usize));
-    let input = tokio::task::spawn_local(read_input(controls, wait, Rc::clone(&failures)));
+    let input = tokio::task::spawn_local(read_input(controls, wait, Rc::clone(&failures), args.json));
     while let Some(event) = events.recv().await {
         if output::is_failure(&event) {
             failures.set(failures.get() + 1);
@@ -139,8 +146,9 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Reads commands from standard input until it ends or says `quit`, then
-/// asks the driver to finish within `wait`.
-async fn read_input(controls: mpsc::Sender<Control>, wait: Duration, failures: Rc<Cell<usize>>) {
+/// asks the driver to finish within `wait`; a line it cannot parse is
+/// answered with `bad_command`, as JSON if `json`.
+async fn read_input(controls: mpsc::Sender<Control>, wait: Duration, failures: Rc<Cell<usize>>, json: bool) {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
         let line = match lines.next_line().await {
@@ -163,7 +171,7 @@ async fn read_input(controls: mpsc::Sender<Control>, wait: Duration, failures: R
             Ok(Line::Blank) => {}
             Err(message) => {
                 failures.set(failures.get() + 1);
-                println!("error code=bad_command: {message}");
+                println!("{}", output::bad_command(&message, json));
             }
         }
     }

@@ -143,6 +143,17 @@ pub(crate) fn json(event: &ClientEvent) -> String {
 /// Escapes, as `\uXXXX`, the unsafe characters `serde_json` leaves as they
 /// are (DEL, C1 controls, bidirectional controls). They can only occur
 /// inside JSON strings, where the escape decodes to the same text.
+/// The line for a command the client could not parse, `message` saying
+/// why: an `error` event with code `bad_command`, as text or JSON.
+pub(crate) fn bad_command(message: &str, as_json: bool) -> String {
+    if as_json {
+        let value = json!({"event": "error", "code": "bad_command", "message": message});
+        escape_unsafe_in_json(&value.to_string())
+    } else {
+        format!("error code=bad_command: {}", safe(message))
+    }
+}
+
 fn escape_unsafe_in_json(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     for c in json.chars() {
@@ -208,6 +219,11 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&json(&hostile(body))).unwrap();
             assert_eq!(v["body"], body, "JSON keeps the exact body");
         }
+        let bad = bad_command("unknown command \"\u{1b}[A\"", true);
+        let parsed: serde_json::Value = serde_json::from_str(&bad).unwrap();
+        assert_eq!(parsed["code"], "bad_command");
+        assert!(!bad.contains('\u{1b}'), "{bad}");
+        assert!(!bad_command("\u{1b}[2J", false).contains('\u{1b}'));
         let error = ClientEvent::Error {
             code: peerlink_core::wire::ErrorCode::BadFrame,
             message: "\u{1b}]0;title\u{7}".into(),

@@ -113,6 +113,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     for id in ["alice", "bob"] {
         println!("  peerlink client --id {id} --router {}{trust}", addrs.join(","));
     }
+    println!("and see the cluster with:");
+    println!("  peerlink status --rm {rm_addr}{trust}");
     println!("then type REGISTER, and SEND_MSG bob hello. Try `kill -9` on the primary's pid:");
     println!("the clients carry on through the new primary. Ctrl-C here stops everything.");
     println!();

@@ -62,7 +62,8 @@ pub(crate) struct BenchArgs {
     #[arg(value_enum)]
     workload: Workload,
     /// Load a running cluster at these router addresses instead of starting one.
-    #[arg(long, value_delimiter = ',', conflicts_with_all = ["spawn", "backups"])]
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["spawn", "backups"],
+          value_parser = super::client::parse_router)]
     router: Vec<String>,
     /// The cluster to start on loopback (when --router is not given).
     #[arg(long, value_enum, default_value_t = Spawn::Standalone)]

@@ -1,0 +1,97 @@
+//! What a person or a script sees from the command line: bad arguments are
+//! refused at once with a clear message, `--json` output is JSON on every
+//! line, and logs redirected to a file carry no colour codes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use peerlink_tests::{command, Router, TempDir};
+
+#[test]
+fn a_malformed_router_address_is_refused_at_start() -> Result<()> {
+    // Built (once) before the clock starts.
+    peerlink_tests::binary();
+    for bad in [
+        "8009",
+        "127.0.0.1",
+        " 127.0.0.1:8009",
+        "127.0.0.1:0",
+        "host:99999",
+    ] {
+        let started = Instant::now();
+        let output = command(&["client", "--id", "alice", "--router", bad])
+            .stdin(Stdio::null())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            output.status.code() == Some(2),
+            "{bad:?}: {:?} {stderr}",
+            output.status
+        );
+        ensure!(stderr.contains("--router"), "{bad:?}: {stderr}");
+        ensure!(
+            started.elapsed() < Duration::from_secs(2),
+            "{bad:?} took {:?}",
+            started.elapsed()
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn every_json_line_is_a_json_object_errors_included() -> Result<()> {
+    let router = Router::start(&[])?;
+    let dir = TempDir::new()?;
+    let mut child = command(&[
+        "client",
+        "--id",
+        "jason",
+        "--router",
+        &router.addr,
+        "--json",
+        "--wait",
+        "5",
+    ])
+    .env("PEERLINK_DATA_DIR", dir.path())
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin is piped")?
+        .write_all(b"FOO\nREGISTER\nSEND_MSG nobody hi\nSEND_MSG jason \x1b[2J\n")?;
+    let output = child.wait_with_output()?;
+    let stdout = String::from_utf8(output.stdout)?;
+    let mut events = Vec::new();
+    for line in stdout.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("not JSON: {line:?}"))?;
+        ensure!(value.is_object(), "{line}");
+        ensure!(!line.contains('\u{1b}'), "a raw control character: {line:?}");
+        events.push(value["event"].as_str().unwrap_or_default().to_owned());
+    }
+    for expected in ["error", "registered", "failed", "received"] {
+        ensure!(events.iter().any(|e| e == expected), "no {expected} in {stdout}");
+    }
+    Ok(())
+}
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() -> Result<()> {
+    let mut child = command(&["router", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("stderr is piped")?;
+    let mut line = String::new();
+    BufReader::new(stderr).read_line(&mut line)?;
+    child.kill()?;
+    child.wait()?;
+    ensure!(line.contains("router started"), "{line:?}");
+    ensure!(!line.contains('\u{1b}'), "colour codes in a log file: {line:?}");
+    Ok(())
+}
