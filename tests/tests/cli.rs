@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use peerlink_tests::{command, Router, TempDir};
+use peerlink_tests::{command, Cluster, Router, TempDir};
 
 #[test]
 fn a_malformed_router_address_is_refused_at_start() -> Result<()> {
@@ -94,4 +94,29 @@ fn logs_written_to_a_file_carry_no_colour_codes() -> Result<()> {
     ensure!(line.contains("router started"), "{line:?}");
     ensure!(!line.contains('\u{1b}'), "colour codes in a log file: {line:?}");
     Ok(())
+}
+
+#[test]
+fn status_shows_a_killed_router_as_down_within_two_seconds() -> Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    let killed_at = Instant::now();
+    cluster.kill_router(3);
+    let state = |text: &str, id: &str| -> Option<String> {
+        let line = text.lines().find(|l| l.split_whitespace().next() == Some(id))?;
+        line.split_whitespace().nth(2).map(str::to_owned)
+    };
+    loop {
+        let output = command(&["status", "--rm", &cluster.rm_addr]).output()?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if state(&text, "r3").as_deref() == Some("down") {
+            ensure!(state(&text, "r1").as_deref() == Some("up"), "{text}");
+            ensure!(state(&text, "r2").as_deref() == Some("up"), "{text}");
+            return Ok(());
+        }
+        ensure!(
+            killed_at.elapsed() < Duration::from_secs(2),
+            "r3 is not shown down 2 s after its kill:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

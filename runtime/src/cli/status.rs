@@ -113,8 +113,8 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!(
-        "{:<8} {:<10} {:<22} {:>10} {:>8} {:>10}",
-        "router", "role", "address", "lsn", "lag", "heard"
+        "{:<8} {:<10} {:<6} {:<22} {:>10} {:>8} {:>12}",
+        "router", "role", "state", "address", "lsn", "lag", "heard"
     );
     for MemberStatus {
         id,
@@ -125,10 +125,15 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     } in &members
     {
         let heard = last_heartbeat_ms.map_or("never".to_owned(), |ms| format!("{ms} ms ago"));
+        // The RM's own verdict: silent for its failure timeout is down.
+        let state = match last_heartbeat_ms {
+            Some(ms) if *ms <= config.failure_timeout_ms => "up",
+            _ => "down",
+        };
         let lag = primary_lsn.saturating_sub(lsn.0);
         println!(
-            "{:<8} {:<10} {:<22} {:>10} {:>8} {:>10}",
-            id, role, addr, lsn.0, lag, heard
+            "{:<8} {:<10} {:<6} {:<22} {:>10} {:>8} {:>12}",
+            id, role, state, addr, lsn.0, lag, heard
         );
     }
     Ok(ExitCode::SUCCESS)
