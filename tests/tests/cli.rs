@@ -120,3 +120,47 @@ fn status_shows_a_killed_router_as_down_within_two_seconds() -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn up_says_where_its_data_is_and_names_each_childs_log_lines() -> Result<()> {
+    let base = 30_000 + (std::process::id() % 2_000) as u16 * 4;
+    let mut up = command(&["up", "--base-port", &base.to_string()])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = BufReader::new(up.stdout.take().context("stdout is piped")?);
+    let stderr = BufReader::new(up.stderr.take().context("stderr is piped")?);
+    let mut said_data = false;
+    for line in stdout.lines() {
+        let line = line?;
+        said_data |= line.contains("the replica manager's data: ");
+        if line.starts_with("Connect peers") {
+            break;
+        }
+    }
+    let mut named = Vec::new();
+    for line in stderr.lines().take(50) {
+        let line = line?;
+        if let Some((name, _)) = line.split_once(" | ") {
+            if !named.contains(&name.trim().to_owned()) {
+                named.push(name.trim().to_owned());
+            }
+        }
+        if ["rm", "r1", "r2", "r3"]
+            .iter()
+            .all(|n| named.iter().any(|m| m == n))
+        {
+            break;
+        }
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status();
+    up.wait()?;
+    ensure!(said_data, "up did not say where its data is");
+    named.sort();
+    ensure!(named == ["r1", "r2", "r3", "rm"], "log lines named {named:?}");
+    Ok(())
+}

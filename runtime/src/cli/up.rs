@@ -101,6 +101,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         println!("  {:<3} pid {pid}", started.name);
     }
     println!("  replica manager {rm_addr}; routers {}", addrs.join(", "));
+    println!("  the replica manager's data: {data_dir} (removed when up stops)");
+    println!("  each child's log lines on standard error start with its name");
     println!();
     println!("Connect peers from other terminals, for example:");
     // Clients need the same trust as the cluster: the flags, if any.
