@@ -164,3 +164,39 @@ fn up_says_where_its_data_is_and_names_each_childs_log_lines() -> Result<()> {
     ensure!(named == ["r1", "r2", "r3", "rm"], "log lines named {named:?}");
     Ok(())
 }
+
+#[test]
+fn a_body_too_large_is_refused_once_and_never_sent() -> Result<()> {
+    let router = Router::start(&[])?;
+    let dir = TempDir::new()?;
+    let mut child = command(&["client", "--id", "olga", "--router", &router.addr, "--wait", "5"])
+        .env("PEERLINK_DATA_DIR", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut input = child.stdin.take().context("stdin is piped")?;
+    input.write_all(b"REGISTER\nSEND_MSG olga ")?;
+    input.write_all(&vec![b'"'; 600_000])?;
+    input.write_all(b"\nSEND_MSG olga small\n")?;
+    drop(input);
+    let started = Instant::now();
+    let output = child.wait_with_output()?;
+    let stdout = String::from_utf8(output.stdout)?;
+    let refusals = stdout.lines().filter(|l| l.contains("at most")).count();
+    ensure!(refusals == 1, "refused {refusals} times:\n{stdout}");
+    ensure!(
+        stdout.contains("sent olga#1"),
+        "the next message was not sent:\n{stdout}"
+    );
+    ensure!(
+        !stdout.contains("olga#2"),
+        "the large message got a number:\n{stdout}"
+    );
+    ensure!(!output.status.success(), "a refused command exited 0");
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}

@@ -2,6 +2,7 @@
 
 use peerlink_core::client::{Command, GroupOp};
 use peerlink_core::ids::{GroupName, Target};
+use peerlink_core::wire::{json_string_len, DEFAULT_MAX_FRAME_LEN, FRAME_OVERHEAD};
 
 /// The help text printed by `help`.
 pub(crate) const HELP: &str = "\
@@ -47,6 +48,15 @@ pub(crate) fn parse(line: &str) -> Result<Line, String> {
                 return Err("usage: SEND_MSG <peer|group> <text>".into());
             }
             let to = Target::new(to).map_err(|e| e.to_string())?;
+            // Refused here, once, rather than sent and refused by the
+            // router (or cut off as a frame too large) again and again.
+            let limit = DEFAULT_MAX_FRAME_LEN - FRAME_OVERHEAD;
+            let size = json_string_len(body);
+            if size > limit {
+                return Err(format!(
+                    "the message takes {size} bytes as a JSON string; at most {limit} fit in a frame"
+                ));
+            }
             Ok(Line::Command(Command::Send {
                 to,
                 body: body.to_owned(),
@@ -72,6 +82,22 @@ fn single_argument<'a>(word: &str, rest: &'a str, what: &str) -> Result<&'a str,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_too_large_for_a_frame_is_refused_before_sending() {
+        let limit = DEFAULT_MAX_FRAME_LEN - FRAME_OVERHEAD;
+        // As a JSON string: two quotes around the text.
+        let fits = "x".repeat(limit - 2);
+        assert!(matches!(
+            parse(&format!("SEND_MSG bob {fits}")),
+            Ok(Line::Command(_))
+        ));
+        let refused = parse(&format!("SEND_MSG bob {fits}x")).unwrap_err();
+        assert!(refused.contains("at most"), "{refused}");
+        // A quote takes two bytes escaped: 600,000 of them do not fit.
+        let quotes = "\"".repeat(600_000);
+        assert!(parse(&format!("SEND_MSG bob {quotes}")).is_err());
+    }
 
     #[test]
     fn parses_every_command() {
