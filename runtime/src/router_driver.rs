@@ -105,7 +105,7 @@ pub enum Hashing {
     /// On worker threads, one per core (at most 4), each reusing one
     /// buffer of the parameters' memory: the event loop never waits for
     /// one. Production.
-    Blocking,
+    Workers,
     /// In the driver's own task, at once: deterministic, for the simulator,
     /// with cheap parameters.
     Inline,
@@ -206,7 +206,7 @@ pub async fn run_router<N: Network>(
     let (hashed_tx, mut hashed) = mpsc::unbounded_channel::<(u64, SecretHash)>();
     let hashers = match limits.hashing {
         Hashing::Inline => None,
-        Hashing::Blocking => match Hashers::start(hashed_tx) {
+        Hashing::Workers => match Hashers::start(hashed_tx) {
             Ok(hashers) => Some(hashers),
             Err(error) => {
                 tracing::error!(%error, "cannot start the threads that check secrets; registrations will not be answered");

@@ -219,7 +219,7 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         max_connections: args.max_connections as usize,
         max_per_source: args.max_connections_per_source as usize,
         connect_timeout: Duration::from_secs(2),
-        hashing: Hashing::Blocking,
+        hashing: Hashing::Workers,
     };
     let router = Router::new(
         config,
