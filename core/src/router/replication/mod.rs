@@ -444,6 +444,20 @@ impl Replication {
 
     /// Logs a change just applied by the primary and ships it to every
     /// follower stream.
+    /// Sends follower connection `conn` every change in the log after
+    /// `lsn`, in order.
+    fn replay_after(&self, lsn: Lsn, conn: ConnId, outbox: &mut Outbox) {
+        let epoch = self.epoch();
+        for (l, change) in self.log.iter().filter(|(l, _)| *l > lsn) {
+            let frame = PrimaryFrame::Entry {
+                epoch,
+                lsn: *l,
+                change: change.clone(),
+            };
+            outbox.emit_now(RouterOutput::Replicate(conn, frame));
+        }
+    }
+
     pub(super) fn ship(&mut self, lsn: Lsn, change: Change, outbox: &mut Outbox) {
         if !self.is_primary() {
             return;

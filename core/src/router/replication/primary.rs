@@ -161,7 +161,6 @@ impl Router {
                 }
                 let r = self.replication.as_mut().expect("replicated");
                 r.backup_heard.insert(id.clone(), now);
-                let epoch = r.epoch();
                 let log_start = r.log.front().map_or(applied, |(l, _)| Lsn(l.0 - 1));
                 // A follower whose state came from this primary's own stream
                 // holds exactly this primary's changes up to `lsn`.
@@ -186,14 +185,7 @@ impl Router {
                 }
                 let r = self.replication.as_mut().expect("replicated");
                 if from_me {
-                    for (l, change) in r.log.iter().filter(|(l, _)| *l > lsn) {
-                        let frame = PrimaryFrame::Entry {
-                            epoch,
-                            lsn: *l,
-                            change: change.clone(),
-                        };
-                        self.outbox.emit_now(RouterOutput::Replicate(conn, frame));
-                    }
+                    r.replay_after(lsn, conn, &mut self.outbox);
                 } else {
                     self.start_checkpoint(&id);
                 }
@@ -311,14 +303,7 @@ impl Router {
             parts: c.sent,
         };
         self.outbox.emit_now(RouterOutput::Replicate(conn, frame));
-        for (l, change) in r.log.iter().filter(|(l, _)| *l > lsn) {
-            let frame = PrimaryFrame::Entry {
-                epoch,
-                lsn: *l,
-                change: change.clone(),
-            };
-            self.outbox.emit_now(RouterOutput::Replicate(conn, frame));
-        }
+        r.replay_after(lsn, conn, &mut self.outbox);
     }
 
     pub(in crate::router) fn refuse_follower(&mut self, conn: ConnId) {
