@@ -35,4 +35,10 @@ pub struct Bugs {
     /// A primary serves on without a lease: cut off from the RM while its
     /// backups still hear it, it goes on serving.
     pub primary_ignores_lease: bool,
+    /// A follower acknowledges a change as soon as it applies it, before
+    /// its storage reports it durable.
+    pub ack_before_durable: bool,
+    /// A primary or standalone router commits a change without waiting for
+    /// its own storage to report it durable.
+    pub commit_before_durable: bool,
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use peerlink_core::ids::{ConnId, DeliveryId, Epoch, Lsn, PeerId, ReplicaId, ReqId, Secret, Seq, Target};
 use peerlink_core::router::replication::{Link, ReplicationConfig};
 use peerlink_core::router::secrets::KdfParams;
-use peerlink_core::router::{Router, RouterConfig, RouterInput, RouterOutput};
+use peerlink_core::router::{Record, Recovered, Router, RouterConfig, RouterInput, RouterOutput};
 use peerlink_core::testing::epoch;
 use peerlink_core::wire::cluster::{Configuration, FollowerFrame, Member, PrimaryFrame, RmReply, RmRequest};
 use peerlink_core::wire::{ClientFrame, ServerFrame};
@@ -26,6 +26,7 @@ fn member(id: &str) -> Member {
         addr: format!("{id}:1"),
         cluster_addr: format!("{id}:2"),
         incarnation: 1,
+        state_id: 0,
     }
 }
 
@@ -35,6 +36,11 @@ fn router(id: &str, now: Instant) -> Router {
 
 /// A router whose replication log keeps at most `max_log` changes.
 fn router_with_log(id: &str, now: Instant, max_log: usize) -> Router {
+    recovered_router(id, now, max_log, Recovered::default())
+}
+
+/// A router started from what its storage recovered.
+fn recovered_router(id: &str, now: Instant, max_log: usize, recovered: Recovered) -> Router {
     let mut replication = ReplicationConfig::new(
         ReplicaId::new(id).unwrap(),
         format!("{id}:1"),
@@ -48,7 +54,26 @@ fn router_with_log(id: &str, now: Instant, max_log: usize) -> Router {
         kdf: KdfParams::CHEAPEST,
         ..RouterConfig::default()
     };
-    Router::new(config, 3, now)
+    Router::recover(config, 3, now, recovered)
+}
+
+/// A router's storage: records written, and what a sync has made durable.
+/// A crash loses what was written since the last sync.
+#[derive(Debug, Default)]
+struct ModelDisk {
+    written: Vec<(u64, Record)>,
+    durable: Recovered,
+}
+
+impl ModelDisk {
+    /// Makes everything written durable; the ticket to report, if any.
+    fn sync(&mut self) -> Option<u64> {
+        let last = self.written.last().map(|(t, _)| *t);
+        for (_, record) in self.written.drain(..) {
+            self.durable.apply(record);
+        }
+        last
+    }
 }
 
 fn configuration(epoch: u64) -> Configuration {
@@ -89,6 +114,12 @@ struct Pair {
     f_hears_rm: bool,
     /// Requests the primary sent the RM other than heartbeats.
     to_rm: Vec<RmRequest>,
+    /// Each router's storage.
+    p_disk: ModelDisk,
+    f_disk: ModelDisk,
+    /// Whether storage syncs as soon as anything is written (otherwise
+    /// only on [`Pair::sync`]).
+    auto_sync: bool,
 }
 
 impl Pair {
@@ -117,6 +148,9 @@ impl Pair {
             p_hears_rm: true,
             f_hears_rm: false,
             to_rm: Vec::new(),
+            p_disk: ModelDisk::default(),
+            f_disk: ModelDisk::default(),
+            auto_sync: true,
         };
         // The primary learns its role from the RM's answer to a heartbeat,
         // which also starts its lease: one tick connects, one heartbeats.
@@ -159,6 +193,7 @@ impl Pair {
             while let Some(output) = self.p.poll_output() {
                 moved = true;
                 match output {
+                    RouterOutput::Persist { ticket, record } => self.p_disk.written.push((ticket, record)),
                     RouterOutput::HashSecret(job) => {
                         let hash = job.run();
                         self.p
@@ -205,6 +240,7 @@ impl Pair {
             while let Some(output) = self.f.poll_output() {
                 moved = true;
                 match output {
+                    RouterOutput::Persist { ticket, record } => self.f_disk.written.push((ticket, record)),
                     RouterOutput::ToPrimary(frame) if self.f_conn.is_some() => self.to_p.push_back(frame),
                     RouterOutput::Connect {
                         link: Link::Primary,
@@ -248,6 +284,14 @@ impl Pair {
                     _ => {}
                 }
             }
+            if self.auto_sync {
+                for (router, disk) in [(&mut self.p, &mut self.p_disk), (&mut self.f, &mut self.f_disk)] {
+                    if let Some(ticket) = disk.sync() {
+                        router.handle(self.now, RouterInput::Persisted { ticket });
+                        moved = true;
+                    }
+                }
+            }
             if !moved {
                 return;
             }
@@ -281,12 +325,14 @@ impl Pair {
             ServerFrame::Sent { seq, .. } => {
                 self.answers += 1;
                 let peer = PeerId::new(PEERS[client]).unwrap();
-                let held = self.f.state().last_seq(&peer).unwrap_or(Seq(0));
-                if held < seq {
-                    self.violations.push(format!(
-                        "Sent {}#{} while the backup holds only up to {}",
-                        PEERS[client], seq, held
-                    ));
+                for (who, disk) in [("backup", &self.f_disk), ("primary", &self.p_disk)] {
+                    let held = disk.durable.state.last_seq(&peer).unwrap_or(Seq(0));
+                    if held < seq {
+                        self.violations.push(format!(
+                            "Sent {}#{} while the {who}'s storage holds only up to {}",
+                            PEERS[client], seq, held
+                        ));
+                    }
                 }
                 self.sent.entry(client).or_default().push(seq);
             }
@@ -368,9 +414,40 @@ impl Pair {
         }
     }
 
+    /// The primary's storage, or the follower's, syncs what was written.
+    fn sync(&mut self, primary: bool) {
+        let (router, disk) = if primary {
+            (&mut self.p, &mut self.p_disk)
+        } else {
+            (&mut self.f, &mut self.f_disk)
+        };
+        if let Some(ticket) = disk.sync() {
+            router.handle(self.now, RouterInput::Persisted { ticket });
+            self.pump();
+        }
+    }
+
+    /// The follower crashes, losing what its storage had not synced, and
+    /// starts again from what it recovers.
+    fn crash_follower(&mut self) {
+        self.drop_stream();
+        self.f_disk.written.clear();
+        let recovered = self.f_disk.durable.clone();
+        self.f = recovered_router("f", self.now, 100_000, recovered);
+        self.f.handle(
+            self.now,
+            RouterInput::FromRm(RmReply::Config {
+                config: configuration(2),
+            }),
+        );
+        self.pump();
+    }
+
     /// Delivers everything, letting links reconnect, until both agree.
     fn heal(&mut self) {
         for _ in 0..1_000 {
+            self.sync(true);
+            self.sync(false);
             self.deliver_to_f(usize::MAX);
             self.deliver_to_p(usize::MAX);
             let quiet = self.to_f.is_empty() && self.to_p.is_empty();
@@ -402,6 +479,8 @@ enum Op {
     Swap(usize),
     Break,
     Tick(u64),
+    Sync { primary: bool },
+    CrashFollower,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -415,6 +494,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..8usize).prop_map(Op::Swap),
         1 => Just(Op::Break),
         1 => (0..400u64).prop_map(Op::Tick),
+        4 => any::<bool>().prop_map(|primary| Op::Sync { primary }),
+        1 => Just(Op::CrashFollower),
     ]
 }
 
@@ -424,6 +505,7 @@ proptest! {
     #[test]
     fn a_faulty_stream_never_lets_sent_outrun_the_backup(ops in prop::collection::vec(op(), 0..120)) {
         let mut pair = Pair::new();
+        pair.auto_sync = false;
         for op in ops {
             match op {
                 Op::Send { from, to } => pair.send(from, to),
@@ -447,6 +529,8 @@ proptest! {
                 }
                 Op::Break => pair.break_stream(),
                 Op::Tick(ms) => pair.tick(Duration::from_millis(ms)),
+                Op::Sync { primary } => pair.sync(primary),
+                Op::CrashFollower => pair.crash_follower(),
             }
         }
         pair.heal();
@@ -551,13 +635,33 @@ fn a_follower_acknowledges_a_batch_of_entries_once() {
     while let Some(frame) = pair.to_f.pop_front() {
         pair.f.handle(pair.now, RouterInput::FromPrimary(frame));
     }
-    let acks: Vec<Lsn> = std::iter::from_fn(|| pair.f.poll_output())
-        .filter_map(|output| match output {
-            RouterOutput::ToPrimary(FollowerFrame::Applied { lsn, .. }) => Some(lsn),
+    let acks = |out: &[RouterOutput]| -> Vec<Lsn> {
+        out.iter()
+            .filter_map(|output| match output {
+                RouterOutput::ToPrimary(FollowerFrame::Applied { lsn, .. }) => Some(*lsn),
+                _ => None,
+            })
+            .collect()
+    };
+    let out: Vec<RouterOutput> = std::iter::from_fn(|| pair.f.poll_output()).collect();
+    assert!(acks(&out).is_empty(), "acknowledged before durable: {out:?}");
+    let tickets: Vec<u64> = out
+        .iter()
+        .filter_map(|o| match o {
+            RouterOutput::Persist { ticket, .. } => Some(*ticket),
             _ => None,
         })
         .collect();
-    assert_eq!(acks, vec![last], "one cumulative acknowledgement for the batch");
+    assert_eq!(tickets.len(), 3, "one record per entry");
+    // One sync covers the batch (group commit): one acknowledgement.
+    let ticket = *tickets.last().unwrap();
+    pair.f.handle(pair.now, RouterInput::Persisted { ticket });
+    let out: Vec<RouterOutput> = std::iter::from_fn(|| pair.f.poll_output()).collect();
+    assert_eq!(
+        acks(&out),
+        vec![last],
+        "one cumulative acknowledgement for the batch"
+    );
 }
 
 /// Epoch `epoch` with `f` demoted to a candidate: `p` has no backup.

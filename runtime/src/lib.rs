@@ -16,6 +16,7 @@ pub mod net;
 pub mod rm_driver;
 pub mod router_driver;
 mod sources;
+pub mod storage;
 mod timer;
 pub mod tls;
 

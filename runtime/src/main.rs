@@ -31,7 +31,7 @@ enum Command {
     /// Start a local cluster on loopback and print how to connect to it.
     Up(cli::up::UpArgs),
     /// Run a router that peers connect to.
-    Router(cli::router::RouterArgs),
+    Router(Box<cli::router::RouterArgs>),
     /// Run the replica manager, which decides which router is primary.
     Rm(cli::rm::RmArgs),
     /// Show the cluster's configuration as the replica manager knows it.
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     let result = local.block_on(&runtime, async move {
         match args.command {
             Command::Up(args) => cli::up::run(args).await,
-            Command::Router(args) => cli::router::run(args).await,
+            Command::Router(args) => cli::router::run(*args).await,
             Command::Rm(args) => cli::rm::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
             Command::Client(args) => cli::client::run(args).await,

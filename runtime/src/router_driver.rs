@@ -32,6 +32,7 @@ use crate::hashers::Hashers;
 use crate::net::{Listener, Network};
 use crate::now;
 use crate::sources::SourceCounts;
+use crate::storage::{Storage, StorageError, Written};
 use crate::timer::Timer;
 
 /// The `tracing` target of the event logged at every commit of a primary,
@@ -177,17 +178,20 @@ impl<O> LinkConn<O> {
 
 /// Runs `router` on connections accepted from `listener` — and, for a
 /// replicated router, from `cluster`'s listener, and the links it asks for,
-/// made over `net` — until `shutdown` resolves. A failing `accept` (a
-/// connection reset, or running out of file descriptors) is logged and
-/// retried after [`ACCEPT_BACKOFF`]; it never stops the router.
+/// made over `net` — writing its records to `storage`, until `shutdown`
+/// resolves. A failing `accept` (a connection reset, or running out of file
+/// descriptors) is logged and retried after [`ACCEPT_BACKOFF`]; it never
+/// stops the router. A failing storage does: every client is told
+/// `storage_failed`, and the error is returned.
 pub async fn run_router<N: Network>(
     net: N,
     mut router: Router,
     mut listener: N::Listener,
     cluster: Option<ClusterPort<N::Listener>>,
     limits: RouterLimits,
+    mut storage: Storage,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), StorageError> {
     let (mut cluster_listener, mut auth) = match cluster {
         Some(c) => (Some(c.listener), Some(c.auth)),
         None => (None, None),
@@ -218,6 +222,7 @@ pub async fn run_router<N: Network>(
     loop {
         while let Some(output) = router.poll_output() {
             match output {
+                RouterOutput::Persist { ticket, record } => storage.submit(ticket, record),
                 RouterOutput::HashSecret(job) => match &hashers {
                     Some(hashers) => hashers.submit(job),
                     None if limits.hashing == Hashing::Inline => {
@@ -332,8 +337,24 @@ pub async fn run_router<N: Network>(
         timer.set(router.poll_timeout().map(tokio::time::Instant::from_std));
         tokio::select! {
             biased;
-            () = &mut shutdown => return,
+            () = &mut shutdown => return Ok(()),
             () = timer.fired() => router.handle_timeout(now()),
+            written = storage.next_report() => match written {
+                Written::Durable(ticket) => router.handle(now(), RouterInput::Persisted { ticket }),
+                Written::Failed(error) => {
+                    tracing::error!(%error, "stopping: the router cannot write to its disk");
+                    let message = format!("the router stopped: it cannot write to its disk ({error}); \
+                                           what it did not answer Sent was not stored");
+                    for accepted in conns.by_id.values().filter(|a| a.source.is_some()) {
+                        let frame = ServerFrame::Closing { code: ErrorCode::StorageFailed, message: message.clone() };
+                        accepted.conn.send(Outbound::Frame(ToAccepted::Client(frame)));
+                        accepted.conn.send(Outbound::Close);
+                    }
+                    // Let the writers flush the frames above.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return Err(error);
+                }
+            },
             Some((job, hash)) = hashed.recv() => router.handle(now(), RouterInput::SecretHashed { job, hash }),
             Some((link, attempt, outcome)) = attempts.recv() => {
                 let current = match link {

@@ -24,12 +24,14 @@ use peerlink_runtime::cluster_link::ClusterAuth;
 use peerlink_runtime::net::Network;
 use peerlink_runtime::rm_driver::{run_rm, ConfigStore};
 use peerlink_runtime::router_driver::{run_router, ClusterPort, Hashing, RouterLimits, DEFAULT_MAX_QUEUED};
+use peerlink_runtime::storage::{Storage, Store};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::faults::{Injector, Plan, CLIENTS, RM, ROUTERS};
+use crate::disk::SimDisk;
+use crate::faults::{Effect, Injector, Plan, CLIENTS, RM, ROUTERS};
 use crate::net::TurmoilNetwork;
 use crate::observe::{Capture, Observed};
 use crate::rogue::{self, RogueKey, ROGUE};
@@ -121,9 +123,36 @@ pub(crate) fn cluster_auth(key: ClusterKey, seed: u64) -> ClusterAuth {
     ClusterAuth::new(key, ChaCha8Rng::seed_from_u64(seed).random())
 }
 
+/// A simulated router writes a checkpoint after this many bytes of log, so
+/// that runs cross many checkpoints.
+const CHECKPOINT_AFTER: u64 = 64 * 1024;
+
+/// A router started from what `disk` holds, with `config` and `seed`;
+/// `fresh_id` names the storage if the disk is empty. Returns the router
+/// and its storage writer, whose syncs take `sync_delay`.
+pub(crate) fn recover_router(
+    disk: SimDisk,
+    mut config: RouterConfig,
+    seed: u64,
+    fresh_id: u64,
+    sync_delay: Duration,
+) -> Result<(Router, Storage), SimError> {
+    let opened = Store::open(disk, fresh_id, CHECKPOINT_AFTER)?;
+    if let Some(replication) = &mut config.replication {
+        replication.state_id = opened.store.state_id();
+    }
+    let router = Router::recover(config, seed, peerlink_runtime::now(), opened.recovered);
+    Ok((router, Storage::task(opened.store, sync_delay)))
+}
+
 /// Runs `router` on [`ROUTER_PORT`] of the current host — and, for a
-/// replicated router, its cluster listener on [`CLUSTER_PORT`] — for ever.
-pub(crate) async fn serve_router(router: Router, auth: Option<ClusterAuth>) -> turmoil::Result {
+/// replicated router, its cluster listener on [`CLUSTER_PORT`] — writing to
+/// `storage`, for ever.
+pub(crate) async fn serve_router(
+    router: Router,
+    auth: Option<ClusterAuth>,
+    storage: Storage,
+) -> turmoil::Result {
     let listener = TurmoilNetwork.bind(&format!("0.0.0.0:{ROUTER_PORT}")).await?;
     let cluster = match auth {
         Some(auth) => {
@@ -146,9 +175,10 @@ pub(crate) async fn serve_router(router: Router, auth: Option<ClusterAuth>) -> t
         listener,
         cluster,
         limits,
+        storage,
         std::future::pending(),
     )
-    .await;
+    .await?;
     Ok(())
 }
 
@@ -213,8 +243,10 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
             Ok(())
         }
     });
+    let disks: Vec<SimDisk> = ROUTERS.iter().map(|_| SimDisk::default()).collect();
     for (n, name) in ROUTERS.iter().enumerate() {
         let starts = Rc::new(Cell::new(0u64));
+        let disk = disks[n].clone();
         let seed = config.seed;
         let mailbox_limit = config.mailbox_limit;
         #[cfg(feature = "planted-bugs")]
@@ -225,6 +257,10 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
             let incarnation = starts.get();
             let router_seed = seed.wrapping_add(100 * (n as u64 + 1) + incarnation);
             let auth = cluster_auth(key.clone(), router_seed);
+            let disk = disk.clone();
+            let mut rng = ChaCha8Rng::seed_from_u64(router_seed);
+            let fresh_id = rng.random::<u64>() | 1;
+            let sync_delay = Duration::from_micros(rng.random_range(500..30_000));
             async move {
                 let id = ReplicaId::new(*name)?;
                 let addr = format!("{name}:{ROUTER_PORT}");
@@ -241,11 +277,9 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
                     bugs,
                     ..RouterConfig::default()
                 };
-                serve_router(
-                    Router::new(router_config, router_seed, peerlink_runtime::now()),
-                    Some(auth),
-                )
-                .await
+                let (router, storage) =
+                    recover_router(disk, router_config, router_seed, fresh_id, sync_delay)?;
+                serve_router(router, Some(auth), storage).await
             }
         });
     }
@@ -268,6 +302,7 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
     }
 
     let mut injector = Injector::new(config.plan.clone(), config.latency);
+    let mut disk_rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x6469_736b);
     let mut healed = false;
     while !sim.step()? {
         let now = sim.elapsed();
@@ -282,6 +317,12 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
         for effect in effects {
             recorder.note(&format!("fault at {} ms: {effect:?}", now.as_millis()));
             effect.apply(&mut sim);
+            let disk = |host: &str| ROUTERS.iter().position(|r| *r == host).map(|n| &disks[n]);
+            match effect {
+                Effect::Crash(host) => disk(host).into_iter().for_each(|d| d.crash(&mut disk_rng)),
+                Effect::CrashWipingDisk(host) => disk(host).into_iter().for_each(SimDisk::wipe),
+                _ => {}
+            }
         }
     }
     let mut trace = recorder.finish(logs);

@@ -40,6 +40,16 @@ pub enum Action {
         /// How long it stays down.
         down: Duration,
     },
+    /// The host (a router) dies, loses its disk, and restarts empty after
+    /// `down`, as when a machine is replaced. Only one router at a time,
+    /// with time to catch up in between (see [`CATCH_UP`]): losing more
+    /// disks at once is beyond what replication promises to survive.
+    CrashWipingDisk {
+        /// The router.
+        host: Victim,
+        /// How long it stays down.
+        down: Duration,
+    },
     /// The host vanishes silently: partitioned from everyone, then crashed,
     /// restarted after `down`, and only then reconnected.
     SilentCrash {
@@ -111,6 +121,7 @@ pub type Plan = Vec<Fault>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Effect {
     Crash(&'static str),
+    CrashWipingDisk(&'static str),
     Bounce(&'static str),
     Partition(&'static str, &'static str),
     Repair(&'static str, &'static str),
@@ -136,12 +147,18 @@ pub(crate) struct Injector {
     crashed: BTreeSet<&'static str>,
     /// When each router last restarted.
     restarted: Vec<(&'static str, Duration)>,
+    /// Routers whose disk was wiped and that have not restarted since.
+    wiped: BTreeSet<&'static str>,
+    /// Routers that restarted without their disk, and when.
+    rebuilt: Vec<(&'static str, Duration)>,
     base_latency: Duration,
 }
 
-/// How long a restarted router gets to catch up before another router may
-/// crash. Router state lives in memory: the cluster tolerates routers
-/// failing one at a time, not all at once (disk durability comes later).
+/// How long a router that restarted gets to catch up before another
+/// router may lose its disk, and a router that lost its disk before another
+/// one crashes at all: a router without its disk holds nothing until it has
+/// copied the primary's state. Crashes that keep the disk strike any number
+/// of routers at once.
 const CATCH_UP: Duration = Duration::from_secs(3);
 
 impl Injector {
@@ -151,6 +168,8 @@ impl Injector {
             timed: Vec::new(),
             crashed: BTreeSet::new(),
             restarted: Vec::new(),
+            wiped: BTreeSet::new(),
+            rebuilt: Vec::new(),
             base_latency,
         }
     }
@@ -217,24 +236,35 @@ impl Injector {
     }
 
     /// Keeps the set of crashed hosts; drops effects that make no sense now
-    /// (crashing a crashed host, restarting a running one) and router
-    /// crashes beyond what an in-memory cluster survives (another router
-    /// down, or restarted less than [`CATCH_UP`] ago).
+    /// (crashing a crashed host, restarting a running one), and router
+    /// crashes beyond what the cluster promises to survive: a disk lost
+    /// while another router is down or catching up, or any router crash
+    /// while a router without its disk is down or catching up.
     fn track(&mut self, now: Duration, effect: &Effect) -> bool {
+        let catching_up = |me: &str, restarted: &[(&'static str, Duration)]| {
+            restarted.iter().any(|(h, at)| *h != me && now < *at + CATCH_UP)
+        };
         match effect {
-            Effect::Crash(host) if ROUTERS.contains(host) => {
+            Effect::CrashWipingDisk(host) => {
                 let another_down = self.crashed.iter().any(|h| ROUTERS.contains(h) && h != host);
-                let recent = self
-                    .restarted
-                    .iter()
-                    .any(|(h, at)| h != host && now < *at + CATCH_UP);
-                !another_down && !recent && self.crashed.insert(host)
+                if another_down || catching_up(host, &self.restarted) || !self.crashed.insert(host) {
+                    return false;
+                }
+                self.wiped.insert(host);
+                true
+            }
+            Effect::Crash(host) if ROUTERS.contains(host) => {
+                let wiped_recently = self.wiped.iter().any(|w| w != host) || catching_up(host, &self.rebuilt);
+                !wiped_recently && self.crashed.insert(host)
             }
             Effect::Crash(host) => self.crashed.insert(host),
             Effect::Bounce(host) => {
                 let was_down = self.crashed.remove(host);
                 if was_down && ROUTERS.contains(host) {
                     self.restarted.push((host, now));
+                }
+                if self.wiped.remove(host) {
+                    self.rebuilt.push((host, now));
                 }
                 was_down
             }
@@ -268,6 +298,12 @@ impl Injector {
             Action::Crash { host, down } => {
                 if let Some(host) = Self::resolve(host, observed) {
                     self.timed.push((at, Effect::Crash(host)));
+                    self.timed.push((at + *down, Effect::Bounce(host)));
+                }
+            }
+            Action::CrashWipingDisk { host, down } => {
+                if let Some(host) = Self::resolve(host, observed) {
+                    self.timed.push((at, Effect::CrashWipingDisk(host)));
                     self.timed.push((at + *down, Effect::Bounce(host)));
                 }
             }
@@ -332,7 +368,7 @@ impl Effect {
     /// Applies the effect to the simulation.
     pub(crate) fn apply(&self, sim: &mut turmoil::Sim<'_>) {
         match *self {
-            Effect::Crash(host) => sim.crash(host),
+            Effect::Crash(host) | Effect::CrashWipingDisk(host) => sim.crash(host),
             Effect::Bounce(host) => sim.bounce(host),
             Effect::Partition(a, b) => sim.partition(a, b),
             Effect::Repair(a, b) => sim.repair(a, b),

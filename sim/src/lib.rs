@@ -12,6 +12,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod disk;
 pub mod failovers;
 pub mod faults;
 pub mod net;

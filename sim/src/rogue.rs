@@ -162,6 +162,7 @@ async fn claim_restart(victim: ReplicaId, incarnation: u64, connector: Connector
             addr: format!("{ROGUE}:{ROUTER_PORT}"),
             cluster_addr: format!("{ROGUE}:{CLUSTER_PORT}"),
             incarnation,
+            state_id: 0,
             epoch: Epoch(0),
             lsn: Lsn(u64::MAX),
             may_lead: true,

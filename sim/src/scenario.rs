@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use peerlink_core::client::{Client, ClientConfig, ClientEvent, Command, GroupOp};
 use peerlink_core::ids::{GroupName, PeerId, Secret, Target};
-use peerlink_core::router::{Router, RouterConfig};
+use peerlink_core::router::RouterConfig;
 use peerlink_core::testing::What;
 use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
 use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, ClientExit, Control};
@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::checker::{self, Violation};
 use crate::cluster::{self, RunConfig, ROUTER_PORT};
+use crate::disk::SimDisk;
 use crate::faults::{Action, Fault, Plan, Trigger, Victim, CLIENTS, RM, ROUTERS};
 use crate::net::TurmoilNetwork;
 use crate::rogue::RogueKey;
@@ -48,12 +49,16 @@ fn simulate(seed: u64, build: impl FnOnce(&mut turmoil::Sim<'_>, &Recorder)) -> 
     })
 }
 
-/// A host function running a standalone router on `ROUTER_PORT`.
+/// A host function running a standalone router on `ROUTER_PORT`, its state
+/// on a disk that outlives the host's crashes.
 fn router_host(seed: u64) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = turmoil::Result>>> {
+    let disk = SimDisk::default();
     move || {
+        let disk = disk.clone();
         Box::pin(async move {
-            let router = Router::new(RouterConfig::default(), seed, peerlink_runtime::now());
-            cluster::serve_router(router, None).await
+            let sync = Duration::from_millis(1);
+            let (router, storage) = cluster::recover_router(disk, RouterConfig::default(), seed, 1, sync)?;
+            cluster::serve_router(router, None, storage).await
         })
     }
 }
@@ -197,7 +202,7 @@ pub fn direct_and_group(seed: u64) -> Result<Trace, SimError> {
 }
 
 /// The named chaos scenarios, in the order `sweep --scenario all` runs them.
-pub const SCENARIOS: [&str; 16] = [
+pub const SCENARIOS: [&str; 18] = [
     "primary_crash",
     "silent_primary_crash",
     "primary_cut_from_rm",
@@ -214,6 +219,8 @@ pub const SCENARIOS: [&str; 16] = [
     "paused_primary",
     "rogue_during_failover",
     "new_primary_dies_while_others_unheard",
+    "whole_cluster_crash",
+    "rolling_crashes",
 ];
 
 /// What one scenario run found.
@@ -419,8 +426,9 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
                         .map(|_| Victim::Named(all[rng.random_range(0..all.len())]))
                         .collect()
                 };
-                let action = match rng.random_range(0..6) {
+                let action = match rng.random_range(0..7) {
                     0 => Action::Crash { host, down: short },
+                    6 => Action::CrashWipingDisk { host, down: short },
                     1 => Action::SilentCrash { host, down: short },
                     2 => Action::Partition {
                         a: host,
@@ -449,7 +457,8 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
         }
         "restart_while_backups_cut_from_rm" => {
             // Both backups lose the RM but keep the primary; the primary then
-            // crashes and comes back at once, empty. The RM hears only it.
+            // crashes and comes back at once, with its disk or (half the
+            // seeds) empty. The RM hears only it.
             let at = secs(&mut rng, 4, 8);
             let duration = secs(&mut rng, 3, 6);
             let action = Action::Partition {
@@ -465,12 +474,57 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
             } else {
                 Trigger::Now
             };
-            let crash = Action::Crash {
-                host: Victim::Primary,
-                down,
+            let host = Victim::Primary;
+            let crash = if rng.random_bool(0.5) {
+                Action::CrashWipingDisk { host, down }
+            } else {
+                Action::Crash { host, down }
             };
             let after = Duration::from_millis(rng.random_range(600..1500));
             plan.push(fault(at + after, trigger, Duration::ZERO, crash));
+        }
+        "whole_cluster_crash" => {
+            // Power fails: the RM and every router die at the same instant,
+            // right after a Sent (or at a random moment), losing what their
+            // disks had not synced and maybe tearing the last write; they
+            // come back one by one. Sometimes it happens twice.
+            for _ in 0..rng.random_range(1..3) {
+                let at = secs(&mut rng, 3, 12);
+                let trigger = if rng.random_bool(0.7) {
+                    Trigger::NextSent
+                } else {
+                    Trigger::Now
+                };
+                for host in [RM].into_iter().chain(ROUTERS) {
+                    let down = Duration::from_millis(rng.random_range(100..3_000));
+                    let action = Action::Crash {
+                        host: Victim::Named(host),
+                        down,
+                    };
+                    plan.push(fault(at, trigger, Duration::ZERO, action));
+                }
+            }
+        }
+        "rolling_crashes" => {
+            // Routers crash one after another with no pause to catch up:
+            // each goes down while the one before may still be down or
+            // copying from the primary.
+            let mut at = secs(&mut rng, 3, 5);
+            for _ in 0..rng.random_range(3..7) {
+                let host = match rng.random_range(0..3) {
+                    0 => Victim::Primary,
+                    1 => Victim::NotPrimary(rng.random_range(0..2)),
+                    _ => Victim::Named(ROUTERS[rng.random_range(0..3)]),
+                };
+                let down = Duration::from_millis(rng.random_range(100..2_000));
+                let trigger = if rng.random_bool(0.5) {
+                    Trigger::NextSent
+                } else {
+                    Trigger::Now
+                };
+                plan.push(fault(at, trigger, Duration::ZERO, Action::Crash { host, down }));
+                at += Duration::from_millis(rng.random_range(0..1_200));
+            }
         }
         "slow_network_primary_crash" => {
             // Latency up to 900 ms on every link (spurious failovers
@@ -531,8 +585,9 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
         "new_primary_dies_while_others_unheard" => {
             // The RM stops hearing the primary and one backup (their
             // traffic with it is held, not lost) and promotes the other
-            // backup, which then crashes before anyone has caught up with
-            // it: only a backup of the old configuration can take over.
+            // backup, whose machine then dies for good (it comes back with
+            // an empty disk) before anyone has caught up with it: only a
+            // backup of the old configuration can take over.
             let at = secs(&mut rng, 4, 8);
             let held = Action::Hold {
                 a: Victim::Named(RM),
@@ -540,7 +595,7 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
                 duration: secs(&mut rng, 2, 4),
             };
             plan.push(fault(at, Trigger::NextSent, Duration::ZERO, held));
-            let crash = Action::Crash {
+            let crash = Action::CrashWipingDisk {
                 host: Victim::Primary,
                 down: secs(&mut rng, 1, 4),
             };

@@ -149,9 +149,9 @@ fn a_restarted_primary_keeping_its_role_is_caught() {
     });
 }
 
-/// Both backups of r1 (the first primary: it checks in first) restart, one
-/// at a time, and neither can reach r1 to catch up: r1 is left with no
-/// backup while the clients keep sending.
+/// Both backups of r1 (the first primary: it checks in first) restart
+/// without their disks, one at a time, and neither can reach r1 to catch
+/// up: r1 is left with no backup while the clients keep sending.
 fn backups_restart_out_of_reach(seed: u64) -> RunConfig {
     let mut run = RunConfig::new(seed, Vec::new());
     let cut_from_r1 = |host| Action::Partition {
@@ -160,7 +160,7 @@ fn backups_restart_out_of_reach(seed: u64) -> RunConfig {
         oneway: false,
         duration: Duration::from_secs(4),
     };
-    let restart = |host| Action::Crash {
+    let restart = |host| Action::CrashWipingDisk {
         host: Victim::Named(host),
         down: Duration::from_millis(500),
     };
@@ -192,6 +192,29 @@ fn committing_below_the_minimum_of_backups_is_caught() {
     };
     caught(bugs, backups_restart_out_of_reach, |v| {
         matches!(v, Violation::CommittedBelowMinimum { .. })
+    });
+}
+
+#[test]
+fn acknowledging_before_the_disk_has_it_loses_messages_in_a_power_failure() {
+    let bugs = Bugs {
+        ack_before_durable: true,
+        commit_before_durable: true,
+        ..Bugs::default()
+    };
+    caught(bugs, named("whole_cluster_crash"), |v| {
+        matches!(v, Violation::Lost { .. } | Violation::StateLost { .. })
+    });
+}
+
+#[test]
+fn backups_acknowledging_before_their_disk_has_it_is_caught() {
+    let bugs = Bugs {
+        ack_before_durable: true,
+        ..Bugs::default()
+    };
+    caught(bugs, named("whole_cluster_crash"), |v| {
+        matches!(v, Violation::Lost { .. } | Violation::StateLost { .. })
     });
 }
 

@@ -232,27 +232,30 @@ impl Drop for Process {
     }
 }
 
-/// A standalone router on a free loopback port.
+/// A standalone router on a free loopback port, with its own data
+/// directory.
 pub struct Router {
     /// Its process.
     pub process: Process,
     /// The address it listens on.
     pub addr: String,
+    /// Its data directory.
+    pub data: TempDir,
 }
 
 impl Router {
     /// Starts a router with extra flags `args`.
     pub fn start(args: &[&str]) -> Result<Self> {
-        let mut all = vec!["router", "--listen", "127.0.0.1:0"];
+        let data = TempDir::new()?;
+        let dir = data
+            .path()
+            .to_str()
+            .ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?;
+        let mut all = vec!["router", "--listen", "127.0.0.1:0", "--data-dir", dir];
         all.extend_from_slice(args);
         let mut process = Process::start("router", &all, &[])?;
-        let line = process.expect("router ")?;
-        let addr = line
-            .rsplit(' ')
-            .next()
-            .ok_or_else(|| anyhow!("unexpected first line {line:?}"))?
-            .to_owned();
-        Ok(Self { process, addr })
+        let addr = listening_addr(&mut process)?;
+        Ok(Self { process, addr, data })
     }
 }
 
@@ -274,7 +277,7 @@ pub struct Cluster {
     pub routers: Vec<Option<Process>>,
     /// Their client addresses.
     pub addrs: Vec<String>,
-    /// The replica manager's data directory.
+    /// The members' data directories: `rm`, and `r1`, `r2`, ... in it.
     pub data: TempDir,
 }
 
@@ -283,7 +286,7 @@ impl Cluster {
     /// and the others are backups.
     pub fn start(n: usize) -> Result<Self> {
         let data = TempDir::new()?;
-        let (rm, rm_addr) = Self::start_rm(data.path(), "127.0.0.1:0")?;
+        let (rm, rm_addr) = Self::start_rm(&data.path().join("rm"), "127.0.0.1:0")?;
         let mut cluster = Self {
             rm,
             rm_addr,
@@ -328,12 +331,37 @@ impl Cluster {
             .ok_or_else(|| anyhow!("r{i} is not running"))
     }
 
+    /// Router `r<i>`'s data directory.
+    pub fn router_dir(&self, i: usize) -> PathBuf {
+        self.data.path().join(format!("r{i}"))
+    }
+
     fn start_router_at(&self, i: usize, listen: &str) -> Result<(Process, String)> {
         let id = format!("r{i}");
-        let args = ["router", "--id", &id, "--listen", listen, "--rm", &self.rm_addr];
+        let dir = self.router_dir(i);
+        let dir = dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?;
+        let args = [
+            "router",
+            "--id",
+            &id,
+            "--listen",
+            listen,
+            "--rm",
+            &self.rm_addr,
+            "--data-dir",
+            dir,
+        ];
         let mut router = Process::start(&id, &args, &[])?;
         let addr = listening_addr(&mut router)?;
         Ok((router, addr))
+    }
+
+    /// Removes the data directory of the killed router `r<i>`, as if its
+    /// machine were replaced: it restarts empty, under a new storage
+    /// identity.
+    pub fn wipe_router(&self, i: usize) -> Result<()> {
+        std::fs::remove_dir_all(self.router_dir(i))?;
+        Ok(())
     }
 
     /// Kills router `r<i>` with SIGKILL.
@@ -358,7 +386,7 @@ impl Cluster {
 
     /// Restarts the replica manager on its address, with its data.
     pub fn restart_rm(&mut self) -> Result<()> {
-        let (rm, _) = Self::start_rm(self.data.path(), &self.rm_addr.clone())?;
+        let (rm, _) = Self::start_rm(&self.data.path().join("rm"), &self.rm_addr.clone())?;
         self.rm = rm;
         Ok(())
     }

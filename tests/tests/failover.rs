@@ -25,7 +25,7 @@ fn index(name: &str) -> usize {
 /// The addressee of client `sender`'s `n`-th message: every fifth goes to
 /// the group, the others to the next client.
 fn target(sender: usize, n: usize) -> String {
-    if n % 5 == 0 {
+    if n.is_multiple_of(5) {
         GROUP.to_owned()
     } else {
         CLIENTS[(sender + 1) % CLIENTS.len()].to_owned()

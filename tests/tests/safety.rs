@@ -1,7 +1,7 @@
-//! Safety with real processes: a primary that restarts while the replica
-//! manager cannot hear its backups must not serve — or ship — its empty
-//! state; once the backups are back, one is promoted with everything that
-//! was acknowledged before.
+//! Safety with real processes: a primary that restarts without its disk
+//! while the replica manager cannot hear its backups must not serve — or
+//! ship — its empty state; once the backups are back, one is promoted with
+//! everything that was acknowledged before.
 
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ fn received_exactly(bob: &mut Process, n: usize) -> Result<()> {
 }
 
 #[test]
-fn a_primary_restarted_while_its_backups_are_unheard_never_serves_empty() -> Result<()> {
+fn a_primary_restarted_without_its_disk_while_its_backups_are_unheard_never_serves_empty() -> Result<()> {
     let mut cluster = Cluster::start(3)?;
     let first = cluster.status()?;
     let primary = first.primary().context("a primary")?;
@@ -64,12 +64,13 @@ fn a_primary_restarted_while_its_backups_are_unheard_never_serves_empty() -> Res
     alice.expect_count("sent ", MESSAGES)?;
 
     // The RM stops hearing both backups; the primary dies and is restarted
-    // at once, on its address, with nothing in memory.
+    // at once, on its address, with an empty disk.
     for b in &backups {
         cluster.router(*b)?.signal("STOP")?;
     }
     std::thread::sleep(Duration::from_millis(800));
     cluster.kill_router(index(&primary));
+    cluster.wipe_router(index(&primary))?;
     cluster.restart_router_in_place(index(&primary))?;
 
     // It must not serve: no registration succeeds, no role is held.

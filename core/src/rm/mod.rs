@@ -20,8 +20,10 @@
 //!   has caught up ([`RmRequest::AddBackup`]).
 //! - A backup is dropped only on the request of a primary whose epoch is
 //!   current ([`RmRequest::RemoveBackup`]), and never the last one — or when
-//!   it restarts (a new incarnation), because a restarted router has lost
-//!   its state.
+//!   it restarts without its state (a new incarnation with another
+//!   [`Member::state_id`], or none). A router that restarts with its state
+//!   (the same storage) holds everything it acknowledged, and keeps its
+//!   place.
 //! - When the primary misses heartbeats for [`RmConfig::failure_timeout`],
 //!   or restarts, the RM promotes the backup with the highest LSN among
 //!   those heard within half the failure timeout; only backups can be
@@ -33,10 +35,15 @@
 //!   never leaves the cluster with no router that may be promoted.
 //! - A primary that hears none of its backups asks to resign
 //!   ([`RmRequest::Resign`]); the RM promotes a backup it hears, if any.
-//! - A primary that restarted has lost its state, so it never keeps its
-//!   role: with no backup to promote, the RM withdraws the role (no primary)
-//!   and promotes the first backup of the configuration that checks in.
-//!   Until then the cluster is unavailable, never wiped.
+//! - A primary that restarted never keeps its role in the same epoch: it
+//!   may have lost changes it shipped but had not made durable, which its
+//!   backups hold. If it kept its state, it is a candidate for promotion
+//!   like the backups it had (it holds every committed change), and the RM
+//!   promotes the one with the highest LSN in a new epoch, so every follower
+//!   resynchronises from the new primary. If it lost its state, and no
+//!   backup can be promoted, the RM withdraws the role (no primary) and
+//!   promotes the first backup of the configuration that checks in. Until
+//!   then the cluster is unavailable, never wiped.
 //! - Every configuration carries [`RmConfig::min_backups`]: the primary
 //!   commits nothing while it has fewer backups (see
 //!   [`Configuration::min_backups`]).
@@ -125,6 +132,8 @@ struct MemberState {
     cluster_addr: String,
     /// `None` until the first heartbeat after an RM restart.
     incarnation: Option<u64>,
+    /// The identity of its storage (`None`: unknown, or none).
+    state_id: Option<u64>,
     lsn: Lsn,
     last_heartbeat: Instant,
     heard: bool,
@@ -161,6 +170,7 @@ impl ReplicaManager {
                     addr: m.addr.clone(),
                     cluster_addr: m.cluster_addr.clone(),
                     incarnation: Some(m.incarnation).filter(|i| *i != 0),
+                    state_id: Some(m.state_id).filter(|s| *s != 0),
                     lsn: Lsn(0),
                     last_heartbeat: now,
                     heard: false,
@@ -269,6 +279,7 @@ impl ReplicaManager {
                 addr,
                 cluster_addr,
                 incarnation,
+                state_id,
                 epoch: _,
                 lsn,
                 may_lead,
@@ -279,7 +290,11 @@ impl ReplicaManager {
                     return self.reply(conn, RmReply::Error { code, message });
                 }
                 let addrs = Addrs { addr, cluster_addr };
-                self.handle_heartbeat(now, conn, id, addrs, incarnation, lsn, may_lead);
+                let life = Life {
+                    incarnation,
+                    state_id,
+                };
+                self.handle_heartbeat(now, conn, id, addrs, life, lsn, may_lead);
                 let config = self.current.clone();
                 self.reply(conn, RmReply::Heard { beat, config });
             }
@@ -371,19 +386,24 @@ impl ReplicaManager {
         conn: ConnId,
         id: ReplicaId,
         addrs: Addrs,
-        incarnation: u64,
+        life: Life,
         lsn: Lsn,
         may_lead: bool,
     ) {
-        let restarted = self
-            .members
-            .get(&id)
+        let Life {
+            incarnation,
+            state_id,
+        } = life;
+        let known = self.members.get(&id);
+        let restarted = known
             .and_then(|m| m.incarnation)
             .is_some_and(|known| known != incarnation);
+        let kept_state = state_id != 0 && known.and_then(|m| m.state_id) == Some(state_id);
         let member = self.members.entry(id.clone()).or_insert_with(|| MemberState {
             addr: addrs.addr.clone(),
             cluster_addr: addrs.cluster_addr.clone(),
             incarnation: None,
+            state_id: None,
             lsn,
             last_heartbeat: now,
             heard: true,
@@ -392,6 +412,7 @@ impl ReplicaManager {
         member.addr.clone_from(&addrs.addr);
         member.cluster_addr.clone_from(&addrs.cluster_addr);
         member.incarnation = Some(incarnation);
+        member.state_id = Some(state_id).filter(|s| *s != 0);
         member.lsn = lsn;
         member.last_heartbeat = now;
         member.heard = true;
@@ -399,17 +420,17 @@ impl ReplicaManager {
 
         let latest = self.latest();
         if restarted {
-            self.handle_restart(now, &id);
+            self.handle_restart(now, &id, kept_state);
             if self.proposed.is_none() {
                 // A restarted candidate keeps its place; the configuration
                 // still records its new life, so a later restart is seen.
                 let mut next = self.next_configuration();
-                record_member(&mut next, &id, incarnation, &addrs);
+                record_member(&mut next, &id, &life, &addrs);
                 if next.find(&id).is_some() {
                     self.propose(next);
                 }
             } else if let Some(proposed) = &mut self.proposed {
-                record_member(proposed, &id, incarnation, &addrs);
+                record_member(proposed, &id, &life, &addrs);
             }
         } else if latest.primary.is_none() && latest.is_backup(&id) {
             // The role was withdrawn from a restarted primary: the first
@@ -422,6 +443,7 @@ impl ReplicaManager {
                 addr: addrs.addr,
                 cluster_addr: addrs.cluster_addr,
                 incarnation,
+                state_id,
             };
             if next.primary.is_none() && next.backups.is_empty() && may_lead {
                 next.primary = Some(member);
@@ -430,21 +452,27 @@ impl ReplicaManager {
             }
             self.propose(next);
         } else if self.proposed.is_none()
-            && latest
-                .find(&id)
-                .is_some_and(|m| m.addr != addrs.addr || m.cluster_addr != addrs.cluster_addr)
+            && latest.find(&id).is_some_and(|m| {
+                m.addr != addrs.addr || m.cluster_addr != addrs.cluster_addr || m.state_id != state_id
+            })
         {
-            // Its entry predates the cluster address, or it moved.
+            // Its entry predates the cluster address or the storage
+            // identity, or it moved.
             let mut next = self.next_configuration();
-            record_member(&mut next, &id, incarnation, &addrs);
+            record_member(&mut next, &id, &life, &addrs);
             self.propose(next);
         }
     }
 
-    /// A member came back with a new incarnation: whatever it held is gone.
-    fn handle_restart(&mut self, now: Instant, id: &ReplicaId) {
+    /// A member came back with a new incarnation, with its state
+    /// (`kept_state`) or without it.
+    fn handle_restart(&mut self, now: Instant, id: &ReplicaId, kept_state: bool) {
         let latest = self.latest();
-        if latest.is_primary(id) {
+        if latest.is_primary(id) && kept_state {
+            if !self.restarted_primary_keeps_role() {
+                self.fail_over(now, OldPrimary::Restarted);
+            }
+        } else if latest.is_primary(id) {
             self.fail_over(now, OldPrimary::LostState);
             if self.restarted_primary_keeps_role() {
                 return;
@@ -456,7 +484,7 @@ impl ReplicaManager {
                 next.candidates.extend(next.primary.take());
                 self.propose(next);
             }
-        } else if latest.is_backup(id) {
+        } else if latest.is_backup(id) && !kept_state {
             let mut next = self.next_configuration();
             let position = next.backups.iter().position(|m| m.id == *id);
             let member = next.backups.remove(position.expect("checked above"));
@@ -484,19 +512,26 @@ impl ReplicaManager {
     }
 
     /// Replaces the primary with the promotable backup that has the highest
-    /// LSN. Backups that are not alive become candidates — unless that would
-    /// leave the new primary fewer backups than the minimum: then they stay
-    /// backups, and so does the old primary if it still holds its state
-    /// (it was silent or resigned, not restarted). Such a primary commits
-    /// nothing until one of them has caught up, so keeping them costs
-    /// nothing, and they hold every committed change: if the new primary
-    /// dies too, one of them can be promoted. Otherwise the old primary
-    /// becomes a candidate.
+    /// LSN — or, when the primary restarted with its state, the one with the
+    /// highest LSN among those backups and the primary itself, named again
+    /// in a new epoch. Backups that are not alive become candidates — unless
+    /// that would leave the new primary fewer backups than the minimum: then
+    /// they stay backups, and so does the old primary if it still holds its
+    /// state (it was silent or resigned, or restarted with it). Such a
+    /// primary commits nothing until one of them has caught up, so keeping
+    /// them costs nothing, and they hold every committed change: if the new
+    /// primary dies too, one of them can be promoted. Otherwise the old
+    /// primary becomes a candidate.
     fn fail_over(&mut self, now: Instant, old_primary: OldPrimary) {
         let latest = self.latest();
+        let itself = latest
+            .primary
+            .iter()
+            .filter(|_| old_primary == OldPrimary::Restarted);
         let chosen = latest
             .backups
             .iter()
+            .chain(itself)
             .filter(|m| self.is_promotable(&m.id, now))
             .max_by_key(|m| {
                 (
@@ -509,7 +544,7 @@ impl ReplicaManager {
             return;
         };
         let mut next = self.next_configuration();
-        let old = next.primary.replace(chosen.clone());
+        let old = next.primary.replace(chosen.clone()).filter(|m| m.id != chosen.id);
         let (alive, dead): (Vec<Member>, Vec<Member>) = next
             .backups
             .drain(..)
@@ -522,7 +557,7 @@ impl ReplicaManager {
             next.candidates.extend(dead);
         }
         let keep_old = next.backups.len() < next.min_backups
-            && old_primary == OldPrimary::HoldsState
+            && old_primary != OldPrimary::LostState
             && !self.demotes_unheard_backups();
         if keep_old {
             next.backups.extend(old);
@@ -546,8 +581,18 @@ impl ReplicaManager {
 enum OldPrimary {
     /// It fell silent, or resigned: its state is intact.
     HoldsState,
-    /// It restarted (or is gone): whatever it held is lost.
+    /// It restarted with its state (the same storage): it may be promoted
+    /// again, in a new epoch.
+    Restarted,
+    /// It restarted without its state (or is gone): whatever it held is
+    /// lost.
     LostState,
+}
+
+/// One life of a router: its process, and the storage its state is on.
+struct Life {
+    incarnation: u64,
+    state_id: u64,
 }
 
 /// The addresses a router announces.
@@ -556,15 +601,16 @@ struct Addrs {
     cluster_addr: String,
 }
 
-/// Records in `config` that `id` now runs as `incarnation` at `addrs`.
-fn record_member(config: &mut Configuration, id: &ReplicaId, incarnation: u64, addrs: &Addrs) {
+/// Records in `config` that `id` now runs as `life` at `addrs`.
+fn record_member(config: &mut Configuration, id: &ReplicaId, life: &Life, addrs: &Addrs) {
     let members = config
         .primary
         .iter_mut()
         .chain(&mut config.backups)
         .chain(&mut config.candidates);
     for member in members.filter(|m| m.id == *id) {
-        member.incarnation = incarnation;
+        member.incarnation = life.incarnation;
+        member.state_id = life.state_id;
         member.addr.clone_from(&addrs.addr);
         member.cluster_addr.clone_from(&addrs.cluster_addr);
     }

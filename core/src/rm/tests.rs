@@ -24,6 +24,32 @@ impl Harness {
     /// Sends a heartbeat from router `name` on connection `conn`, persists
     /// whatever the RM asks to, and returns the configurations it sent.
     fn beat(&mut self, conn: u64, name: &str, incarnation: u64, lsn: u64, may_lead: bool) -> Vec<RmOutput> {
+        self.beat_with_state(
+            conn,
+            name,
+            Life {
+                incarnation,
+                state_id: 0,
+            },
+            lsn,
+            may_lead,
+        )
+    }
+
+    /// [`Harness::beat`] from a router whose state lives on storage
+    /// `life.state_id`.
+    fn beat_with_state(
+        &mut self,
+        conn: u64,
+        name: &str,
+        life: Life,
+        lsn: u64,
+        may_lead: bool,
+    ) -> Vec<RmOutput> {
+        let Life {
+            incarnation,
+            state_id,
+        } = life;
         self.rm.handle(
             self.now,
             RmInput::Connected {
@@ -37,6 +63,7 @@ impl Harness {
             addr: format!("{name}:1"),
             cluster_addr: format!("{name}:2"),
             incarnation,
+            state_id,
             epoch: Epoch(0),
             lsn: Lsn(lsn),
             may_lead,
@@ -112,6 +139,7 @@ fn the_first_router_leads_and_a_configuration_is_announced_only_once_persisted()
         addr: "r1:1".into(),
         cluster_addr: "r1:2".into(),
         incarnation: 1,
+        state_id: 0,
         epoch: Epoch(0),
         lsn: Lsn(0),
         may_lead: true,
@@ -349,6 +377,7 @@ fn a_restored_rm_keeps_its_configuration_and_gives_members_time() {
                 addr: "r2:1".into(),
                 cluster_addr: "r2:2".into(),
                 incarnation: 22,
+                state_id: 0,
                 epoch: saved.epoch,
                 lsn: Lsn(9),
                 may_lead: true,
@@ -466,6 +495,7 @@ mod properties {
                             addr: format!("r{router}:1"),
                             cluster_addr: format!("r{router}:2"),
                             incarnation: incarnations[router],
+                            state_id: 0,
                             epoch: announced.epoch,
                             lsn: Lsn(lsn),
                             may_lead: true,
@@ -708,6 +738,7 @@ fn a_request_naming_another_router_is_refused_and_changes_nothing() {
             addr: "evil:1".into(),
             cluster_addr: "evil:2".into(),
             incarnation: 666,
+            state_id: 0,
             epoch,
             lsn: Lsn(0),
             may_lead: true,
@@ -774,6 +805,7 @@ fn addresses_are_stored_only_when_valid() {
             addr: addr.into(),
             cluster_addr: cluster_addr.into(),
             incarnation: 44,
+            state_id: 0,
             epoch: Epoch(0),
             lsn: Lsn(0),
             may_lead: false,
@@ -789,6 +821,7 @@ fn addresses_are_stored_only_when_valid() {
             addr: good.into(),
             cluster_addr: good.into(),
             incarnation: 44,
+            state_id: 0,
             epoch: Epoch(0),
             lsn: Lsn(0),
             may_lead: false,
@@ -808,6 +841,7 @@ fn a_member_that_moved_is_recorded_at_its_new_addresses() {
         addr: "r2:1".into(),
         cluster_addr: "r2:7".into(),
         incarnation: 22,
+        state_id: 0,
         epoch: h.config().epoch,
         lsn: Lsn(0),
         may_lead: true,
@@ -875,5 +909,109 @@ fn a_restarted_primary_is_never_kept_as_a_backup() {
     assert!(
         !config.is_primary(&id("r1")) && !config.is_backup(&id("r1")),
         "{config:?}"
+    );
+}
+
+/// The life of router `n` of [`durable_routers`]: incarnation `restarts`,
+/// and storage `n` unless `new_disk`.
+fn life(n: u64, restarts: u64, new_disk: bool) -> Life {
+    Life {
+        incarnation: n * 10 + restarts,
+        state_id: if new_disk { n * 1000 } else { n * 100 },
+    }
+}
+
+/// r1 primary, r2 and r3 backups, each with its state on storage.
+fn durable_routers() -> Harness {
+    let mut h = Harness::new();
+    for n in 1..=3 {
+        h.beat_with_state(n, &format!("r{n}"), life(n, 0, false), 0, true);
+    }
+    for backup in ["r2", "r3"] {
+        let epoch = h.config().epoch;
+        let request = RmRequest::AddBackup {
+            id: id("r1"),
+            epoch,
+            backup: id(backup),
+        };
+        h.request(1, request);
+    }
+    assert_eq!(Harness::names(&h.config().backups), vec!["r2", "r3"]);
+    assert_eq!(h.config().find(&id("r2")).map(|m| m.state_id), Some(200));
+    h
+}
+
+#[test]
+fn a_primary_back_with_its_state_is_named_again_in_a_new_epoch_when_it_is_furthest() {
+    let mut h = durable_routers();
+    h.now += Duration::from_millis(100);
+    h.beat_with_state(2, "r2", life(2, 0, false), 5, true);
+    h.beat_with_state(3, "r3", life(3, 0, false), 5, true);
+    let before = h.config().epoch;
+    h.beat_with_state(1, "r1", life(1, 1, false), 9, true);
+    let config = h.config();
+    assert!(config.epoch > before, "a restarted primary never keeps its epoch");
+    assert!(config.is_primary(&id("r1")));
+    assert_eq!(
+        config.primary.as_ref().map(|m| m.incarnation),
+        Some(11),
+        "named as its new life"
+    );
+    assert_eq!(Harness::names(&config.backups), vec!["r2", "r3"]);
+}
+
+#[test]
+fn a_primary_back_with_its_state_yields_to_a_backup_that_is_further() {
+    let mut h = durable_routers();
+    h.now += Duration::from_millis(100);
+    h.beat_with_state(2, "r2", life(2, 0, false), 12, true);
+    h.beat_with_state(3, "r3", life(3, 0, false), 5, true);
+    h.beat_with_state(1, "r1", life(1, 1, false), 9, true);
+    let config = h.config();
+    assert!(config.is_primary(&id("r2")));
+    assert!(!config.is_backup(&id("r1")), "the minimum is met without it");
+    assert_eq!(Harness::names(&config.backups), vec!["r3"]);
+}
+
+#[test]
+fn a_backup_back_with_its_state_stays_a_backup_and_one_without_it_does_not() {
+    let mut h = durable_routers();
+    h.beat_with_state(2, "r2", life(2, 1, false), 3, true);
+    assert!(h.config().is_backup(&id("r2")), "it holds all it acknowledged");
+    assert_eq!(h.config().find(&id("r2")).map(|m| m.incarnation), Some(21));
+    h.beat_with_state(3, "r3", life(3, 1, true), 0, true);
+    assert!(
+        !h.config().is_backup(&id("r3")),
+        "its storage is not the one it had"
+    );
+    assert!(h.config().candidates.iter().any(|m| m.id == id("r3")));
+}
+
+#[test]
+fn after_every_router_and_the_rm_restart_the_cluster_serves_again_with_its_members() {
+    let h = durable_routers();
+    let saved = h.config().clone();
+    let mut h = Harness {
+        rm: ReplicaManager::new(RmConfig::default(), saved.clone(), h.now),
+        now: h.now,
+    };
+    h.now += Duration::from_millis(300);
+    h.beat_with_state(3, "r3", life(3, 1, false), 7, true);
+    h.beat_with_state(1, "r1", life(1, 1, false), 7, true);
+    h.beat_with_state(2, "r2", life(2, 1, false), 7, true);
+    let config = h.config();
+    assert!(config.epoch > saved.epoch);
+    let primary = config.primary.as_ref().expect("a primary");
+    assert!(
+        primary.incarnation % 10 == 1,
+        "the primary is named as its new life: {primary:?}"
+    );
+    let mut members: Vec<&str> = Harness::names(&config.backups);
+    members.push(primary.id.as_str());
+    members.sort_unstable();
+    assert_eq!(
+        members,
+        vec!["r1", "r2", "r3"],
+        "nobody lost its place: {config:?}"
     );
 }

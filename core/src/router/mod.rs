@@ -21,13 +21,15 @@
 //!
 //! **Commit rule.** Every change gets the next [`Lsn`]. Nothing the router
 //! says to a client — a reply, a pushed message, a receipt — leaves it until
-//! every change applied before it is *committed*: replicated to every backup
-//! of the current configuration (see the [`replication`] module). A
-//! standalone router, or a primary without backups, commits at once. So a
-//! client never hears Sent for a message a failover could lose.
+//! every change applied before it is *committed*: on stable storage on this
+//! router ([`durability`]) and on every backup of the current configuration
+//! (see the [`replication`] module). A standalone router commits what its
+//! own storage holds. So a client never hears Sent for a message that a
+//! failover, or a crash of every router at once, could lose.
 
 pub mod checkpoint;
 mod clients;
+pub mod durability;
 mod registration;
 pub mod replication;
 pub mod secrets;
@@ -46,6 +48,8 @@ use crate::ids::{ConnId, DeliveryId, Epoch, Lsn, PeerId, ReplicaId};
 use crate::machine::Machine;
 use crate::wire::cluster::{FollowerFrame, PrimaryFrame, RmReply, RmRequest};
 use crate::wire::{ClientFrame, FrameError, ServerFrame, DEFAULT_MAX_FRAME_LEN};
+use durability::Durability;
+pub use durability::{Record, Recovered};
 use registration::Registrations;
 pub use registration::{MAX_QUEUED_PER_ID, MAX_REGISTRATIONS};
 use replication::{Link, Replication, ReplicationConfig};
@@ -164,6 +168,12 @@ pub enum RouterInput {
     FromRm(RmReply),
     /// The primary sent a frame on the primary link.
     FromPrimary(PrimaryFrame),
+    /// Every record asked for with [`RouterOutput::Persist`] up to and
+    /// including `ticket` is on stable storage.
+    Persisted {
+        /// The newest ticket covered.
+        ticket: u64,
+    },
     /// The hash asked for with [`RouterOutput::HashSecret`] `job`.
     SecretHashed {
         /// The job, as named by the output.
@@ -201,6 +211,17 @@ pub enum RouterOutput {
     ToRm(RmRequest),
     /// Write a frame on the primary link.
     ToPrimary(FollowerFrame),
+    /// Write `record` to stable storage after every record asked for
+    /// before it, then report [`RouterInput::Persisted`] with `ticket` (or
+    /// a later one). Tickets increase by one. Reports may be batched; a
+    /// record never reported leaves what depends on it unanswered, so a
+    /// driver that cannot write stops the router instead.
+    Persist {
+        /// Numbers the record.
+        ticket: u64,
+        /// What to write.
+        record: Record,
+    },
     /// Run the job (slow: off the event loop) and hand its result back with
     /// [`RouterInput::SecretHashed`]. A job never answered leaves that one
     /// registration, and those of the same ID after it, unanswered.
@@ -337,6 +358,8 @@ pub struct Router {
     source_guesses: BTreeMap<IpAddr, Guesses>,
     /// Registrations waiting for their secret's hash.
     registrations: Registrations,
+    /// Records asked for, and what of the state is durable.
+    durability: Durability,
 }
 
 /// Wrong secrets presented for one ID, or from one source.
@@ -380,26 +403,45 @@ pub const MAX_GUESS_DELAY: Duration = Duration::from_secs(30);
 pub const SOURCE_GRACE: u32 = 8;
 
 impl Router {
-    /// A router with no peers. `seed` drives the salts it draws for secrets.
-    /// With [`RouterConfig::replication`] set, it starts outside any
-    /// configuration and connects to the replica manager at `now`.
-    pub fn new(mut config: RouterConfig, seed: u64, now: Instant) -> Self {
+    /// A router with no peers and nothing on its storage. `seed` drives the
+    /// salts it draws for secrets. With [`RouterConfig::replication`] set,
+    /// it starts outside any configuration and connects to the replica
+    /// manager at `now`.
+    pub fn new(config: RouterConfig, seed: u64, now: Instant) -> Self {
+        Self::recover(config, seed, now, Recovered::default())
+    }
+
+    /// A router starting from what its storage recovered: every change up to
+    /// `recovered.lsn` is applied and durable. A replicated router takes
+    /// no role from it; it reports its position to the replica manager
+    /// like any router, and a primary ships it only once the replica
+    /// manager names it primary of a new epoch.
+    pub fn recover(mut config: RouterConfig, seed: u64, now: Instant, recovered: Recovered) -> Self {
         if !config.kdf.is_valid() {
             config.kdf = KdfParams::DEFAULT;
         }
-        let replication = config.replication.take().map(|r| Replication::new(r, now));
+        let mut replication = config.replication.take().map(|r| Replication::new(r, now));
+        if let Some(r) = &mut replication {
+            r.resume_stream(recovered.epoch);
+        }
+        let outbox = Outbox {
+            applied: recovered.lsn,
+            committed: recovered.lsn,
+            ..Outbox::default()
+        };
         Self {
             config,
             rng: ChaCha8Rng::seed_from_u64(seed),
-            state: State::default(),
+            state: recovered.state,
             conns: BTreeMap::new(),
             sessions: BTreeMap::new(),
             deadlines: BTreeSet::new(),
-            outbox: Outbox::default(),
+            outbox,
             replication,
             guesses: BTreeMap::new(),
             source_guesses: BTreeMap::new(),
             registrations: Registrations::default(),
+            durability: Durability::recovered(recovered.lsn),
         }
     }
 
@@ -441,6 +483,15 @@ impl Router {
         self.outbox.applied
     }
 
+    /// The last change known to be on this router's stable storage.
+    pub fn durable_lsn(&self) -> Lsn {
+        #[cfg(feature = "planted-bugs")]
+        if self.config.bugs.commit_before_durable && self.is_serving() {
+            return self.outbox.applied;
+        }
+        self.durability.durable().min(self.outbox.applied)
+    }
+
     /// The last change known to be on every backup.
     pub fn committed_lsn(&self) -> Lsn {
         self.outbox.committed
@@ -466,22 +517,56 @@ impl Router {
         self.outbox.emit(output);
     }
 
-    /// Applies a validated change: it gets the next LSN, goes to the log and
-    /// to every follower, and commits once replicated.
+    /// Applies a validated change: it gets the next LSN, goes to storage,
+    /// to the log and to every follower, and commits once durable here and
+    /// replicated.
     fn apply(&mut self, change: Change) {
         self.state.apply(&change);
         self.outbox.applied = self.outbox.applied.next();
         let lsn = self.outbox.applied;
-        match &mut self.replication {
-            None => self.outbox.commit(lsn),
-            Some(replication) => {
-                replication.ship(lsn, change, &mut self.outbox);
-                #[cfg(feature = "planted-bugs")]
-                if self.config.bugs.sent_before_replication {
-                    return self.commit_to(lsn);
-                }
-                self.commit_up_to(lsn);
+        let epoch = self
+            .replication
+            .as_ref()
+            .map_or(Epoch(0), Replication::stream_epoch);
+        self.persist_change(epoch, lsn, change.clone());
+        if let Some(replication) = &mut self.replication {
+            replication.ship(lsn, change, &mut self.outbox);
+            #[cfg(feature = "planted-bugs")]
+            if self.config.bugs.sent_before_replication {
+                return self.commit_to(lsn);
             }
+        }
+        self.commit_durable();
+    }
+
+    /// Asks the driver to make change `lsn` durable.
+    fn persist_change(&mut self, epoch: Epoch, lsn: Lsn, change: Change) {
+        let ticket = self.durability.change(lsn);
+        let record = Record::Change { epoch, lsn, change };
+        self.outbox.emit_now(RouterOutput::Persist { ticket, record });
+    }
+
+    /// Commits what the durable state and, in a cluster, the backups allow:
+    /// a standalone router everything durable, a primary what
+    /// [`Router::commit_up_to`] allows.
+    fn commit_durable(&mut self) {
+        match &self.replication {
+            None => {
+                let durable = self.durable_lsn();
+                self.outbox.commit(durable);
+            }
+            Some(_) => self.commit_up_to(),
+        }
+    }
+
+    /// The driver reports records durable up to `ticket`.
+    fn handle_persisted(&mut self, now: Instant, ticket: u64) {
+        if !self.durability.persisted(ticket) {
+            return;
+        }
+        match self.replication.as_ref() {
+            Some(r) if !r.is_primary() => self.acknowledge_durable(now),
+            _ => self.commit_durable(),
         }
     }
 
@@ -578,6 +663,7 @@ impl Machine for Router {
             RouterInput::FromRm(reply) => self.handle_rm_reply(now, reply),
             RouterInput::FromPrimary(frame) => self.handle_primary_frame(now, frame),
             RouterInput::SecretHashed { job, hash } => self.handle_secret_hashed(now, job, hash),
+            RouterInput::Persisted { ticket } => self.handle_persisted(now, ticket),
         }
     }
 

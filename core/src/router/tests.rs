@@ -31,6 +31,9 @@ struct Harness {
     router: Router,
     now: Instant,
     req: u64,
+    /// Whether records to persist are returned rather than reported
+    /// durable at once.
+    hold_persist: bool,
 }
 
 impl Harness {
@@ -47,6 +50,7 @@ impl Harness {
             router: Router::new(config, 7, epoch()),
             now: epoch(),
             req: 0,
+            hold_persist: false,
         }
     }
 
@@ -71,7 +75,9 @@ impl Harness {
         self.drain()
     }
 
-    /// Drains the outputs, answering every hash job at once.
+    /// Drains the outputs, answering every hash job at once, and every
+    /// record to persist at once unless `hold_persist` (then they are
+    /// returned like other outputs).
     fn drain(&mut self) -> Vec<RouterOutput> {
         let mut out = Vec::new();
         let mut pending = drain(&mut self.router);
@@ -82,6 +88,9 @@ impl Harness {
                         let hash = job.run();
                         self.router
                             .handle(self.now, RouterInput::SecretHashed { job: job.job, hash });
+                    }
+                    RouterOutput::Persist { ticket, .. } if !self.hold_persist => {
+                        self.router.handle(self.now, RouterInput::Persisted { ticket });
                     }
                     other => out.push(other),
                 }
@@ -310,6 +319,53 @@ fn a_direct_message_is_sent_then_delivered() {
         vec![(1, "bob")]
     );
     assert_eq!(h.router.queued_messages(&peer("bob")), 0);
+}
+
+#[test]
+fn nothing_that_depends_on_a_change_leaves_before_the_change_is_durable() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    h.hold_persist = true;
+    let out = h.send(1, 1, "bob", "one");
+    let out2 = h.send(1, 2, "bob", "two");
+    let tickets: Vec<u64> = out
+        .iter()
+        .chain(&out2)
+        .filter_map(|o| match o {
+            RouterOutput::Persist { ticket, record } => {
+                assert!(matches!(record, Record::Change { .. }));
+                Some(*ticket)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tickets.len(), 2, "one record per change: {out:?} {out2:?}");
+    assert!(
+        sent(&out).is_empty() && sent(&out2).is_empty(),
+        "Sent before the change is durable"
+    );
+    assert!(
+        messages(&out2, 2).is_empty(),
+        "pushed before the change is durable"
+    );
+    // A ping depends on no change: it is answered at once.
+    let pong = h.frame(1, ClientFrame::Ping { req: ReqId(99) });
+    assert!(pong
+        .iter()
+        .any(|o| matches!(o, RouterOutput::Send(_, ServerFrame::Pong { .. }))));
+    assert_eq!(h.router.durable_lsn(), h.router.committed_lsn());
+
+    h.router
+        .handle(h.now, RouterInput::Persisted { ticket: tickets[0] });
+    let out = h.drain();
+    assert_eq!(sent(&out), vec![1], "the first change alone is durable");
+    assert_eq!(messages(&out, 2).len(), 1);
+    h.router
+        .handle(h.now, RouterInput::Persisted { ticket: tickets[1] });
+    let out = h.drain();
+    assert_eq!(sent(&out), vec![2]);
+    assert_eq!(messages(&out, 2).len(), 1);
 }
 
 #[test]
@@ -804,7 +860,27 @@ impl Harness {
         };
         self.router
             .handle(self.now, RouterInput::Frame(ConnId(conn), frame));
-        split_jobs(drain(&mut self.router))
+        self.drain_leaving_jobs()
+    }
+
+    /// Drains the outputs, persisting at once, and returns hash jobs
+    /// unanswered.
+    fn drain_leaving_jobs(&mut self) -> (Vec<RouterOutput>, Vec<HashJob>) {
+        let mut out = Vec::new();
+        loop {
+            let batch = drain(&mut self.router);
+            if batch.is_empty() {
+                return split_jobs(out);
+            }
+            for output in batch {
+                match output {
+                    RouterOutput::Persist { ticket, .. } if !self.hold_persist => {
+                        self.router.handle(self.now, RouterInput::Persisted { ticket });
+                    }
+                    other => out.push(other),
+                }
+            }
+        }
     }
 
     /// Hands `job`'s hash back; returns the outputs and further jobs.
@@ -812,7 +888,7 @@ impl Harness {
         let hash = job.run();
         self.router
             .handle(self.now, RouterInput::SecretHashed { job: job.job, hash });
-        split_jobs(drain(&mut self.router))
+        self.drain_leaving_jobs()
     }
 }
 

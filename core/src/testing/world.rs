@@ -331,6 +331,10 @@ impl World {
                     let input = RouterInput::SecretHashed { job: job.job, hash };
                     self.router.handle(self.now, input);
                 }
+                // Written at once: the world's storage never fails.
+                RouterOutput::Persist { ticket, .. } => {
+                    self.router.handle(self.now, RouterInput::Persisted { ticket });
+                }
                 RouterOutput::Replicate(..)
                 | RouterOutput::Connect { .. }
                 | RouterOutput::DropLink(_)

@@ -76,6 +76,11 @@ pub struct Member {
     /// a router that restarted — and lost its state — from one that did not.
     #[serde(default)]
     pub incarnation: u64,
+    /// The identity of the storage the router's state lives on (0: not
+    /// recorded, or a router whose state does not outlive its process).
+    /// A router that restarts with the same storage kept its state.
+    #[serde(default)]
+    pub state_id: u64,
 }
 
 /// Who serves and who follows, as decided by the replica manager.
@@ -160,12 +165,16 @@ pub enum RmRequest {
         addr: String,
         /// Its cluster listener's address (see [`check_addr`]).
         cluster_addr: String,
-        /// Random per process start: a new value means the router restarted
-        /// and lost its state.
+        /// Random per process start: a new value means the router restarted.
         incarnation: u64,
+        /// The identity of the storage its state lives on (see
+        /// [`Member::state_id`]): the same after a restart means the router
+        /// recovered its state; 0 or another value means it lost it.
+        #[serde(default)]
+        state_id: u64,
         /// The newest epoch the router knows.
         epoch: Epoch,
-        /// The last change the router has applied.
+        /// The last change on the router's stable storage.
         lsn: Lsn,
         /// Whether it may be made primary of an empty cluster.
         may_lead: bool,

@@ -251,12 +251,17 @@ pub enum ErrorCode {
     /// proved to be, or needs a router and the connection is an operator's
     /// tool.
     Unauthorized,
+    /// The router cannot write to its disk and has stopped. A request it
+    /// did not answer was not stored; the client resends it once a router
+    /// serves again.
+    StorageFailed,
 }
 
 impl ErrorCode {
     /// The code's wire name, e.g. `"wrong_secret"`.
     pub fn as_str(self) -> &'static str {
         match self {
+            ErrorCode::StorageFailed => "storage_failed",
             ErrorCode::BadUtf8 => "bad_utf8",
             ErrorCode::BadJson => "bad_json",
             ErrorCode::UnknownType => "unknown_type",

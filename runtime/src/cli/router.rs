@@ -1,6 +1,7 @@
 //! `peerlink router`: a standalone router.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,10 +14,11 @@ use peerlink_core::wire::cluster::check_addr;
 use peerlink_core::wire::{DEFAULT_MAX_FRAME_LEN, FRAME_OVERHEAD};
 use peerlink_runtime::net::{Listener, Network};
 use peerlink_runtime::router_driver::{run_router, ClusterPort, Hashing, RouterLimits, DEFAULT_MAX_QUEUED};
+use peerlink_runtime::storage::{FileDisk, Storage, Store, DEFAULT_CHECKPOINT_AFTER};
 
 use super::cluster_key::ClusterKeyArgs;
-use super::shutdown;
 use super::tls_args::ServerTlsArgs;
+use super::{secret, shutdown};
 
 /// Flags of `peerlink router`.
 #[derive(Debug, Args)]
@@ -98,6 +100,18 @@ pub(crate) struct RouterArgs {
     key: ClusterKeyArgs,
     #[command(flatten)]
     tls: ServerTlsArgs,
+    /// Where this router keeps its state (a log and checkpoints): it comes
+    /// back with everything after a restart. One directory per router; a
+    /// second process is refused it [default:
+    /// $XDG_DATA_HOME/peerlink/router-ID or ~/.local/share/peerlink/router-ID].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Write a new checkpoint (and drop the log before it) once the log
+    /// has grown by this many bytes; this bounds the disk a router uses to
+    /// about twice its state plus this.
+    #[arg(long, default_value_t = DEFAULT_CHECKPOINT_AFTER,
+          value_parser = clap::value_parser!(u64).range(4096..=1 << 40))]
+    checkpoint_bytes: u64,
     /// How often to heartbeat the replica manager, in milliseconds.
     #[arg(long, default_value_t = 100, requires = "rm",
           value_parser = clap::value_parser!(u64).range(10..=10_000))]
@@ -131,6 +145,14 @@ fn check_advertised(
 
 /// Runs the router until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => secret::default_data_dir()?.join(format!("router-{}", args.id)),
+    };
+    let disk = FileDisk::open(&data_dir).with_context(|| format!("cannot use {}", data_dir.display()))?;
+    let opened = Store::open(disk, rand::random::<u64>().max(1), args.checkpoint_bytes)?;
+    tracing::info!(id = %args.id, dir = %data_dir.display(), "recovered: {}", opened.report);
+    let state_id = opened.store.state_id();
     let reached_at: Vec<&str> = [
         Some(&args.listen),
         args.advertise.as_ref(),
@@ -190,6 +212,7 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
             let mut replication =
                 ReplicationConfig::new(id, advertise, cluster_advertise, rm.clone(), rand::random());
             replication.may_lead = !args.backup;
+            replication.state_id = state_id;
             replication.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
             replication.ack_timeout = Duration::from_millis(args.ack_timeout_ms);
             Some(replication)
@@ -221,11 +244,13 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         connect_timeout: Duration::from_secs(2),
         hashing: Hashing::Workers,
     };
-    let router = Router::new(
+    let router = Router::recover(
         config,
         args.seed.unwrap_or_else(rand::random),
         peerlink_runtime::now(),
+        opened.recovered,
     );
+    let storage = Storage::thread(opened.store).context("cannot start the storage thread")?;
     // The "listening on" line comes last: `up` and `bench` stop reading
     // the child's output once they have seen it.
     let cluster = cluster.map(|(port, cluster_addr)| {
@@ -235,6 +260,7 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         );
         port
     });
+    println!("router {} keeps its state in {}", args.id, data_dir.display());
     println!("router {} listening on {addr}", args.id);
     match &args.rm {
         Some(rm) => {
@@ -242,7 +268,16 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         }
         None => tracing::info!(id = %args.id, %addr, "standalone router started"),
     }
-    run_router(net, router, listener, cluster, limits, shutdown::signal()).await;
+    run_router(
+        net,
+        router,
+        listener,
+        cluster,
+        limits,
+        storage,
+        shutdown::signal(),
+    )
+    .await?;
     tracing::info!(id = %args.id, "router stopped");
     Ok(ExitCode::SUCCESS)
 }

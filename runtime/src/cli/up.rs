@@ -15,7 +15,7 @@ use peerlink_runtime::tls::ProdNetwork;
 
 use super::cluster_key::ClusterKeyArgs;
 use super::tls_args::ServerTlsArgs;
-use super::{shutdown, status};
+use super::{secret, shutdown, status};
 
 /// How many routers `up` starts.
 const ROUTERS: u16 = 3;
@@ -31,32 +31,51 @@ pub(crate) struct UpArgs {
     /// --help`). With three routers, 1 survives any one router's loss.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=2))]
     min_backups: u64,
+    /// Where the cluster keeps its state: one directory each for the
+    /// replica manager (`rm`) and the routers (`r1`, `r2`, `r3`). Kept when
+    /// `up` stops, so the next `up` comes back with every registration,
+    /// group and message [default: $XDG_DATA_HOME/peerlink/up-BASE_PORT or
+    /// ~/.local/share/peerlink/up-BASE_PORT].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Start empty: remove the state a previous `up` left in the data
+    /// directory (its `rm`, `r1`, `r2` and `r3` directories) first.
+    #[arg(long)]
+    fresh: bool,
     #[command(flatten)]
     key: ClusterKeyArgs,
     #[command(flatten)]
     tls: ServerTlsArgs,
 }
 
-/// The cluster's scratch directory (the replica manager's data), removed
-/// when dropped: an `up` cluster lives only as long as the command.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// The directories `up` keeps its members' state in, under its data
+/// directory: the only ones `--fresh` removes.
+const MEMBER_DIRS: [&str; 4] = ["rm", "r1", "r2", "r3"];
 
 /// Starts the cluster, prints how to connect, reports every configuration
 /// change, and stops everything on Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the peerlink executable")?;
-    let scratch = Scratch(std::env::temp_dir().join(format!("peerlink-up-{}", std::process::id())));
+    let root = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => secret::default_data_dir()?.join(format!("up-{}", args.base_port)),
+    };
+    if args.fresh {
+        for name in MEMBER_DIRS {
+            let dir = root.join(name);
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot remove {}", dir.display()));
+                }
+                _ => {}
+            }
+        }
+    }
+    let resumed = MEMBER_DIRS.iter().any(|name| root.join(name).exists());
+    let root_text = root.to_str().context("the data directory's path is not UTF-8")?;
     let rm_addr = format!("127.0.0.1:{}", args.base_port);
-    let data_dir = scratch.0.join("rm");
-    let data_dir = data_dir
-        .to_str()
-        .context("the temporary directory is not UTF-8")?;
+    let data_dir = format!("{root_text}/rm");
+    let data_dir = data_dir.as_str();
     let min_backups = args.min_backups.to_string();
     let key_path = args.key.path()?;
     let key = args.key.load()?;
@@ -80,6 +99,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     for n in 1..=ROUTERS {
         let id = format!("r{n}");
         let addr = format!("127.0.0.1:{}", args.base_port + n);
+        let dir = format!("{root_text}/{id}");
         let mut flags = vec![
             "router",
             "--id",
@@ -90,6 +110,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             &rm_addr,
             "--cluster-key",
             key_path,
+            "--data-dir",
+            &dir,
         ];
         flags.extend(tls_flags.iter().map(String::as_str));
         children.push(start(&exe, &id, &flags).await?);
@@ -101,7 +123,11 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         println!("  {:<3} pid {pid}", started.name);
     }
     println!("  replica manager {rm_addr}; routers {}", addrs.join(", "));
-    println!("  the replica manager's data: {data_dir} (removed when up stops)");
+    if resumed {
+        println!("  state: {root_text} (resumed from the last run; --fresh starts empty)");
+    } else {
+        println!("  state: {root_text} (kept when up stops; the next up resumes it)");
+    }
     println!("  each child's log lines on standard error start with its name");
     println!();
     println!("Connect peers from other terminals, for example:");
@@ -124,7 +150,6 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     for started in &mut children {
         let _ = started.child.kill().await;
     }
-    drop(scratch);
     outcome?;
     println!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -32,7 +32,9 @@ impl Router {
     }
 
     pub(in crate::router) fn handle_link_up(&mut self, now: Instant, link: Link, attempt: u64) {
-        let applied = self.outbox.applied;
+        // A follower resumes from what it could not lose, so the primary
+        // counts no copy that is not durable.
+        let durable = self.durable_lsn();
         let Some(r) = self.replication_mut() else {
             return;
         };
@@ -51,7 +53,7 @@ impl Router {
                 let frame = FollowerFrame::Follow {
                     id: r.config.id.clone(),
                     epoch: r.epoch(),
-                    lsn: applied,
+                    lsn: durable,
                     stream_epoch: r.stream_epoch,
                 };
                 self.outbox.emit_now(RouterOutput::ToPrimary(frame));
@@ -78,6 +80,7 @@ impl Router {
 
     pub(in crate::router) fn handle_replication_timeout(&mut self, now: Instant) {
         let applied = self.outbox.applied;
+        let durable = self.durable_lsn();
         let Some(r) = self.replication.as_mut() else {
             return;
         };
@@ -126,8 +129,9 @@ impl Router {
                     addr: r.config.addr.clone(),
                     cluster_addr: r.config.cluster_addr.clone(),
                     incarnation: r.config.incarnation,
+                    state_id: r.config.state_id,
                     epoch: r.epoch(),
-                    lsn: applied,
+                    lsn: durable,
                     may_lead: r.config.may_lead,
                     beat: r.number_beat(now),
                 };
@@ -268,7 +272,7 @@ impl Router {
                 let r = self.replication.as_mut().expect("replicated");
                 r.track_backups(now);
                 r.track_lag(now, applied);
-                self.commit_up_to(applied);
+                self.commit_up_to();
                 self.report_minimum();
             }
             Role::Follower { primary } => {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::{Incoming, Link, LinkStatus, Role};
 use crate::ids::{Epoch, Lsn};
 use crate::router::checkpoint::StateBuilder;
-use crate::router::{Router, RouterOutput};
+use crate::router::{Record, Router, RouterOutput};
 use crate::wire::cluster::{FollowerFrame, PrimaryFrame};
 
 impl Router {
@@ -66,10 +66,17 @@ impl Router {
                     return self.restart_link(Link::Primary, now);
                 };
                 r.stream_epoch = epoch;
+                let ticket = self.durability.state(lsn);
+                let record = Record::State {
+                    epoch,
+                    lsn,
+                    state: Box::new(state.clone()),
+                };
+                self.outbox.emit_now(RouterOutput::Persist { ticket, record });
                 self.state = state;
                 self.outbox.applied = lsn;
                 self.outbox.committed = lsn;
-                self.acknowledge(now, epoch, lsn);
+                // Acknowledged once durable.
             }
             PrimaryFrame::Entry { epoch, lsn, change } => {
                 if epoch < my_epoch || r.incoming.is_some() {
@@ -88,7 +95,11 @@ impl Router {
                 if following {
                     self.outbox.committed = lsn;
                 }
-                self.acknowledge(now, epoch, lsn);
+                self.persist_change(epoch, lsn, change);
+                // Acknowledged once durable (unless the planted bug).
+                if self.acks_before_durable() {
+                    self.acknowledge(now, epoch, lsn);
+                }
             }
             PrimaryFrame::Alive { epoch, .. } => {
                 if epoch < my_epoch {
@@ -99,8 +110,8 @@ impl Router {
                 if let Some(parts) = r.incoming.as_ref().map(|i| i.builder.parts()) {
                     return self.received(epoch, parts);
                 }
-                let applied = self.outbox.applied;
-                self.acknowledge(now, epoch, applied);
+                let durable = self.durable_lsn();
+                self.acknowledge(now, epoch, durable);
             }
             PrimaryFrame::NotPrimary { .. } => {
                 let retry_at = now + r.config.retry_interval;
@@ -120,6 +131,30 @@ impl Router {
             return;
         }
         self.outbox.emit_now(RouterOutput::ToPrimary(frame));
+    }
+
+    /// Acknowledges what is durable now, to the primary being followed,
+    /// unless a checkpoint is on its way (its parts are reported instead).
+    pub(in crate::router) fn acknowledge_durable(&mut self, now: Instant) {
+        let Some(r) = self.replication.as_ref() else {
+            return;
+        };
+        let following = matches!(r.role, Role::Follower { .. });
+        if !following || r.primary.status != LinkStatus::Up || r.incoming.is_some() {
+            return;
+        }
+        let epoch = r.stream_epoch;
+        let durable = self.durable_lsn();
+        self.acknowledge(now, epoch, durable);
+    }
+
+    /// Whether the planted bug `ack_before_durable` is on (never, in
+    /// production builds).
+    fn acks_before_durable(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.config.bugs.ack_before_durable;
+        #[cfg(not(feature = "planted-bugs"))]
+        false
     }
 
     pub(in crate::router) fn acknowledge(&mut self, now: Instant, epoch: Epoch, lsn: Lsn) {

@@ -28,9 +28,10 @@
 //!   holds every change this primary committed and every change it held
 //!   when it was promoted — is proposed as a backup.
 //! - A router takes the role of primary only from a configuration that
-//!   names it with its own incarnation: a router that restarted has lost its
-//!   state and never serves, or ships, that empty state in a role it held
-//!   before. A follower refuses a checkpoint behind its own state from the
+//!   names it with its own incarnation: a router that restarted never
+//!   serves, or ships, its state in a role it held before the restart (it
+//!   may have lost changes its backups hold; the RM names it again, if at
+//!   all, in a new epoch). A follower refuses a checkpoint behind its own state from the
 //!   stream epoch it follows, so no replica's state moves backwards within
 //!   an epoch.
 
@@ -77,8 +78,13 @@ pub struct ReplicationConfig {
     /// The replica manager's address.
     pub rm: String,
     /// A value unique to this process start, so the RM can tell a restart
-    /// (which lost the in-memory state) from a reconnect.
+    /// from a reconnect.
     pub incarnation: u64,
+    /// The identity of the storage the router's state lives on, the same
+    /// across restarts as long as the storage is (0: the state does not
+    /// outlive the process). The RM tells a router that restarted with its
+    /// state from one that came back without it by this value.
+    pub state_id: u64,
     /// Whether this router may become the primary of an empty cluster
     /// (`false` for `peerlink router --backup`).
     pub may_lead: bool,
@@ -109,6 +115,7 @@ impl ReplicationConfig {
             cluster_addr,
             rm,
             incarnation,
+            state_id: 0,
             may_lead: true,
             heartbeat_interval: Duration::from_millis(100),
             ack_timeout: Duration::from_millis(1000),
@@ -356,6 +363,22 @@ impl Replication {
         }
     }
 
+    /// Continues from a state recovered from storage, whose last record
+    /// came from the stream of `epoch`.
+    pub(super) fn resume_stream(&mut self, epoch: Epoch) {
+        self.stream_epoch = epoch;
+    }
+
+    /// The epoch a change applied now belongs to: the primary's own, or
+    /// that of the stream a follower's state came from.
+    pub(super) fn stream_epoch(&self) -> Epoch {
+        if self.is_primary() {
+            self.epoch()
+        } else {
+            self.stream_epoch
+        }
+    }
+
     pub(super) fn is_primary(&self) -> bool {
         matches!(self.role, Role::Primary { .. })
     }
@@ -442,8 +465,6 @@ impl Replication {
         (self.is_primary() && c.below_min_backups()).then_some((c.backups.len(), c.min_backups))
     }
 
-    /// Logs a change just applied by the primary and ships it to every
-    /// follower stream.
     /// Sends follower connection `conn` every change in the log after
     /// `lsn`, in order.
     fn replay_after(&self, lsn: Lsn, conn: ConnId, outbox: &mut Outbox) {
@@ -458,6 +479,8 @@ impl Replication {
         }
     }
 
+    /// Logs a change just applied by the primary and ships it to every
+    /// follower stream.
     pub(super) fn ship(&mut self, lsn: Lsn, change: Change, outbox: &mut Outbox) {
         if !self.is_primary() {
             return;

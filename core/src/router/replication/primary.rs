@@ -15,6 +15,7 @@ impl Router {
     /// router's state.
     pub(in crate::router) fn become_primary(&mut self, now: Instant) {
         let applied = self.outbox.applied;
+        let durable = self.durable_lsn();
         if !self.accepts_old_epoch() {
             if matches!(
                 self.replication.as_ref().map(|r| r.primary.status),
@@ -38,20 +39,21 @@ impl Router {
         // have it: reset the commit point rather than inherit a follower's.
         let ignore_minimum = self.commits_below_minimum();
         let r = self.replication.as_ref().expect("replicated");
-        self.outbox.committed = r.commit_point(applied, ignore_minimum).unwrap_or(Lsn(0));
+        self.outbox.committed = r.commit_point(durable, ignore_minimum).unwrap_or(Lsn(0));
         self.outbox
             .emit_now(RouterOutput::Promoted { epoch, lsn: applied });
         self.report_minimum();
     }
 
-    /// Moves the commit point as far as the followers' acknowledgements and
-    /// the configuration's minimum allow.
-    pub(in crate::router) fn commit_up_to(&mut self, applied: Lsn) {
+    /// Moves the commit point as far as this router's durable state, the
+    /// followers' acknowledgements and the configuration's minimum allow.
+    pub(in crate::router) fn commit_up_to(&mut self) {
         let ignore_minimum = self.commits_below_minimum();
+        let durable = self.durable_lsn();
         let point = self
             .replication
             .as_ref()
-            .and_then(|r| r.commit_point(applied, ignore_minimum));
+            .and_then(|r| r.commit_point(durable, ignore_minimum));
         if let Some(point) = point {
             self.commit_to(point);
         }
@@ -191,7 +193,7 @@ impl Router {
                 }
                 let r = self.replication.as_mut().expect("replicated");
                 r.track_lag(now, applied);
-                self.commit_up_to(applied);
+                self.commit_up_to();
             }
             FollowerFrame::CheckpointReceived { parts, .. } => {
                 let Some((id, stream)) = r.streams.iter_mut().find(|(_, s)| s.conn == conn) else {
@@ -226,7 +228,7 @@ impl Router {
                     r.behind_since.remove(&id);
                 }
                 r.track_lag(now, applied);
-                self.commit_up_to(applied);
+                self.commit_up_to();
                 let r = self.replication.as_mut().expect("replicated");
                 r.propose_caught_up(self.outbox.committed, false, &mut self.outbox);
             }

@@ -73,6 +73,9 @@ impl Cluster {
     ) -> anyhow::Result<Self> {
         let addr = format!("127.0.0.1:{base_port}");
         let limit = mailbox_limit.to_string();
+        let scratch = scratch_dir()?;
+        let dir = scratch.join("r1");
+        let dir = dir.to_str().context("the temporary directory is not UTF-8")?;
         let mut flags = vec![
             "router",
             "--id",
@@ -81,6 +84,8 @@ impl Cluster {
             &addr,
             "--mailbox-limit",
             &limit,
+            "--data-dir",
+            dir,
         ];
         let tls_flags = tls.forwarded()?;
         flags.extend(tls_flags.iter().map(String::as_str));
@@ -92,7 +97,7 @@ impl Cluster {
                 peak_rss_at_kill: None,
             }],
             rm: None,
-            scratch: None,
+            scratch: Some(scratch),
             net: tls.trust.network()?,
         })
     }
@@ -107,7 +112,7 @@ impl Cluster {
         backups: u16,
         mailbox_limit: u64,
     ) -> anyhow::Result<Self> {
-        let scratch = std::env::temp_dir().join(format!("peerlink-bench-{}", std::process::id()));
+        let scratch = scratch_dir()?;
         let rm_addr = format!("127.0.0.1:{base_port}");
         let data_dir = scratch.join("rm");
         let data_dir = data_dir
@@ -115,7 +120,6 @@ impl Cluster {
             .context("the temporary directory is not UTF-8")?;
         // A cluster of its own, with a key of its own.
         let key = ClusterKey::new(rand::random::<[u8; 32]>().to_vec()).expect("32 bytes make a key");
-        std::fs::create_dir_all(&scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
         let key_path = scratch.join("cluster.key");
         std::fs::write(&key_path, key.to_hex())
             .with_context(|| format!("cannot write {}", key_path.display()))?;
@@ -138,15 +142,20 @@ impl Cluster {
         let mut cluster = Self {
             routers: Vec::new(),
             rm: Some((rm_addr.clone(), rm, key)),
-            scratch: Some(scratch),
+            scratch: Some(scratch.clone()),
             net: tls.trust.network()?,
         };
+        let cluster_scratch = scratch;
         let limit = mailbox_limit.to_string();
         for n in 1..=1 + backups {
             let id = format!("r{n}");
             let addr = format!("127.0.0.1:{}", base_port + n);
+            let dir = cluster_scratch.join(&id);
+            let dir = dir.to_str().context("the temporary directory is not UTF-8")?;
             let mut flags = vec![
                 "router",
+                "--data-dir",
+                dir,
                 "--id",
                 &id,
                 "--listen",
@@ -279,4 +288,14 @@ fn peak_rss(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// A new, empty directory for one benchmark run's members, removed with the
+/// cluster.
+fn scratch_dir() -> anyhow::Result<PathBuf> {
+    let scratch = std::env::temp_dir().join(format!("peerlink-bench-{}", std::process::id()));
+    // A run killed earlier may have left one with the same process ID.
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
+    Ok(scratch)
 }

@@ -1,0 +1,187 @@
+//! Durability with real processes: whatever a sender saw as Sent survives
+//! every process of the cluster being killed at once, and `peerlink up`
+//! being stopped and started again.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use peerlink_tests::{client, registered, Cluster, Process, TempDir};
+
+/// The sequence numbers of alice's messages that `alice` printed as Sent.
+fn sent_seqs(alice: &Process) -> BTreeSet<u64> {
+    alice
+        .seen()
+        .iter()
+        .filter_map(|l| l.strip_prefix("sent alice#"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// Reads what `bob` receives until `wanted` have all arrived, then a little
+/// longer; returns the sequence number of every message from alice, in
+/// the order received.
+fn receive_all(bob: &mut Process, wanted: &BTreeSet<u64>) -> Result<Vec<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let received = |bob: &Process| -> Vec<u64> {
+        bob.seen()
+            .iter()
+            .filter_map(|l| l.strip_prefix("received alice#"))
+            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .collect()
+    };
+    loop {
+        let _ = bob.expect_with("a message", |l| l.starts_with("received alice#"));
+        let got = received(bob);
+        if wanted.iter().all(|s| got.contains(s)) {
+            std::thread::sleep(Duration::from_millis(500));
+            bob.drain();
+            return Ok(received(bob));
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "bob received {} of the {} messages alice saw Sent",
+            got.len(),
+            wanted.len()
+        );
+    }
+}
+
+/// Every message alice saw Sent arrived exactly once, and in order.
+fn check_delivery(received: &[u64], sent: &BTreeSet<u64>) -> Result<()> {
+    let unique: BTreeSet<u64> = received.iter().copied().collect();
+    ensure!(unique.len() == received.len(), "duplicates among {received:?}");
+    let missing: Vec<&u64> = sent.iter().filter(|s| !unique.contains(s)).collect();
+    ensure!(missing.is_empty(), "lost messages alice saw Sent: {missing:?}");
+    ensure!(
+        received.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {received:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn every_process_killed_at_once_comes_back_with_everything_acknowledged() -> Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    let dir = TempDir::new()?;
+    let routers = cluster.router_list();
+    let mut alice = registered("alice", &routers, dir.path())?;
+    let mut bob = registered("bob", &routers, dir.path())?;
+    alice.send("CREATE_GROUP team")?;
+    alice.expect("group create team")?;
+    bob.send("JOIN_GROUP team")?;
+    bob.expect("group join team")?;
+    bob.kill();
+    // Alice streams to offline bob; the power fails in the middle.
+    for n in 0..400 {
+        alice.send(&format!("SEND_MSG bob m{n}"))?;
+    }
+    alice.expect_count("sent ", 150)?;
+    cluster.kill_rm();
+    for i in 1..=3 {
+        cluster.kill_router(i);
+    }
+    alice.kill();
+    alice.drain();
+    let sent = sent_seqs(&alice);
+    eprintln!("alice saw {} messages Sent before the kill", sent.len());
+
+    cluster.restart_rm()?;
+    for i in 1..=3 {
+        cluster.restart_router_in_place(i)?;
+    }
+    let status = cluster.wait_for(|s| s.primary().is_some())?;
+    eprintln!("after the restart: {status:?}");
+
+    // Registrations survived: another secret cannot claim alice.
+    let other = TempDir::new()?;
+    let mut mallory = client("alice", &routers, other.path())?;
+    mallory.send("REGISTER")?;
+    mallory.expect("register_failed code=wrong_secret")?;
+    mallory.kill();
+
+    let mut bob = registered("bob", &routers, dir.path())?;
+    let received = receive_all(&mut bob, &sent)?;
+    check_delivery(&received, &sent)?;
+    // The group survived too.
+    let mut alice = registered("alice", &routers, dir.path())?;
+    alice.send("SEND_MSG team after the restart")?;
+    bob.expect("received alice#")?;
+    Ok(())
+}
+
+/// `peerlink up` with its state in `dir`, on ports from `base`.
+fn up(dir: &str, base: u16) -> Result<Process> {
+    let mut up = Process::start(
+        "up",
+        &["up", "--base-port", &base.to_string(), "--data-dir", dir],
+        &[],
+    )?;
+    up.expect_with("the cluster up", |l| {
+        l.starts_with("epoch ") && l.contains("backups r")
+    })?;
+    Ok(up)
+}
+
+#[test]
+fn up_stopped_with_ctrl_c_and_started_again_keeps_everything() -> Result<()> {
+    let base = 40_000 + (std::process::id() % 2_000) as u16 * 4;
+    let data = TempDir::new()?;
+    let dir = data.path().to_str().context("UTF-8 path")?.to_owned();
+    let routers: Vec<String> = (1..=3).map(|n| format!("127.0.0.1:{}", base + n)).collect();
+    let routers = routers.join(",");
+    let clients = TempDir::new()?;
+
+    let mut first = up(&dir, base)?;
+    let mut alice = registered("alice", &routers, clients.path())?;
+    let mut bob = registered("bob", &routers, clients.path())?;
+    bob.kill();
+    for n in 0..50 {
+        alice.send(&format!("SEND_MSG bob m{n}"))?;
+    }
+    alice.expect_count("sent ", 50)?;
+    alice.kill();
+    let sent = sent_seqs(&alice);
+    first.signal("INT")?;
+    ensure!(first.wait()?, "up did not stop cleanly on Ctrl-C");
+
+    let mut second = up(&dir, base)?;
+    ensure!(
+        second
+            .seen()
+            .iter()
+            .any(|l| l.contains("resumed from the last run")),
+        "up did not say it resumed: {:?}",
+        second.seen()
+    );
+    let mut bob = registered("bob", &routers, clients.path())?;
+    let received = receive_all(&mut bob, &sent)?;
+    check_delivery(&received, &sent)?;
+    ensure!(received.len() == 50, "bob got {} messages", received.len());
+    second.signal("INT")?;
+    second.wait()?;
+
+    // --fresh starts empty: alice's registration is gone.
+    let mut fresh = Process::start(
+        "up",
+        &[
+            "up",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+            &dir,
+            "--fresh",
+        ],
+        &[],
+    )?;
+    fresh.expect_with("the cluster up", |l| {
+        l.starts_with("epoch ") && l.contains("backups r")
+    })?;
+    let other = TempDir::new()?;
+    let mut newcomer = client("alice", &routers, other.path())?;
+    newcomer.send("REGISTER")?;
+    newcomer.expect("registered alice")?;
+    fresh.signal("INT")?;
+    fresh.wait()?;
+    Ok(())
+}
