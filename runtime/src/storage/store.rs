@@ -172,8 +172,12 @@ pub struct Store<D> {
     /// The state as of every record appended: what the next checkpoint
     /// holds.
     shadow: Recovered,
-    /// The current log's length, its header included (0: not created yet).
+    /// The current log's length, its header and `buffer` included (0: not
+    /// created yet).
     log_len: u64,
+    /// Log bytes appended and not yet handed to the disk: a batch reaches
+    /// it in one write.
+    buffer: Vec<u8>,
     /// Whether the current log's name is durable.
     log_named: bool,
     /// Appended since the last sync.
@@ -293,6 +297,7 @@ impl<D: Disk> Store<D> {
             generation,
             shadow,
             log_len,
+            buffer: Vec::new(),
             log_named: log_len > 0,
             dirty: false,
             checkpoint_after,
@@ -330,25 +335,30 @@ impl<D: Disk> Store<D> {
     pub fn append(&mut self, record: Record) -> Result<(), StorageError> {
         match record {
             Record::Change { epoch, lsn, change } => {
-                let log = log_name(self.generation);
-                let mut bytes = Vec::new();
+                let before = self.buffer.len();
                 if self.log_len == 0 {
-                    bytes.extend_from_slice(LOG_MAGIC);
+                    self.buffer.extend_from_slice(LOG_MAGIC);
                 }
                 let entry = EntryRef {
                     epoch,
                     lsn,
                     change: &change,
                 };
-                put_frame(&mut bytes, &serde_json::to_vec(&entry).expect("serializable"));
-                self.disk
-                    .append(&log, &bytes)
-                    .map_err(self.io_error("append to", &log))?;
-                self.log_len += bytes.len() as u64;
+                put_frame(
+                    &mut self.buffer,
+                    &serde_json::to_vec(&entry).expect("serializable"),
+                );
+                self.log_len += (self.buffer.len() - before) as u64;
                 self.dirty = true;
                 self.shadow.apply(Record::Change { epoch, lsn, change });
+                if self.buffer.len() >= WRITE_CHUNK {
+                    self.write_buffer()?;
+                }
             }
             Record::State { epoch, lsn, state } => {
+                // The changes still buffered belong to the history it
+                // replaces.
+                self.buffer.clear();
                 self.shadow = Recovered {
                     state: *state,
                     lsn,
@@ -365,6 +375,7 @@ impl<D: Disk> Store<D> {
     /// threshold.
     pub fn sync(&mut self) -> Result<(), StorageError> {
         if self.dirty {
+            self.write_buffer()?;
             let log = log_name(self.generation);
             self.disk.sync(&log).map_err(self.io_error("sync", &log))?;
             if !self.log_named {
@@ -378,6 +389,19 @@ impl<D: Disk> Store<D> {
         if self.log_len >= self.checkpoint_after {
             self.checkpoint()?;
         }
+        Ok(())
+    }
+
+    /// Hands the buffered log bytes to the disk, in one write.
+    fn write_buffer(&mut self) -> Result<(), StorageError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let log = log_name(self.generation);
+        self.disk
+            .append(&log, &self.buffer)
+            .map_err(self.io_error("append to", &log))?;
+        self.buffer.clear();
         Ok(())
     }
 
@@ -417,6 +441,8 @@ impl<D: Disk> Store<D> {
             .map_err(self.io_error("sync", "the directory"))?;
         let old = self.generation;
         self.generation = next;
+        // Whatever was buffered for the old log is in the checkpoint.
+        self.buffer.clear();
         self.log_len = 0;
         self.log_named = false;
         self.dirty = false;
