@@ -104,6 +104,10 @@ impl Bench {
                     let input = RouterInput::SecretHashed { job: job.job, hash };
                     self.router.handle(self.now, input);
                 }
+                // The machine alone: its storage is taken to write at once.
+                RouterOutput::Persist { ticket, .. } => {
+                    self.router.handle(self.now, RouterInput::Persisted { ticket });
+                }
                 _ => {}
             }
         }
