@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use peerlink_tests::{command, Cluster, Router, TempDir};
+use peerlink_tests::{command, Cluster, Process, Router, TempDir};
 
 #[test]
 fn a_malformed_router_address_is_refused_at_start() -> Result<()> {
@@ -212,5 +212,55 @@ fn a_body_too_large_is_refused_once_and_never_sent() -> Result<()> {
         "took {:?}",
         started.elapsed()
     );
+    Ok(())
+}
+
+/// The pid `up` printed for child `name` (`  r2  pid 1234`).
+fn child_pid(up: &Process, name: &str) -> Option<String> {
+    up.seen().iter().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next() == Some(name) && words.next() == Some("pid"))
+            .then(|| words.next().unwrap_or_default().to_owned())
+    })
+}
+
+#[test]
+fn up_restarts_a_killed_router_with_its_state_unless_told_not_to() -> Result<()> {
+    for (offset, no_restart) in [(0u16, false), (4, true)] {
+        let base = 44_000 + (std::process::id() % 1_000) as u16 * 8 + offset;
+        let data = TempDir::new()?;
+        let dir = data.path().to_str().context("UTF-8 path")?;
+        let base = base.to_string();
+        let mut args = vec!["up", "--base-port", &base, "--data-dir", dir];
+        if no_restart {
+            args.push("--no-restart");
+        }
+        let mut up = Process::start("up", &args, &[])?;
+        up.expect_with("the cluster up", |l| {
+            l.starts_with("epoch ") && l.contains("backups r")
+        })?;
+        let pid = child_pid(&up, "r2").context("up printed no pid for r2")?;
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()?;
+        let exited = up.expect("r2 exited")?;
+        if no_restart {
+            ensure!(exited.contains("not restarted (--no-restart)"), "{exited}");
+            let command = up.expect("  peerlink router")?;
+            ensure!(
+                command.contains("--data-dir"),
+                "the restart command keeps the data: {command}"
+            );
+        } else {
+            ensure!(exited.contains("restarting it in 0.5 s"), "{exited}");
+            let restarted = up.expect("r2 restarted (pid ")?;
+            ensure!(
+                !restarted.contains(&format!("pid {pid})")),
+                "a new process: {restarted}"
+            );
+        }
+        up.signal("INT")?;
+        up.wait()?;
+    }
     Ok(())
 }

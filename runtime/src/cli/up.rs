@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -42,6 +42,12 @@ pub(crate) struct UpArgs {
     /// directory (its `rm`, `r1`, `r2` and `r3` directories) first.
     #[arg(long)]
     fresh: bool,
+    /// Leave a child that crashes stopped (and print the command that
+    /// restarts it) instead of restarting it. By default a crashed router
+    /// or replica manager is restarted with its data after 0.5 s, doubling
+    /// up to 30 s while it keeps crashing within 30 s of its start.
+    #[arg(long)]
+    no_restart: bool,
     #[command(flatten)]
     key: ClusterKeyArgs,
     #[command(flatten)]
@@ -94,6 +100,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         key_path,
     ];
     rm_flags.extend(tls_flags.iter().map(String::as_str));
+    let mut commands: Vec<Vec<String>> = vec![rm_flags.iter().map(|f| (*f).to_owned()).collect()];
     let mut children = vec![start(&exe, "rm", &rm_flags).await?];
     let mut addrs = Vec::new();
     for n in 1..=ROUTERS {
@@ -114,6 +121,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             &dir,
         ];
         flags.extend(tls_flags.iter().map(String::as_str));
+        commands.push(flags.iter().map(|f| (*f).to_owned()).collect());
         children.push(start(&exe, &id, &flags).await?);
         addrs.push(addr);
     }
@@ -144,29 +152,152 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("and see the cluster with:");
     println!("  peerlink status --rm {rm_addr}{trust}");
     println!("then type REGISTER, and SEND_MSG bob hello. Try `kill -9` on the primary's pid:");
-    println!("the clients carry on through the new primary. Ctrl-C here stops everything.");
+    if args.no_restart {
+        println!("the clients carry on through the new primary. Ctrl-C here stops everything.");
+    } else {
+        println!("the clients carry on through the new primary, and up restarts the killed router,");
+        println!("which comes back with its state. Ctrl-C here stops everything.");
+    }
     println!();
-    let outcome = watch(&net, &rm_addr, &key, &mut children).await;
-    for started in &mut children {
-        let _ = started.child.kill().await;
+    let supervision = Supervision {
+        exe,
+        restart: !args.no_restart,
+    };
+    let mut children: Vec<Supervised> = children.into_iter().zip(commands).map(Supervised::new).collect();
+    let outcome = watch(&net, &rm_addr, &key, &mut children, &supervision).await;
+    for supervised in &mut children {
+        if let Some(started) = &mut supervised.running {
+            let _ = started.child.kill().await;
+        }
     }
     outcome?;
     println!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
+/// How `up` treats a child that exits.
+struct Supervision {
+    exe: PathBuf,
+    /// Whether crashed children are restarted.
+    restart: bool,
+}
+
+/// A child `up` started: its command, and its current process if it runs.
+struct Supervised {
+    name: String,
+    flags: Vec<String>,
+    running: Option<Started>,
+    started_at: Instant,
+    /// Crashes in a row, each within [`STABLE`] of its start.
+    quick_crashes: u32,
+    /// When to restart it, once it has crashed.
+    restart_at: Option<Instant>,
+}
+
+/// A child that ran this long before crashing is restarted after the
+/// first back-off again.
+const STABLE: Duration = Duration::from_secs(30);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Supervised {
+    fn new((started, flags): (Started, Vec<String>)) -> Self {
+        Self {
+            name: started.name.clone(),
+            flags,
+            running: Some(started),
+            started_at: Instant::now(),
+            quick_crashes: 0,
+            restart_at: None,
+        }
+    }
+
+    /// Notices an exit; decides whether and when to restart.
+    fn check(&mut self, supervision: &Supervision) -> anyhow::Result<()> {
+        let Some(started) = &mut self.running else {
+            return Ok(());
+        };
+        let Some(status) = started.child.try_wait()? else {
+            return Ok(());
+        };
+        self.running = None;
+        let command = format!("peerlink {}", self.flags.join(" "));
+        if status.success() {
+            // It was stopped on purpose (Ctrl-C reaches every child too).
+            println!(
+                "{} exited ({status}); not restarted: it stopped cleanly",
+                self.name
+            );
+            return Ok(());
+        }
+        if !supervision.restart {
+            println!(
+                "{} exited ({status}); not restarted (--no-restart). Restart it with:",
+                self.name
+            );
+            println!("  {command}");
+            return Ok(());
+        }
+        if self.started_at.elapsed() < STABLE {
+            self.quick_crashes += 1;
+        } else {
+            self.quick_crashes = 1;
+        }
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << (self.quick_crashes - 1).min(10))
+            .min(MAX_BACKOFF);
+        println!(
+            "{} exited ({status}); restarting it in {:.1} s with its data",
+            self.name,
+            backoff.as_secs_f64()
+        );
+        self.restart_at = Some(Instant::now() + backoff);
+        Ok(())
+    }
+
+    /// Restarts the child if its back-off is over.
+    async fn restart_if_due(&mut self, supervision: &Supervision) {
+        if self.restart_at.is_none_or(|t| t > Instant::now()) {
+            return;
+        }
+        self.restart_at = None;
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        self.started_at = Instant::now();
+        match start(&supervision.exe, &self.name, &flags).await {
+            Ok(started) => {
+                let pid = started.child.id().unwrap_or_default();
+                println!("{} restarted (pid {pid})", self.name);
+                self.running = Some(started);
+            }
+            Err(error) => {
+                self.quick_crashes += 1;
+                let backoff = FIRST_BACKOFF
+                    .saturating_mul(1 << (self.quick_crashes - 1).min(10))
+                    .min(MAX_BACKOFF);
+                println!(
+                    "{} did not restart ({error:#}); trying again in {:.1} s",
+                    self.name,
+                    backoff.as_secs_f64()
+                );
+                self.restart_at = Some(Instant::now() + backoff);
+            }
+        }
+    }
+}
+
 /// Prints each new configuration until a signal arrives. A child that
-/// exits is reported; the rest keep running, as a real cluster would.
+/// crashes is reported, and restarted unless `--no-restart`; the rest keep
+/// running, as a real cluster would.
 async fn watch(
     net: &ProdNetwork,
     rm_addr: &str,
     key: &ClusterKey,
-    children: &mut [Started],
+    children: &mut [Supervised],
+    supervision: &Supervision,
 ) -> anyhow::Result<()> {
     let signal = shutdown::signal();
     tokio::pin!(signal);
     let mut shown: Option<Configuration> = None;
-    let mut exited = vec![false; children.len()];
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -174,13 +305,9 @@ async fn watch(
             () = &mut signal => return Ok(()),
             _ = tick.tick() => {}
         }
-        for (started, gone) in children.iter_mut().zip(exited.iter_mut()) {
-            if !*gone {
-                if let Some(status) = started.child.try_wait()? {
-                    *gone = true;
-                    println!("{} exited ({status})", started.name);
-                }
-            }
+        for child in children.iter_mut() {
+            child.check(supervision)?;
+            child.restart_if_due(supervision).await;
         }
         let Ok(RmReply::Status { config, .. }) = status::query(net, rm_addr, key).await else {
             continue;
