@@ -4,8 +4,9 @@
 //! run its parts; `peerlink status` shows its configuration; `peerlink
 //! client` is a peer, interactive on a terminal and line-oriented in
 //! scripts; `peerlink bench` measures a cluster under load; `peerlink cert` issues
-//! TLS certificates for routers on other machines. `peerlink --help`
-//! and `peerlink <command> --help` explain every flag.
+//! TLS certificates for routers on other machines; `peerlink completions`
+//! and `peerlink man` generate shell completions and manual pages.
+//! `peerlink --help` and `peerlink <command> --help` explain every flag.
 
 mod cli;
 
@@ -42,13 +43,17 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Issue a TLS certificate from the local authority for another machine.
     Cert(cli::cert::CertArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions(cli::docs::CompletionsArgs),
+    /// Write manual pages for peerlink and every subcommand.
+    Man(cli::docs::ManArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let default_level = match args.command {
         Command::Router(_) | Command::Up(_) | Command::Rm(_) => "info",
-        Command::Status(_) | Command::Cert(_) => "warn",
+        Command::Status(_) | Command::Cert(_) | Command::Completions(_) | Command::Man(_) => "warn",
         Command::Client(_) | Command::Bench(_) => "warn",
     };
     tracing_subscriber::fmt()
@@ -81,6 +86,8 @@ fn main() -> ExitCode {
             Command::Client(args) => cli::client::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
             Command::Cert(args) => cli::cert::run(args).await,
+            Command::Completions(args) => cli::docs::completions::<Args>(&args),
+            Command::Man(args) => cli::docs::man::<Args>(&args),
         }
     });
     // A read of standard input may still be blocked in a runtime thread;

@@ -264,3 +264,33 @@ fn up_restarts_a_killed_router_with_its_state_unless_told_not_to() -> Result<()>
     }
     Ok(())
 }
+
+#[test]
+fn completions_and_manual_pages_cover_every_subcommand() -> Result<()> {
+    let subcommands = ["up", "router", "rm", "status", "client", "bench", "cert"];
+    for shell in ["bash", "zsh", "fish"] {
+        let output = command(&["completions", shell]).output()?;
+        ensure!(output.status.success(), "completions {shell} failed");
+        let script = String::from_utf8(output.stdout)?;
+        for sub in subcommands {
+            ensure!(script.contains(sub), "{shell} completions lack {sub}");
+        }
+        ensure!(script.contains("data-dir"), "{shell} completions lack flags");
+    }
+    let bad = command(&["completions", "cmd.exe"]).output()?;
+    ensure!(bad.status.code() == Some(2), "an unknown shell is a usage error");
+    let out = TempDir::new()?;
+    let dir = out.path().join("man1");
+    let dir_text = dir.to_str().context("UTF-8 path")?;
+    let status = command(&["man", "--out", dir_text])
+        .stdout(Stdio::null())
+        .status()?;
+    ensure!(status.success(), "man failed");
+    for page in
+        std::iter::once("peerlink.1".to_owned()).chain(subcommands.iter().map(|s| format!("peerlink-{s}.1")))
+    {
+        let text = std::fs::read_to_string(dir.join(&page)).with_context(|| format!("no {page}"))?;
+        ensure!(text.contains(".TH"), "{page} is not a manual page");
+    }
+    Ok(())
+}
