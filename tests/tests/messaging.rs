@@ -2,7 +2,7 @@
 //! real binary.
 
 use anyhow::Result;
-use peerlink_tests::{client, registered, Router, TempDir};
+use peerlink_tests::{client, command, registered, Router, TempDir};
 
 #[test]
 fn a_direct_message_is_sent_then_delivered() -> Result<()> {
@@ -179,5 +179,56 @@ fn a_script_exits_zero_once_everything_is_sent() -> Result<()> {
         .seen()
         .iter()
         .any(|l| l.starts_with("error code=bad_command")));
+    Ok(())
+}
+
+#[test]
+fn a_script_receives_everything_waiting_with_receive() -> Result<()> {
+    let router = Router::start(&[])?;
+    let dir = TempDir::new()?;
+    let dir_text = dir.path().to_str().expect("UTF-8 temp dir");
+    // Carol registers once, then goes away; alice leaves her 600 messages.
+    let mut carol = registered("carol", &router.addr, dir.path())?;
+    carol.kill();
+    let mut alice = registered("alice", &router.addr, dir.path())?;
+    for n in 0..600 {
+        alice.send(&format!("SEND_MSG carol m{n}"))?;
+    }
+    alice.expect_count("sent ", 600)?;
+    let receive = |extra: &[&str]| -> Result<(bool, Vec<String>, String)> {
+        let mut args = vec![
+            "client",
+            "--id",
+            "carol",
+            "--router",
+            &router.addr,
+            "--data-dir",
+            dir_text,
+            "--receive",
+        ];
+        args.extend_from_slice(extra);
+        let output = command(&args).stdin(std::process::Stdio::null()).output()?;
+        let lines = String::from_utf8(output.stdout)?
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        Ok((output.status.success(), lines, String::from_utf8(output.stderr)?))
+    };
+    let (ok, lines, _) = receive(&["--idle", "2"])?;
+    let received: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("received alice#"))
+        .collect();
+    assert!(ok, "{lines:#?}");
+    assert_eq!(received.len(), 600, "every waiting message, once");
+    for (n, line) in received.iter().enumerate() {
+        assert!(line.ends_with(&format!(": m{n}")), "in order: {line}");
+    }
+    // Nothing is left: the next run receives nothing, and --count makes
+    // that a failure.
+    let (ok, lines, stderr) = receive(&["--idle", "1", "--count", "1"])?;
+    assert!(!ok, "{lines:#?}");
+    assert!(!lines.iter().any(|l| l.starts_with("received ")), "{lines:#?}");
+    assert!(stderr.contains("received 0 of the 1 messages"), "{stderr}");
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use peerlink_core::client::{Client, ClientConfig};
+use peerlink_core::client::{Client, ClientConfig, ClientEvent, Command};
 use peerlink_core::ids::{PeerId, Secret};
 use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
 use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, Control};
@@ -29,7 +29,12 @@ CREATE_GROUP <g>, JOIN_GROUP <g>, LEAVE_GROUP <g>, help, quit. Events are printe
 
 Scripted use: at the end of input the client waits (see --wait) for the answers to what it
 sent, then exits with status 0 only if every command succeeded:
-  printf 'REGISTER\\nSEND_MSG peer2 hello\\n' | peerlink client --id peer1 --router 127.0.0.1:8008")]
+  printf 'REGISTER\\nSEND_MSG peer2 hello\\n' | peerlink client --id peer1 --router 127.0.0.1:8008
+
+Receiving in a script: --receive registers, prints every message waiting and every one that
+arrives, and exits once none has arrived for --idle seconds (or after --count messages):
+  peerlink client --id peer2 --receive --idle 2 --json
+Exit status 0 if it registered (and, with --count, received that many); 1 otherwise.")]
 pub(crate) struct ClientArgs {
     /// The peer ID to register as (1-64 characters of A-Z a-z 0-9 . _ -).
     #[arg(long)]
@@ -56,6 +61,19 @@ pub(crate) struct ClientArgs {
     /// At the end of input, wait at most this many seconds for answers.
     #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
     wait: f64,
+    /// Receive instead of reading commands: register, print what is waiting
+    /// and what arrives, and exit after --idle seconds without a message or
+    /// after --count messages. Standard input is not read.
+    #[arg(long)]
+    receive: bool,
+    /// With --receive: exit once no message has arrived for this many
+    /// seconds (counted from the registration, then from each message).
+    #[arg(long, default_value_t = 2.0, value_parser = parse_seconds, requires = "receive")]
+    idle: f64,
+    /// With --receive: exit once this many messages have arrived; fewer
+    /// before the idle time makes the exit status 1.
+    #[arg(long, requires = "receive", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
     /// Give up a connection attempt after this many seconds.
     #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
     connect_timeout: f64,
@@ -111,7 +129,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         events_tx,
         outbox_limit,
     ));
-    if interactive {
+    if interactive && !args.receive {
         println!(
             "peerlink client {} -> {}. Type REGISTER to start, help for the commands.",
             args.id,
@@ -119,8 +137,32 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let failures = Rc::new(Cell::new(0usize));
-    let input = tokio::task::spawn_local(read_input(controls, wait, Rc::clone(&failures), args.json));
-    while let Some(event) = events.recv().await {
+    let mut receiving = args.receive.then(|| Receiving::new(args.idle, args.count, wait));
+    let input = if receiving.is_some() {
+        controls
+            .send(Control::Command(Command::Register))
+            .await
+            .context("the client driver stopped")?;
+        None
+    } else {
+        Some(tokio::task::spawn_local(read_input(
+            controls.clone(),
+            wait,
+            Rc::clone(&failures),
+            args.json,
+        )))
+    };
+    loop {
+        let event = match &mut receiving {
+            Some(r) => match r.next(&mut events, &controls).await {
+                Some(event) => event,
+                None => break,
+            },
+            None => match events.recv().await {
+                Some(event) => event,
+                None => break,
+            },
+        };
         if output::is_failure(&event) {
             failures.set(failures.get() + 1);
         }
@@ -133,16 +175,101 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
+    drop(controls);
     let exit = driver.await.context("the client driver failed")?;
-    input.abort();
+    if let Some(input) = input {
+        input.abort();
+    }
     if exit.outstanding > 0 {
         eprintln!(
             "peerlink: {} command(s) still unanswered after waiting {} s",
             exit.outstanding, args.wait
         );
     }
-    let ok = exit.outstanding == 0 && failures.get() == 0 && !exit.stopped;
+    let mut ok = exit.outstanding == 0 && failures.get() == 0 && !exit.stopped;
+    if let Some(r) = &receiving {
+        if let Some(short) = r.shortfall() {
+            eprintln!("peerlink: {short}");
+            ok = false;
+        }
+        ok &= r.registered;
+    }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The state of `--receive`: what has arrived, and when to stop.
+struct Receiving {
+    idle: Duration,
+    count: Option<u64>,
+    wait: Duration,
+    registered: bool,
+    received: u64,
+    finishing: bool,
+}
+
+impl Receiving {
+    fn new(idle: f64, count: Option<u64>, wait: Duration) -> Self {
+        Self {
+            idle: Duration::from_secs_f64(idle),
+            count,
+            wait,
+            registered: false,
+            received: 0,
+            finishing: false,
+        }
+    }
+
+    /// The next event, asking the driver to finish once the idle time has
+    /// passed with none (after the registration) or enough have arrived.
+    async fn next(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<ClientEvent>,
+        controls: &mpsc::Sender<Control>,
+    ) -> Option<ClientEvent> {
+        loop {
+            if !self.registered || self.finishing {
+                return self.note(events.recv().await?, controls).await;
+            }
+            match tokio::time::timeout(self.idle, events.recv()).await {
+                Ok(event) => return self.note(event?, controls).await,
+                Err(_) => self.finish(controls).await,
+            }
+        }
+    }
+
+    async fn note(&mut self, event: ClientEvent, controls: &mpsc::Sender<Control>) -> Option<ClientEvent> {
+        match &event {
+            ClientEvent::Registered { .. } => self.registered = true,
+            ClientEvent::RegisterFailed { .. } => self.finish(controls).await,
+            ClientEvent::Received { .. } => {
+                self.received += 1;
+                if self.count.is_some_and(|n| self.received >= n) {
+                    self.finish(controls).await;
+                }
+            }
+            _ => {}
+        }
+        Some(event)
+    }
+
+    async fn finish(&mut self, controls: &mpsc::Sender<Control>) {
+        if !self.finishing {
+            self.finishing = true;
+            let _ = controls.send(Control::Finish { within: self.wait }).await;
+        }
+    }
+
+    /// Why the run falls short of `--count`, if it does.
+    fn shortfall(&self) -> Option<String> {
+        let wanted = self.count?;
+        (self.received < wanted).then(|| {
+            format!(
+                "received {} of the {wanted} messages asked for before {} s passed without one",
+                self.received,
+                self.idle.as_secs_f64()
+            )
+        })
+    }
 }
 
 /// Reads commands from standard input until it ends or says `quit`, then

@@ -31,9 +31,9 @@
 //!   names it with its own incarnation: a router that restarted never
 //!   serves, or ships, its state in a role it held before the restart (it
 //!   may have lost changes its backups hold; the RM names it again, if at
-//!   all, in a new epoch). A follower refuses a checkpoint behind its own state from the
-//!   stream epoch it follows, so no replica's state moves backwards within
-//!   an epoch.
+//!   all, in a new epoch). A follower refuses a checkpoint behind its own
+//!   state from the stream epoch it follows, so no replica's state moves
+//!   backwards within an epoch.
 
 mod cluster;
 mod follower;
