@@ -1,7 +1,7 @@
 //! `peerlink client`: a peer, interactive on a terminal, one command and one
 //! event a line otherwise.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::commands::{self, Line};
 use super::tls_args::TlsArgs;
-use super::{output, secret};
+use super::{output, prompt, secret};
 
 /// Flags of `peerlink client`.
 #[derive(Debug, Args)]
@@ -99,14 +99,16 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 
 /// Runs the client until its input ends and its commands are answered.
 pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    // Needed for a generated secret and the prompt's history only.
+    let data_dir = match &args.data_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => secret::default_data_dir(),
+    };
     let secret = match args.secret {
         Some(text) => Secret::new(text).context("unusable --secret / PEERLINK_SECRET")?,
         None => {
-            let dir = match args.data_dir {
-                Some(dir) => dir,
-                None => secret::default_data_dir()?,
-            };
-            secret::load_or_create(&dir, &args.id)?
+            let dir = data_dir.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            secret::load_or_create(dir, &args.id)?
         }
     };
     let net = args.tls.network()?;
@@ -138,6 +140,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
     }
     let failures = Rc::new(Cell::new(0usize));
     let mut receiving = args.receive.then(|| Receiving::new(args.idle, args.count, wait));
+    let out = Rc::new(RefCell::new(Out::Plain));
     let input = if receiving.is_some() {
         controls
             .send(Control::Command(Command::Register))
@@ -145,11 +148,20 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
             .context("the client driver stopped")?;
         None
     } else {
+        let lines = if interactive {
+            let (lines, printer) = prompt::start(data_dir.as_ref().ok().map(PathBuf::as_path))?;
+            *out.borrow_mut() = Out::Prompt(printer);
+            lines
+        } else {
+            stdin_lines(Rc::clone(&failures))
+        };
         Some(tokio::task::spawn_local(read_input(
+            lines,
             controls.clone(),
             wait,
             Rc::clone(&failures),
             args.json,
+            Rc::clone(&out),
         )))
     };
     loop {
@@ -166,14 +178,12 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         if output::is_failure(&event) {
             failures.set(failures.get() + 1);
         }
-        println!(
-            "{}",
-            if args.json {
-                output::json(&event)
-            } else {
-                output::text(&event)
-            }
-        );
+        let line = if args.json {
+            output::json(&event)
+        } else {
+            output::text(&event)
+        };
+        out.borrow_mut().line(line);
     }
     drop(controls);
     let exit = driver.await.context("the client driver failed")?;
@@ -272,33 +282,71 @@ impl Receiving {
     }
 }
 
-/// Reads commands from standard input until it ends or says `quit`, then
-/// asks the driver to finish within `wait`; a line it cannot parse is
-/// answered with `bad_command`, as JSON if `json`.
-async fn read_input(controls: mpsc::Sender<Control>, wait: Duration, failures: Rc<Cell<usize>>, json: bool) {
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    loop {
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(e) => {
-                eprintln!("peerlink: cannot read standard input: {e}");
-                failures.set(failures.get() + 1);
-                break;
+/// Where the lines for the person or the script go: standard output, or
+/// above the prompt being edited.
+enum Out {
+    Plain,
+    Prompt(prompt::Printer),
+}
+
+impl Out {
+    fn line(&mut self, text: String) {
+        match self {
+            Out::Plain => println!("{text}"),
+            Out::Prompt(printer) => printer.print(text),
+        }
+    }
+}
+
+/// Standard input's lines, read by a task; a read error counts as a failure
+/// and ends them.
+fn stdin_lines(failures: Rc<Cell<usize>>) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::task::spawn_local(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) => {
+                    if tx.send(line).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    eprintln!("peerlink: cannot read standard input: {e}");
+                    failures.set(failures.get() + 1);
+                    return;
+                }
             }
-        };
+        }
+    });
+    rx
+}
+
+/// Runs the commands of `lines` until they end or say `quit`, then asks the
+/// driver to finish within `wait`; a line it cannot parse is answered with
+/// `bad_command`, as JSON if `json`.
+async fn read_input(
+    mut lines: mpsc::Receiver<String>,
+    controls: mpsc::Sender<Control>,
+    wait: Duration,
+    failures: Rc<Cell<usize>>,
+    json: bool,
+    out: Rc<RefCell<Out>>,
+) {
+    while let Some(line) = lines.recv().await {
         match commands::parse(&line) {
             Ok(Line::Command(command)) => {
                 if controls.send(Control::Command(command)).await.is_err() {
                     return;
                 }
             }
-            Ok(Line::Help) => println!("{}", commands::HELP),
+            Ok(Line::Help) => out.borrow_mut().line(commands::HELP.to_owned()),
             Ok(Line::Quit) => break,
             Ok(Line::Blank) => {}
             Err(message) => {
                 failures.set(failures.get() + 1);
-                println!("{}", output::bad_command(&message, json));
+                out.borrow_mut().line(output::bad_command(&message, json));
             }
         }
     }

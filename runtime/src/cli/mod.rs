@@ -8,6 +8,7 @@ mod cluster_key;
 mod commands;
 pub(crate) mod docs;
 mod output;
+mod prompt;
 pub(crate) mod rm;
 pub(crate) mod router;
 mod secret;
