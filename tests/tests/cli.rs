@@ -294,3 +294,23 @@ fn completions_and_manual_pages_cover_every_subcommand() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn status_watch_repeats_and_survives_an_unreachable_replica_manager() -> Result<()> {
+    let mut cluster = Cluster::start(2)?;
+    let mut watch = Process::start(
+        "status",
+        &["status", "--rm", &cluster.rm_addr, "--watch", "1"],
+        &[],
+    )?;
+    watch.expect("epoch ")?;
+    watch.expect("epoch ")?;
+    cluster.kill_rm();
+    let line = watch.expect_with("the RM unreachable", |l| l.contains("asking again in 1 s"))?;
+    ensure!(line.contains("replica manager"), "{line}");
+    cluster.restart_rm()?;
+    watch.expect("epoch ")?;
+    watch.signal("INT")?;
+    ensure!(watch.wait()?, "status --watch did not stop cleanly on Ctrl-C");
+    Ok(())
+}

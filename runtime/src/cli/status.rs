@@ -15,6 +15,7 @@ use peerlink_runtime::tls::ProdNetwork;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cluster_key::ClusterKeyArgs;
+use super::shutdown;
 use super::tls_args::TlsArgs;
 
 /// Flags of `peerlink status`.
@@ -26,6 +27,11 @@ pub(crate) struct StatusArgs {
     /// Print the replica manager's answer as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Ask again every SECS seconds until Ctrl-C (on a terminal the screen
+    /// is redrawn; otherwise each answer follows the last). An unreachable
+    /// replica manager is reported and asked again, not fatal.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    watch: Option<u64>,
     #[command(flatten)]
     key: ClusterKeyArgs,
     #[command(flatten)]
@@ -67,9 +73,41 @@ pub(crate) async fn query(net: &ProdNetwork, rm: &str, key: &ClusterKey) -> anyh
         .with_context(|| format!("the replica manager at {rm} did not answer within 5 s"))?
 }
 
-/// Prints the status table.
+/// Prints the status table, once or every `--watch` seconds.
 pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let reply = query(&args.tls.network()?, &args.rm, &args.key.load()?).await?;
+    let (net, key) = (args.tls.network()?, args.key.load()?);
+    let Some(every) = args.watch else {
+        let reply = query(&net, &args.rm, &key).await?;
+        return show(&args, reply);
+    };
+    let redraw = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !args.json;
+    let signal = shutdown::signal();
+    tokio::pin!(signal);
+    let mut tick = tokio::time::interval(Duration::from_secs(every));
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut signal => return Ok(ExitCode::SUCCESS),
+            _ = tick.tick() => {}
+        }
+        if redraw {
+            // Clear the screen and go home.
+            print!("\x1b[2J\x1b[H");
+        }
+        match query(&net, &args.rm, &key).await {
+            Ok(reply) => {
+                show(&args, reply)?;
+            }
+            Err(error) => println!("{error:#}; asking again in {every} s"),
+        }
+        if !redraw && !args.json {
+            println!();
+        }
+    }
+}
+
+/// Prints one answer of the replica manager.
+fn show(args: &StatusArgs, reply: RmReply) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string(&reply)?);
         return Ok(ExitCode::SUCCESS);
