@@ -212,6 +212,15 @@ impl Supervised {
         }
     }
 
+    /// Counts one more quick crash; the wait before the next restart: the
+    /// first back-off, doubling with each, up to the most.
+    fn next_backoff(&mut self) -> Duration {
+        self.quick_crashes += 1;
+        FIRST_BACKOFF
+            .saturating_mul(1 << (self.quick_crashes - 1).min(10))
+            .min(MAX_BACKOFF)
+    }
+
     /// Notices an exit; decides whether and when to restart.
     fn check(&mut self, supervision: &Supervision) -> anyhow::Result<()> {
         let Some(started) = &mut self.running else {
@@ -238,14 +247,10 @@ impl Supervised {
             println!("  {command}");
             return Ok(());
         }
-        if self.started_at.elapsed() < STABLE {
-            self.quick_crashes += 1;
-        } else {
-            self.quick_crashes = 1;
+        if self.started_at.elapsed() >= STABLE {
+            self.quick_crashes = 0;
         }
-        let backoff = FIRST_BACKOFF
-            .saturating_mul(1 << (self.quick_crashes - 1).min(10))
-            .min(MAX_BACKOFF);
+        let backoff = self.next_backoff();
         println!(
             "{} exited ({status}); restarting it in {:.1} s with its data",
             self.name,
@@ -270,10 +275,7 @@ impl Supervised {
                 self.running = Some(started);
             }
             Err(error) => {
-                self.quick_crashes += 1;
-                let backoff = FIRST_BACKOFF
-                    .saturating_mul(1 << (self.quick_crashes - 1).min(10))
-                    .min(MAX_BACKOFF);
+                let backoff = self.next_backoff();
                 println!(
                     "{} did not restart ({error:#}); trying again in {:.1} s",
                     self.name,
