@@ -120,6 +120,12 @@ name_type!(
     ReplicaId
 );
 name_type!(
+    /// The start of peer IDs or group names to list: the same characters and
+    /// length as a name. A directory listing with prefix `al` holds `al`,
+    /// `alice` and `al.b`, never `bal`.
+    NamePrefix
+);
+name_type!(
     /// The addressee of a message: a peer or a group, which the router resolves.
     /// Because peers and groups share one namespace, it is never ambiguous.
     Target

@@ -28,14 +28,15 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::ids::{DeliveryId, GroupName, MsgId, PeerId, ReqId, Secret, Seq, Target};
+use crate::ids::{DeliveryId, GroupName, MsgId, NamePrefix, PeerId, ReqId, Secret, Seq, Target};
 use crate::machine::Machine;
+use crate::wire::directory::{Entry, GroupEntry, PeerEntry};
 use crate::wire::{ClientFrame, ErrorCode, FrameError, ServerFrame, MAX_IN_FLIGHT};
 
 /// Tunables of a [`Client`].
@@ -108,6 +109,47 @@ pub enum GroupOp {
     Leave,
 }
 
+/// A question about peers and groups, or a change of what this peer
+/// watches. Queries are queued and resent after a reconnect like every
+/// request; they change no replicated state, so a resend is harmless.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// Look a name up: [`ClientEvent::Found`].
+    Who(Target),
+    /// A page of the peer directory: [`ClientEvent::PeerPage`].
+    Peers {
+        /// Only IDs starting with it.
+        prefix: Option<NamePrefix>,
+        /// Only IDs after it (the previous page's `next`).
+        after: Option<PeerId>,
+        /// The most entries wanted; the router bounds it.
+        limit: Option<u32>,
+    },
+    /// A page of the group listing: [`ClientEvent::GroupPage`].
+    Groups {
+        /// Only names starting with it.
+        prefix: Option<NamePrefix>,
+        /// Only names after it (the previous page's `next`).
+        after: Option<GroupName>,
+        /// The most entries wanted; the router bounds it.
+        limit: Option<u32>,
+    },
+    /// A page of a group's members: [`ClientEvent::MemberPage`].
+    Members {
+        /// The group, which this peer must belong to.
+        group: GroupName,
+        /// Only IDs after it (the previous page's `next`).
+        after: Option<PeerId>,
+        /// The most entries wanted; the router bounds it.
+        limit: Option<u32>,
+    },
+    /// Watch a peer's online state, now and after every reconnect:
+    /// [`ClientEvent::Presence`] with its state, then at each change.
+    Watch(PeerId),
+    /// Stop watching a peer: [`ClientEvent::Unwatched`].
+    Unwatch(PeerId),
+}
+
 /// What the application asks the client to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -122,6 +164,8 @@ pub enum Command {
     },
     /// Create, join or leave a group.
     Group(GroupOp, GroupName),
+    /// Ask about peers and groups, or watch a peer.
+    Query(Query),
 }
 
 /// What a [`Client`] reacts to.
@@ -255,6 +299,69 @@ pub enum ClientEvent {
         /// Why, for a person.
         message: String,
     },
+    /// The answer to [`Query::Who`].
+    Found {
+        /// The name looked up.
+        name: Target,
+        /// What it is; `None` when it is neither a peer nor a group.
+        entry: Option<Entry>,
+    },
+    /// The answer to [`Query::Peers`].
+    PeerPage {
+        /// The peers, sorted by ID.
+        peers: Vec<PeerEntry>,
+        /// When more follow, the `after` of the next page.
+        next: Option<PeerId>,
+    },
+    /// The answer to [`Query::Groups`].
+    GroupPage {
+        /// The groups, sorted by name.
+        groups: Vec<GroupEntry>,
+        /// When more follow, the `after` of the next page.
+        next: Option<GroupName>,
+    },
+    /// The answer to [`Query::Members`].
+    MemberPage {
+        /// The group.
+        group: GroupName,
+        /// Its members, sorted by ID.
+        members: Vec<PeerEntry>,
+        /// When more follow, the `after` of the next page.
+        next: Option<PeerId>,
+    },
+    /// A watched peer's state: the answer to [`Query::Watch`], or a change.
+    /// Reported only when it differs from the last one reported for that
+    /// peer (a reconnect re-watches, and may find a change missed).
+    Presence {
+        /// The watched peer.
+        peer: PeerId,
+        /// Whether it has a session on the primary.
+        online: bool,
+    },
+    /// The answer to [`Query::Unwatch`].
+    Unwatched {
+        /// The peer no longer watched.
+        peer: PeerId,
+    },
+    /// Another peer joined or left a group this peer is in (told only while
+    /// this peer is connected; `Members` lists the group at any time).
+    Membership {
+        /// The group.
+        group: GroupName,
+        /// The peer that joined or left.
+        peer: PeerId,
+        /// True for a join.
+        joined: bool,
+    },
+    /// A query was refused.
+    QueryFailed {
+        /// The query.
+        query: Query,
+        /// Why, machine-readable.
+        code: ErrorCode,
+        /// Why, for a person.
+        message: String,
+    },
     /// The router reported an error not tied to a request of ours.
     Error {
         /// Why, machine-readable.
@@ -282,6 +389,7 @@ enum Op {
         body: String,
     },
     Group(GroupOp, GroupName),
+    Query(Query),
 }
 
 /// What a request in flight on the current connection was for.
@@ -339,6 +447,10 @@ pub struct Client {
     received: BTreeMap<PeerId, Seq>,
     /// The highest sequence number each recipient has confirmed.
     delivered: BTreeMap<PeerId, Seq>,
+    /// The peers watched, re-watched after every registration.
+    watching: BTreeSet<PeerId>,
+    /// The last online state reported for each watched peer.
+    presence: BTreeMap<PeerId, bool>,
     outputs: VecDeque<ClientOutput>,
 }
 
@@ -371,6 +483,8 @@ impl Client {
             pending: BTreeMap::new(),
             received: BTreeMap::new(),
             delivered: BTreeMap::new(),
+            watching: BTreeSet::new(),
+            presence: BTreeMap::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -511,6 +625,26 @@ impl Client {
                 }
                 self.enqueue(now, Op::Group(op, group));
             }
+            Command::Query(query) => {
+                if !self.wants_register {
+                    let message = "register first (REGISTER)".to_owned();
+                    let code = ErrorCode::NotRegistered;
+                    self.emit(ClientEvent::QueryFailed { query, code, message });
+                    return;
+                }
+                match &query {
+                    Query::Watch(peer) => {
+                        self.watching.insert(peer.clone());
+                        self.presence.remove(peer);
+                    }
+                    Query::Unwatch(peer) => {
+                        self.watching.remove(peer);
+                        self.presence.remove(peer);
+                    }
+                    _ => {}
+                }
+                self.enqueue(now, Op::Query(query));
+            }
         }
     }
 
@@ -546,6 +680,7 @@ impl Client {
                     GroupOp::Leave => ClientFrame::LeaveGroup { req, group },
                 }
             }
+            Op::Query(query) => query_frame(req, query.clone()),
         };
         self.transmit(frame);
     }
@@ -607,12 +742,47 @@ impl Client {
                     self.complete_message(id);
                 }
             }
-            ServerFrame::Ok { req } => {
-                if let Some(Pending::Op(id)) = self.answered(req) {
-                    if let Some(Op::Group(op, group)) = self.queue.remove(&id) {
-                        self.emit(ClientEvent::GroupDone { op, group });
-                    }
+            ServerFrame::Ok { req } => match self.answered_op(req) {
+                Some(Op::Group(op, group)) => self.emit(ClientEvent::GroupDone { op, group }),
+                Some(Op::Query(Query::Unwatch(peer))) => self.emit(ClientEvent::Unwatched { peer }),
+                _ => {}
+            },
+            ServerFrame::WhoIs { req, name, entry } => {
+                if self.answered_op(req).is_some() {
+                    self.emit(ClientEvent::Found { name, entry });
                 }
+            }
+            ServerFrame::PeerList { req, peers, next } => {
+                if self.answered_op(req).is_some() {
+                    self.emit(ClientEvent::PeerPage { peers, next });
+                }
+            }
+            ServerFrame::GroupList { req, groups, next } => {
+                if self.answered_op(req).is_some() {
+                    self.emit(ClientEvent::GroupPage { groups, next });
+                }
+            }
+            ServerFrame::MemberList {
+                req,
+                group,
+                members,
+                next,
+            } => {
+                if self.answered_op(req).is_some() {
+                    self.emit(ClientEvent::MemberPage { group, members, next });
+                }
+            }
+            ServerFrame::Presence { req, peer, online } => {
+                if let Some(req) = req {
+                    self.answered_op(req);
+                }
+                if self.watching.contains(&peer) && self.presence.insert(peer.clone(), online) != Some(online)
+                {
+                    self.emit(ClientEvent::Presence { peer, online });
+                }
+            }
+            ServerFrame::Membership { group, peer, joined } => {
+                self.emit(ClientEvent::Membership { group, peer, joined });
             }
             ServerFrame::Pong { req } => {
                 self.answered(req);
@@ -686,6 +856,29 @@ impl Client {
         for id in ids {
             self.transmit_op(now, id);
         }
+        // Watches live in the router's session: a new session needs them
+        // again, and its answers correct whatever changed meanwhile.
+        let queued: BTreeSet<PeerId> = self
+            .queue
+            .values()
+            .filter_map(|op| match op {
+                Op::Query(Query::Watch(p)) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        let rewatch: Vec<PeerId> = self.watching.difference(&queued).cloned().collect();
+        for peer in rewatch {
+            self.enqueue(now, Op::Query(Query::Watch(peer)));
+        }
+    }
+
+    /// Takes the operation that request `req` carried out of the pending set
+    /// and the queue.
+    fn answered_op(&mut self, req: ReqId) -> Option<Op> {
+        match self.answered(req) {
+            Some(Pending::Op(id)) => self.queue.remove(&id),
+            _ => None,
+        }
     }
 
     /// Removes a message from the queue and reports it Sent.
@@ -748,6 +941,13 @@ impl Client {
                     message,
                 });
             }
+            Some(Op::Query(query)) => {
+                if let Query::Watch(peer) = &query {
+                    self.watching.remove(peer);
+                    self.presence.remove(peer);
+                }
+                self.emit(ClientEvent::QueryFailed { query, code, message });
+            }
             None => {}
         }
     }
@@ -787,6 +987,33 @@ impl Client {
             self.emit(ClientEvent::Delivered { id, to, by });
         }
         self.transmit(ClientFrame::Ack { delivery });
+    }
+}
+
+/// The frame that asks `query` as request `req`.
+fn query_frame(req: ReqId, query: Query) -> ClientFrame {
+    match query {
+        Query::Who(name) => ClientFrame::Who { req, name },
+        Query::Peers { prefix, after, limit } => ClientFrame::Peers {
+            req,
+            prefix,
+            after,
+            limit,
+        },
+        Query::Groups { prefix, after, limit } => ClientFrame::Groups {
+            req,
+            prefix,
+            after,
+            limit,
+        },
+        Query::Members { group, after, limit } => ClientFrame::Members {
+            req,
+            group,
+            after,
+            limit,
+        },
+        Query::Watch(peer) => ClientFrame::Watch { req, peer },
+        Query::Unwatch(peer) => ClientFrame::Unwatch { req, peer },
     }
 }
 

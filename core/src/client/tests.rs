@@ -483,3 +483,153 @@ fn losing_a_router_reached_by_redirect_tries_the_one_after_it() {
         }]
     );
 }
+
+fn watches(outputs: &[ClientOutput]) -> Vec<(ReqId, String)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            ClientOutput::Transmit(ClientFrame::Watch { req, peer }) => Some((*req, peer.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Drops the current connection (attempt `attempt`) and connects again.
+fn reconnect(h: &mut Harness, attempt: u64) -> Vec<ClientOutput> {
+    h.input(ClientInput::Disconnected {
+        attempt,
+        reason: "test".into(),
+    });
+    h.now = h.client.poll_timeout().unwrap();
+    h.client.handle_timeout(h.now);
+    drain(&mut h.client);
+    h.input(ClientInput::Connected { attempt: attempt + 1 })
+}
+
+#[test]
+fn queries_wait_for_registration_and_are_answered_once() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    let query = Query::Who(target("bob"));
+    assert!(
+        h.command(Command::Query(query)).is_empty(),
+        "nothing before registration"
+    );
+    let out = register_reply(&mut h, &register, 1);
+    let req = req_of(&out);
+    assert!(matches!(
+        out.last(),
+        Some(ClientOutput::Transmit(ClientFrame::Who { .. }))
+    ));
+    let answer = ServerFrame::WhoIs {
+        req,
+        name: target("bob"),
+        entry: None,
+    };
+    assert_eq!(
+        events(&h.frame(answer.clone())),
+        vec![ClientEvent::Found {
+            name: target("bob"),
+            entry: None
+        }]
+    );
+    assert!(events(&h.frame(answer)).is_empty(), "a stray repeat is ignored");
+    assert_eq!(h.client.outstanding(), 0);
+}
+
+#[test]
+fn a_refused_query_is_reported_and_a_refused_watch_forgotten() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    register_reply(&mut h, &register, 1);
+    let out = h.command(Command::Query(Query::Watch(peer("ghost"))));
+    let req = req_of(&out);
+    let out = h.frame(ServerFrame::Error {
+        req: Some(req),
+        code: ErrorCode::UnknownRecipient,
+        message: "no peer is named ghost".into(),
+    });
+    assert!(matches!(
+        &events(&out)[..],
+        [ClientEvent::QueryFailed {
+            query: Query::Watch(_),
+            code: ErrorCode::UnknownRecipient,
+            ..
+        }]
+    ));
+    let out = reconnect(&mut h, 1);
+    let out = register_reply(&mut h, &out, 1);
+    assert!(watches(&out).is_empty(), "a refused watch is not renewed");
+    let fresh = ClientConfig::new(peer("x"), Secret::new("s").unwrap(), vec!["r".into()]);
+    let mut idle = Client::new(fresh, 1, epoch());
+    idle.handle(
+        epoch(),
+        ClientInput::Command(Command::Query(Query::Who(target("a")))),
+    );
+    assert!(matches!(
+        &events(&drain(&mut idle))[..],
+        [ClientEvent::QueryFailed {
+            code: ErrorCode::NotRegistered,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn watches_are_renewed_after_every_registration_and_changes_reported_once() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    register_reply(&mut h, &register, 1);
+    let out = h.command(Command::Query(Query::Watch(peer("bob"))));
+    let req = req_of(&out);
+    let presence = |req, online| ServerFrame::Presence {
+        req,
+        peer: peer("bob"),
+        online,
+    };
+    let bob = |online| ClientEvent::Presence {
+        peer: peer("bob"),
+        online,
+    };
+    assert_eq!(events(&h.frame(presence(Some(req), true))), vec![bob(true)]);
+    assert_eq!(events(&h.frame(presence(None, false))), vec![bob(false)]);
+    assert!(
+        events(&h.frame(presence(None, false))).is_empty(),
+        "no change, no event"
+    );
+    // A new session: the watch is renewed and its answer corrects the state.
+    let out = reconnect(&mut h, 1);
+    let out = register_reply(&mut h, &out, 1);
+    let renewed = watches(&out);
+    assert_eq!(renewed.len(), 1, "{out:?}");
+    assert_eq!(
+        events(&h.frame(presence(Some(renewed[0].0), true))),
+        vec![bob(true)]
+    );
+    let out = reconnect(&mut h, 2);
+    let out = register_reply(&mut h, &out, 1);
+    let renewed = watches(&out);
+    assert!(
+        events(&h.frame(presence(Some(renewed[0].0), true))).is_empty(),
+        "the same state again is no news"
+    );
+    // Unwatched: not renewed, and late news about bob is dropped.
+    let out = h.command(Command::Query(Query::Unwatch(peer("bob"))));
+    let req = req_of(&out);
+    assert_eq!(
+        events(&h.frame(ServerFrame::Ok { req })),
+        vec![ClientEvent::Unwatched { peer: peer("bob") }]
+    );
+    assert!(events(&h.frame(presence(None, false))).is_empty());
+    let out = reconnect(&mut h, 3);
+    assert!(watches(&register_reply(&mut h, &out, 1)).is_empty());
+}
+
+#[test]
+fn a_watch_issued_before_registration_is_sent_once() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    h.command(Command::Query(Query::Watch(peer("bob"))));
+    let out = register_reply(&mut h, &register, 1);
+    assert_eq!(watches(&out).len(), 1, "{out:?}");
+}

@@ -31,7 +31,8 @@ impl Router {
         }
     }
 
-    /// Forgets a connection and, if it carried one, its session.
+    /// Forgets a connection, its watches and, if it carried one, its
+    /// session, telling the session's watchers.
     pub(super) fn forget(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
@@ -39,9 +40,15 @@ impl Router {
         if let Some(deadline) = c.deadline {
             self.deadlines.remove(&(deadline, conn));
         }
+        self.drop_watches(conn);
         if let Some(peer) = c.peer {
             if self.sessions.get(&peer).is_some_and(|s| s.conn == conn) {
                 self.sessions.remove(&peer);
+                // The deadline is the last frame's time plus the idle timeout.
+                if let Some(deadline) = c.deadline {
+                    let last_frame = deadline.checked_sub(self.config.idle_timeout).unwrap_or(deadline);
+                    self.presence_changed(&peer, Some(last_frame));
+                }
             }
         }
     }
@@ -89,6 +96,27 @@ impl Router {
             ClientFrame::JoinGroup { req, group } => self.handle_membership(conn, me, req, group, true),
             ClientFrame::LeaveGroup { req, group } => self.handle_membership(conn, me, req, group, false),
             ClientFrame::Ack { delivery } => self.handle_ack(me, delivery),
+            ClientFrame::Who { req, name } => self.handle_who(now, conn, req, name),
+            ClientFrame::Peers {
+                req,
+                prefix,
+                after,
+                limit,
+            } => self.handle_peers(conn, req, prefix, after, limit),
+            ClientFrame::Groups {
+                req,
+                prefix,
+                after,
+                limit,
+            } => self.handle_groups(conn, req, prefix, after, limit),
+            ClientFrame::Members {
+                req,
+                group,
+                after,
+                limit,
+            } => self.handle_members(conn, &me, req, group, after, limit),
+            ClientFrame::Watch { req, peer } => self.handle_watch(conn, req, peer),
+            ClientFrame::Unwatch { req, peer } => self.handle_unwatch(conn, req, peer),
         }
     }
 
@@ -261,9 +289,19 @@ impl Router {
                         return;
                     }
                 }
-                self.apply(Change::Joined { group, peer: me })
+                self.apply(Change::Joined {
+                    group: group.clone(),
+                    peer: me.clone(),
+                });
+                self.membership_changed(&group, &me, true);
             }
-            (false, true) => self.apply(Change::Left { group, peer: me }),
+            (false, true) => {
+                self.apply(Change::Left {
+                    group: group.clone(),
+                    peer: me.clone(),
+                });
+                self.membership_changed(&group, &me, false);
+            }
             _ => {}
         }
         self.send(conn, ServerFrame::Ok { req });

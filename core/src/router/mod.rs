@@ -29,6 +29,7 @@
 
 pub mod checkpoint;
 mod clients;
+pub mod directory;
 pub mod durability;
 mod registration;
 pub mod replication;
@@ -48,6 +49,7 @@ use crate::ids::{ConnId, DeliveryId, Epoch, Lsn, PeerId, ReplicaId};
 use crate::machine::Machine;
 use crate::wire::cluster::{FollowerFrame, PrimaryFrame, RmReply, RmRequest};
 use crate::wire::{ClientFrame, FrameError, ServerFrame, DEFAULT_MAX_FRAME_LEN};
+use directory::{Directory, Presence};
 use durability::Durability;
 pub use durability::{Record, Recovered};
 use registration::Registrations;
@@ -93,6 +95,13 @@ pub struct RouterConfig {
     /// a new source that still finds no room is not tracked (the per-ID
     /// limit still holds for it). Default 65,536.
     pub max_tracked_sources: usize,
+    /// Whether registered peers may list the peer directory. Default
+    /// [`Directory::Private`]. Every router of a cluster should say the
+    /// same: the primary's setting decides.
+    pub directory: Directory,
+    /// The most peers one session may watch; more are refused with
+    /// `too_many_watches`. Default 1,000.
+    pub max_watches: usize,
     /// How new registrations' secrets are stretched. Default
     /// [`KdfParams::DEFAULT`]; an invalid setting is replaced by it.
     pub kdf: KdfParams,
@@ -115,6 +124,8 @@ impl Default for RouterConfig {
             push_window: 256,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_tracked_sources: 65_536,
+            directory: Directory::Private,
+            max_watches: 1_000,
             kdf: KdfParams::DEFAULT,
             replication: None,
             #[cfg(feature = "planted-bugs")]
@@ -360,6 +371,8 @@ pub struct Router {
     registrations: Registrations,
     /// Records asked for, and what of the state is durable.
     durability: Durability,
+    /// Watches and last-seen times: soft state of the primary.
+    presence: Presence,
 }
 
 /// Wrong secrets presented for one ID, or from one source.
@@ -442,6 +455,7 @@ impl Router {
             source_guesses: BTreeMap::new(),
             registrations: Registrations::default(),
             durability: Durability::recovered(recovered.lsn),
+            presence: Presence::default(),
         }
     }
 

@@ -288,7 +288,10 @@ impl Router {
             self.error(conn, Some(req), ErrorCode::AlreadyRegistered, message);
             return;
         }
+        let already_online = self.sessions.contains_key(peer);
         if let Some(old) = self.sessions.get(peer).map(|s| s.conn).filter(|c| *c != conn) {
+            // The peer stays online: its watchers hear of no change.
+            self.sessions.remove(peer);
             let message = format!("a newer session registered as {peer}");
             self.close(old, ErrorCode::Replaced, message);
         }
@@ -309,6 +312,9 @@ impl Router {
                 next_seq,
             },
         );
+        if !already_online {
+            self.presence_changed(peer, None);
+        }
         self.push(peer);
     }
 }

@@ -6,6 +6,7 @@
 //! line can be wrong maps to a [`FrameError`] with a stable [`ErrorCode`].
 
 pub mod cluster;
+pub mod directory;
 mod unique_keys;
 
 use std::fmt;
@@ -13,7 +14,8 @@ use std::fmt;
 use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{DeliveryId, GroupName, NameError, PeerId, ReqId, Secret, Seq, Target};
+use crate::ids::{DeliveryId, GroupName, NameError, NamePrefix, PeerId, ReqId, Secret, Seq, Target};
+use directory::{Entry, GroupEntry, PeerEntry};
 
 /// The default maximum frame size in bytes, newline included: 1 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 1024 * 1024;
@@ -85,6 +87,72 @@ pub enum ClientFrame {
         /// Request ID echoed in the reply.
         req: ReqId,
     },
+    /// Looks a name up: a peer, a group, or neither. Answered by `who_is`.
+    Who {
+        /// Request ID echoed in the reply.
+        req: ReqId,
+        /// The name.
+        name: Target,
+    },
+    /// Lists registered peers, sorted by ID, one page at a time; answered
+    /// by `peer_list`, or refused with `directory_private`.
+    Peers {
+        /// Request ID echoed in the reply.
+        req: ReqId,
+        /// Only IDs that start with it.
+        #[serde(default)]
+        prefix: Option<NamePrefix>,
+        /// Only IDs after it: the `next` of the previous page.
+        #[serde(default)]
+        after: Option<PeerId>,
+        /// The most entries wanted (see [`directory::MAX_PAGE`]).
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Lists groups, sorted by name, one page at a time; answered by
+    /// `group_list`.
+    Groups {
+        /// Request ID echoed in the reply.
+        req: ReqId,
+        /// Only names that start with it.
+        #[serde(default)]
+        prefix: Option<NamePrefix>,
+        /// Only names after it: the `next` of the previous page.
+        #[serde(default)]
+        after: Option<GroupName>,
+        /// The most entries wanted.
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Lists the members of a group the sender belongs to, sorted by ID,
+    /// one page at a time; answered by `member_list`.
+    Members {
+        /// Request ID echoed in the reply.
+        req: ReqId,
+        /// The group.
+        group: GroupName,
+        /// Only IDs after it: the `next` of the previous page.
+        #[serde(default)]
+        after: Option<PeerId>,
+        /// The most entries wanted.
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Subscribes this session to a peer's online and offline changes;
+    /// answered by `presence` with the peer's state now.
+    Watch {
+        /// Request ID echoed in the reply.
+        req: ReqId,
+        /// The peer to watch.
+        peer: PeerId,
+    },
+    /// Ends a subscription made with `watch`; answered by `ok`.
+    Unwatch {
+        /// Request ID echoed in the reply.
+        req: ReqId,
+        /// The peer no longer watched.
+        peer: PeerId,
+    },
 }
 
 impl ClientFrame {
@@ -96,7 +164,13 @@ impl ClientFrame {
             | ClientFrame::CreateGroup { req, .. }
             | ClientFrame::JoinGroup { req, .. }
             | ClientFrame::LeaveGroup { req, .. }
-            | ClientFrame::Ping { req } => Some(*req),
+            | ClientFrame::Ping { req }
+            | ClientFrame::Who { req, .. }
+            | ClientFrame::Peers { req, .. }
+            | ClientFrame::Groups { req, .. }
+            | ClientFrame::Members { req, .. }
+            | ClientFrame::Watch { req, .. }
+            | ClientFrame::Unwatch { req, .. } => Some(*req),
             ClientFrame::Ack { .. } => None,
         }
     }
@@ -178,6 +252,68 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         primary: Option<String>,
     },
+    /// The answer to `who`.
+    WhoIs {
+        /// The request answered.
+        req: ReqId,
+        /// The name looked up.
+        name: Target,
+        /// What the name is; absent when it is neither a peer nor a group.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entry: Option<Entry>,
+    },
+    /// A page of the peer directory.
+    PeerList {
+        /// The request answered.
+        req: ReqId,
+        /// The peers, sorted by ID.
+        peers: Vec<PeerEntry>,
+        /// Present when more follow: ask again with `after` set to it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<PeerId>,
+    },
+    /// A page of the group listing.
+    GroupList {
+        /// The request answered.
+        req: ReqId,
+        /// The groups, sorted by name.
+        groups: Vec<GroupEntry>,
+        /// Present when more follow: ask again with `after` set to it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<GroupName>,
+    },
+    /// A page of a group's members.
+    MemberList {
+        /// The request answered.
+        req: ReqId,
+        /// The group.
+        group: GroupName,
+        /// The members, sorted by ID.
+        members: Vec<PeerEntry>,
+        /// Present when more follow: ask again with `after` set to it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<PeerId>,
+    },
+    /// A watched peer's state: the answer to `watch` (with `req`), or a
+    /// change since (without).
+    Presence {
+        /// The `watch` request answered, if this is its answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<ReqId>,
+        /// The watched peer.
+        peer: PeerId,
+        /// Whether it has a session on the primary now.
+        online: bool,
+    },
+    /// `peer` joined or left `group`, which this session's peer belongs to.
+    Membership {
+        /// The group.
+        group: GroupName,
+        /// The peer that joined or left.
+        peer: PeerId,
+        /// True for a join, false for a leave.
+        joined: bool,
+    },
     /// The router is closing this connection, and says why.
     Closing {
         /// Stable machine-readable reason.
@@ -255,6 +391,11 @@ pub enum ErrorCode {
     /// did not answer was not stored; the client resends it once a router
     /// serves again.
     StorageFailed,
+    /// The router's peer directory is private: peers can be looked up by
+    /// ID (`who`), not listed.
+    DirectoryPrivate,
+    /// The session already watches the most peers one session may watch.
+    TooManyWatches,
 }
 
 impl ErrorCode {
@@ -262,6 +403,8 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::StorageFailed => "storage_failed",
+            ErrorCode::DirectoryPrivate => "directory_private",
+            ErrorCode::TooManyWatches => "too_many_watches",
             ErrorCode::BadUtf8 => "bad_utf8",
             ErrorCode::BadJson => "bad_json",
             ErrorCode::UnknownType => "unknown_type",
@@ -636,7 +779,13 @@ mod tests {
 
     #[test]
     fn error_code_names_match_serde() {
-        for code in [ErrorCode::BadUtf8, ErrorCode::NotAMember, ErrorCode::InvalidSeq] {
+        for code in [
+            ErrorCode::BadUtf8,
+            ErrorCode::NotAMember,
+            ErrorCode::InvalidSeq,
+            ErrorCode::DirectoryPrivate,
+            ErrorCode::TooManyWatches,
+        ] {
             assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{code}\""));
         }
     }

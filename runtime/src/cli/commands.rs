@@ -1,7 +1,7 @@
 //! The client's command language: one command a line.
 
-use peerlink_core::client::{Command, GroupOp};
-use peerlink_core::ids::{GroupName, Target};
+use peerlink_core::client::{Command, GroupOp, Query};
+use peerlink_core::ids::{GroupName, NamePrefix, PeerId, Target};
 use peerlink_core::wire::{json_string_len, DEFAULT_MAX_FRAME_LEN, FRAME_OVERHEAD};
 
 /// The help text printed by `help`.
@@ -12,6 +12,16 @@ commands (names are case-insensitive):
   CREATE_GROUP <group>          create a group; you are its first member
   JOIN_GROUP <group>            join a group
   LEAVE_GROUP <group>           leave a group
+  WHO <name>                    is <name> a peer (online? last seen?), a group, or nothing
+  PEERS [prefix] [after=<id>] [limit=<n>]
+                                list registered peers, sorted, a page at a time
+                                (refused where the directory is private)
+  GROUPS [prefix] [after=<group>] [limit=<n>]
+                                list groups with their sizes, a page at a time
+  MEMBERS <group> [after=<id>] [limit=<n>]
+                                list the members of a group you belong to
+  WATCH <peer>                  be told when <peer> comes online or goes offline
+  UNWATCH <peer>                stop watching <peer>
   help                          show this help
   quit                          wait for answers to what was sent, then exit";
 
@@ -62,6 +72,72 @@ pub(crate) fn parse(line: &str) -> Result<Line, String> {
                 body: body.to_owned(),
             }))
         }
+        "WHO" => {
+            let name = single_argument(word, rest, "<name>")?;
+            let name = Target::new(name).map_err(|e| e.to_string())?;
+            Ok(Line::Command(Command::Query(Query::Who(name))))
+        }
+        "WATCH" | "UNWATCH" => {
+            let peer = single_argument(word, rest, "<peer>")?;
+            let peer = PeerId::new(peer).map_err(|e| e.to_string())?;
+            let query = if word.eq_ignore_ascii_case("WATCH") {
+                Query::Watch(peer)
+            } else {
+                Query::Unwatch(peer)
+            };
+            Ok(Line::Command(Command::Query(query)))
+        }
+        "PEERS" | "GROUPS" => {
+            let usage = format!(
+                "usage: {} [prefix] [after=<name>] [limit=<n>]",
+                word.to_ascii_uppercase()
+            );
+            let page = page_arguments(rest, true, &usage)?;
+            let prefix = page
+                .first
+                .map(NamePrefix::new)
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            let query = if word.eq_ignore_ascii_case("PEERS") {
+                let after = page
+                    .after
+                    .map(PeerId::new)
+                    .transpose()
+                    .map_err(|e| e.to_string())?;
+                Query::Peers {
+                    prefix,
+                    after,
+                    limit: page.limit,
+                }
+            } else {
+                let after = page
+                    .after
+                    .map(GroupName::new)
+                    .transpose()
+                    .map_err(|e| e.to_string())?;
+                Query::Groups {
+                    prefix,
+                    after,
+                    limit: page.limit,
+                }
+            };
+            Ok(Line::Command(Command::Query(query)))
+        }
+        "MEMBERS" => {
+            let usage = "usage: MEMBERS <group> [after=<id>] [limit=<n>]";
+            let page = page_arguments(rest, false, usage)?;
+            let group = GroupName::new(page.first.unwrap_or_default()).map_err(|e| e.to_string())?;
+            let after = page
+                .after
+                .map(PeerId::new)
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            Ok(Line::Command(Command::Query(Query::Members {
+                group,
+                after,
+                limit: page.limit,
+            })))
+        }
         "CREATE_GROUP" => group(GroupOp::Create),
         "JOIN_GROUP" => group(GroupOp::Join),
         "LEAVE_GROUP" => group(GroupOp::Leave),
@@ -69,6 +145,46 @@ pub(crate) fn parse(line: &str) -> Result<Line, String> {
         "QUIT" | "EXIT" => Ok(Line::Quit),
         _ => Err(format!("unknown command {word:?}; type help for the list")),
     }
+}
+
+/// The arguments of a listing: a leading word (a prefix, optional, or a
+/// group, required), then `after=` and `limit=` in any order.
+struct PageArguments<'a> {
+    first: Option<&'a str>,
+    after: Option<&'a str>,
+    limit: Option<u32>,
+}
+
+fn page_arguments<'a>(rest: &'a str, first_optional: bool, usage: &str) -> Result<PageArguments<'a>, String> {
+    let mut page = PageArguments {
+        first: None,
+        after: None,
+        limit: None,
+    };
+    for (i, word) in rest.split_whitespace().enumerate() {
+        if let Some(after) = word.strip_prefix("after=") {
+            if page.after.replace(after).is_some() {
+                return Err(format!("after= given twice; {usage}"));
+            }
+        } else if let Some(limit) = word.strip_prefix("limit=") {
+            let limit = limit
+                .parse::<u32>()
+                .ok()
+                .filter(|l| *l >= 1)
+                .ok_or_else(|| format!("limit must be a whole number from 1; {usage}"))?;
+            if page.limit.replace(limit).is_some() {
+                return Err(format!("limit= given twice; {usage}"));
+            }
+        } else if i == 0 {
+            page.first = Some(word);
+        } else {
+            return Err(usage.to_owned());
+        }
+    }
+    if page.first.is_none() && !first_optional {
+        return Err(usage.to_owned());
+    }
+    Ok(page)
 }
 
 fn single_argument<'a>(word: &str, rest: &'a str, what: &str) -> Result<&'a str, String> {

@@ -8,7 +8,8 @@
 //! bidirectional-text controls escaped, in both forms: a peer cannot move
 //! the cursor, clear the screen, recolour the terminal, or forge a line.
 
-use peerlink_core::client::{ClientEvent, GroupOp};
+use peerlink_core::client::{ClientEvent, GroupOp, Query};
+use peerlink_core::wire::directory::{Entry, PeerEntry};
 use serde_json::json;
 
 /// Whether an event reports that something the user asked for failed.
@@ -18,8 +19,63 @@ pub(crate) fn is_failure(event: &ClientEvent) -> bool {
         ClientEvent::Failed { .. }
             | ClientEvent::RegisterFailed { .. }
             | ClientEvent::GroupFailed { .. }
+            | ClientEvent::QueryFailed { .. }
             | ClientEvent::Closed { .. }
     )
+}
+
+/// The query as the command that asks it.
+fn query_text(query: &Query) -> String {
+    let option = |key: &str, value: Option<String>| value.map(|v| format!(" {key}={v}")).unwrap_or_default();
+    match query {
+        Query::Who(name) => format!("WHO {name}"),
+        Query::Peers { prefix, after, limit } => format!(
+            "PEERS{}{}{}",
+            prefix.as_ref().map(|p| format!(" {p}")).unwrap_or_default(),
+            option("after", after.as_ref().map(ToString::to_string)),
+            option("limit", limit.map(|l| l.to_string()))
+        ),
+        Query::Groups { prefix, after, limit } => format!(
+            "GROUPS{}{}{}",
+            prefix.as_ref().map(|p| format!(" {p}")).unwrap_or_default(),
+            option("after", after.as_ref().map(ToString::to_string)),
+            option("limit", limit.map(|l| l.to_string()))
+        ),
+        Query::Members { group, after, limit } => format!(
+            "MEMBERS {group}{}{}",
+            option("after", after.as_ref().map(ToString::to_string)),
+            option("limit", limit.map(|l| l.to_string()))
+        ),
+        Query::Watch(peer) => format!("WATCH {peer}"),
+        Query::Unwatch(peer) => format!("UNWATCH {peer}"),
+    }
+}
+
+fn online_word(online: bool) -> &'static str {
+    if online {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+/// A page of peers as `id:online id:offline ... [next=id]`.
+fn peer_page(peers: &[PeerEntry], next: Option<&impl std::fmt::Display>) -> String {
+    let mut line: String = peers
+        .iter()
+        .map(|p| format!(" {}:{}", p.id, online_word(p.online)))
+        .collect();
+    if let Some(next) = next {
+        line.push_str(&format!(" next={next}"));
+    }
+    line
+}
+
+fn peer_page_json(peers: &[PeerEntry]) -> serde_json::Value {
+    peers
+        .iter()
+        .map(|p| json!({"id": p.id, "online": p.online}))
+        .collect()
 }
 
 fn op_name(op: GroupOp) -> &'static str {
@@ -93,6 +149,48 @@ pub(crate) fn text(event: &ClientEvent) -> String {
         }
         ClientEvent::Error { code, message } => format!("error code={code}: {}", safe(message)),
         ClientEvent::Closed { code, message } => format!("closed code={code}: {}", safe(message)),
+        ClientEvent::Found { name, entry } => match entry {
+            None => format!("who {name} unknown"),
+            Some(Entry::Peer {
+                online,
+                last_seen_ms_ago,
+            }) => {
+                let seen = last_seen_ms_ago
+                    .map(|ms| format!(" last_seen={:.1}s_ago", ms as f64 / 1000.0))
+                    .unwrap_or_default();
+                format!("who {name} peer {}{seen}", online_word(*online))
+            }
+            Some(Entry::Group { creator, members }) => {
+                format!("who {name} group creator={creator} members={members}")
+            }
+        },
+        ClientEvent::PeerPage { peers, next } => format!("peers{}", peer_page(peers, next.as_ref())),
+        ClientEvent::GroupPage { groups, next } => {
+            let mut line: String = groups
+                .iter()
+                .map(|g| format!(" {}:{}", g.name, g.members))
+                .collect();
+            if let Some(next) = next {
+                line.push_str(&format!(" next={next}"));
+            }
+            format!("groups{line}")
+        }
+        ClientEvent::MemberPage { group, members, next } => {
+            format!("members {group}{}", peer_page(members, next.as_ref()))
+        }
+        ClientEvent::Presence { peer, online } => format!("presence {peer} {}", online_word(*online)),
+        ClientEvent::Unwatched { peer } => format!("unwatched {peer}"),
+        ClientEvent::Membership { group, peer, joined } => {
+            let what = if *joined { "joined" } else { "left" };
+            format!("member {group} {peer} {what}")
+        }
+        ClientEvent::QueryFailed { query, code, message } => {
+            format!(
+                "query_failed {} code={code}: {}",
+                query_text(query),
+                safe(message)
+            )
+        }
     }
 }
 
@@ -136,6 +234,28 @@ pub(crate) fn json(event: &ClientEvent) -> String {
         }),
         ClientEvent::Error { code, message } => json!({"event": "error", "code": code, "message": message}),
         ClientEvent::Closed { code, message } => json!({"event": "closed", "code": code, "message": message}),
+        ClientEvent::Found { name, entry } => json!({"event": "who", "name": name, "entry": entry}),
+        ClientEvent::PeerPage { peers, next } => {
+            json!({"event": "peers", "peers": peer_page_json(peers), "next": next})
+        }
+        ClientEvent::GroupPage { groups, next } => json!({
+            "event": "groups",
+            "groups": groups.iter().map(|g| json!({"name": g.name, "members": g.members})).collect::<Vec<_>>(),
+            "next": next
+        }),
+        ClientEvent::MemberPage { group, members, next } => json!({
+            "event": "members", "group": group, "members": peer_page_json(members), "next": next
+        }),
+        ClientEvent::Presence { peer, online } => {
+            json!({"event": "presence", "peer": peer, "online": online})
+        }
+        ClientEvent::Unwatched { peer } => json!({"event": "unwatched", "peer": peer}),
+        ClientEvent::Membership { group, peer, joined } => {
+            json!({"event": "member", "group": group, "peer": peer, "joined": joined})
+        }
+        ClientEvent::QueryFailed { query, code, message } => json!({
+            "event": "query_failed", "query": query_text(query), "code": code, "message": message
+        }),
     };
     escape_unsafe_in_json(&value.to_string())
 }

@@ -231,7 +231,7 @@ pub fn check(history: &History) -> Vec<Violation> {
                     .or_default()
                     .push((index, *op, group.clone()));
             }
-            What::Issued(Command::Register) => {}
+            What::Issued(Command::Register | Command::Query(_)) => {}
             What::Observed(ClientEvent::Sent { id, .. }) => {
                 if sent.insert(id.clone(), index).is_some() {
                     let detail = "Sent reported twice".into();

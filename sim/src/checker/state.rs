@@ -81,7 +81,7 @@ pub(super) fn check_state(history: &History) -> Vec<Violation> {
                     .or_default()
                     .push((*op, group.clone(), live));
             }
-            What::Issued(Command::Register) => {}
+            What::Issued(Command::Register | Command::Query(_)) => {}
             What::Observed(ClientEvent::Registered { next_seq, .. }) => {
                 let floor = seq_floor.entry(me.clone()).or_insert(Seq(1));
                 if *next_seq < *floor {

@@ -122,6 +122,7 @@ impl Router {
         }
         self.conns.clear();
         self.sessions.clear();
+        self.presence.clear();
         self.deadlines.clear();
         if let Some(r) = self.replication_mut() {
             r.streams.clear();

@@ -1,3 +1,5 @@
+mod directory;
+
 use std::time::Duration;
 
 use std::net::IpAddr;
