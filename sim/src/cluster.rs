@@ -9,7 +9,7 @@ use std::io;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use peerlink_core::client::{Client, ClientConfig, ClientEvent, Command, GroupOp};
+use peerlink_core::client::{Client, ClientConfig, ClientEvent, Command, GroupOp, Query};
 use peerlink_core::cluster_auth::ClusterKey;
 use peerlink_core::ids::{GroupName, PeerId, ReplicaId, Secret, Target};
 use peerlink_core::rm::{ReplicaManager, RmConfig};
@@ -19,7 +19,7 @@ use peerlink_core::router::{Router, RouterConfig};
 use peerlink_core::testing::What;
 use peerlink_core::wire::cluster::Configuration;
 use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
-use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, Control};
+use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, ClientExit, Control};
 use peerlink_runtime::cluster_link::ClusterAuth;
 use peerlink_runtime::net::Network;
 use peerlink_runtime::rm_driver::{run_rm, ConfigStore};
@@ -28,6 +28,7 @@ use peerlink_runtime::storage::{Storage, Store};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::disk::SimDisk;
@@ -46,6 +47,8 @@ pub(crate) const CLUSTER_PORT: u16 = 8009;
 pub(crate) const RM_PORT: u16 = 8007;
 /// The group every client may join.
 const GROUP: &str = "g";
+/// In a presence run, the peer that comes and goes, watched by every client.
+pub(crate) const ROAMER: &str = "roamer";
 
 /// An error that ended a simulation run (a host failed, or the run did not
 /// finish in its simulated time).
@@ -73,6 +76,9 @@ pub struct RunConfig {
     pub failure_timeout: Duration,
     /// A rogue host attacking the cluster throughout, and the key it holds.
     pub rogue: Option<RogueKey>,
+    /// Whether clients watch each other and a [`ROAMER`] that goes offline
+    /// and comes back, and are judged on presence once quiet.
+    pub presence: bool,
     /// Deliberate bugs to switch on in the RM and every router and client.
     #[cfg(feature = "planted-bugs")]
     pub bugs: peerlink_core::bugs::Bugs,
@@ -91,6 +97,7 @@ impl RunConfig {
             mailbox_limit: RouterConfig::default().mailbox_limit,
             failure_timeout: RmConfig::default().failure_timeout,
             rogue: None,
+            presence: false,
             #[cfg(feature = "planted-bugs")]
             bugs: Default::default(),
         }
@@ -287,8 +294,20 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
         let (key, seed) = (key.clone(), config.seed ^ 0x726f_6775_6572_6f67);
         sim.host(ROGUE, move || rogue::run(which, key.clone(), seed));
     }
+    if config.presence {
+        let roamer = Roamer {
+            #[cfg(feature = "planted-bugs")]
+            bugs: config.bugs,
+            seed: config.seed,
+            work_end,
+            finish_at,
+            recorder: recorder.clone(),
+        };
+        sim.client(ROAMER, roamer.run());
+    }
     for (i, name) in CLIENTS.iter().enumerate() {
         let workload = Workload {
+            presence: config.presence,
             #[cfg(feature = "planted-bugs")]
             bugs: config.bugs,
             index: i,
@@ -297,6 +316,7 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
             work_end,
             finish_at,
             recorder: recorder.clone(),
+            refused_watches: RefCell::default(),
         };
         sim.client(*name, workload.run());
     }
@@ -330,10 +350,126 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
     Ok(trace)
 }
 
+/// Starts a client driver for peer `name` on the current host, its secret
+/// derived from the name, its machine seeded with `seed`.
+fn spawn_client(
+    name: &str,
+    seed: u64,
+    #[cfg(feature = "planted-bugs")] bugs: peerlink_core::bugs::Bugs,
+) -> Result<
+    (
+        mpsc::Sender<Control>,
+        mpsc::UnboundedReceiver<ClientEvent>,
+        JoinHandle<ClientExit>,
+    ),
+    SimError,
+> {
+    let routers: Vec<String> = ROUTERS.iter().map(|r| format!("{r}:{ROUTER_PORT}")).collect();
+    #[allow(unused_mut)]
+    let mut client_config = ClientConfig::new(
+        PeerId::new(name)?,
+        Secret::new(format!("{name}-secret"))?,
+        routers,
+    );
+    #[cfg(feature = "planted-bugs")]
+    {
+        client_config.bugs = bugs;
+    }
+    let outbox_limit = client_config.outbox_limit;
+    let client = Client::new(client_config, seed, peerlink_runtime::now());
+    let driver_config = ClientDriverConfig {
+        connect_timeout: Duration::from_secs(1),
+        max_frame_len: DEFAULT_MAX_FRAME_LEN,
+    };
+    let (controls, controls_rx) = mpsc::channel(16);
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let driver = tokio::task::spawn_local(run_client(
+        TurmoilNetwork,
+        client,
+        driver_config,
+        controls_rx,
+        events_tx,
+        outbox_limit,
+    ));
+    Ok((controls, events, driver))
+}
+
+/// The peer of a presence run that comes and goes: it registers, stays
+/// online for a while, stops its client (going offline), waits, and starts
+/// a new one, until the end of the workload; it ends online or offline,
+/// whichever it was then.
+struct Roamer {
+    #[cfg(feature = "planted-bugs")]
+    bugs: peerlink_core::bugs::Bugs,
+    seed: u64,
+    work_end: Duration,
+    finish_at: Duration,
+    recorder: Recorder,
+}
+
+impl Roamer {
+    async fn run(self) -> turmoil::Result {
+        let peer = PeerId::new(ROAMER)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x726f_616d_6572);
+        let elapsed = || turmoil::sim_elapsed().unwrap_or_default();
+        loop {
+            let (controls, mut events, driver) = spawn_client(
+                ROAMER,
+                rng.random(),
+                #[cfg(feature = "planted-bugs")]
+                self.bugs,
+            )?;
+            self.recorder.record(&peer, What::Issued(Command::Register));
+            controls.send(Control::Command(Command::Register)).await?;
+            let stay = Duration::from_millis(rng.random_range(300..3_000));
+            let last_stay = elapsed() + stay >= self.work_end;
+            let until = if last_stay {
+                self.finish_at
+            } else {
+                elapsed() + stay
+            };
+            loop {
+                let left = until.saturating_sub(elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    Some(event) = events.recv() => self.recorder.record(&peer, What::Observed(event)),
+                    () = tokio::time::sleep(left) => {}
+                }
+            }
+            if last_stay {
+                controls
+                    .send(Control::Finish {
+                        within: Duration::from_secs(30),
+                    })
+                    .await?;
+                while let Some(event) = events.recv().await {
+                    self.recorder.record(&peer, What::Observed(event));
+                }
+                driver.await?;
+                return Ok(());
+            }
+            // Offline: the client and its connection are gone at once.
+            driver.abort();
+            self.recorder.record(&peer, What::Offline);
+            let away = Duration::from_millis(rng.random_range(300..3_000));
+            tokio::time::sleep(away).await;
+            if elapsed() >= self.work_end {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// One client's scripted behaviour: register, then issue random sends and
 /// group changes until the end of the workload, then listen until the end
-/// of the drain, then finish.
+/// of the drain, then finish. In a presence run it also watches the other
+/// clients and the [`ROAMER`], and marks the history `Quiet` a second
+/// before it finishes.
 struct Workload {
+    presence: bool,
     #[cfg(feature = "planted-bugs")]
     bugs: peerlink_core::bugs::Bugs,
     index: usize,
@@ -342,6 +478,8 @@ struct Workload {
     work_end: Duration,
     finish_at: Duration,
     recorder: Recorder,
+    /// Watches refused, to issue again.
+    refused_watches: RefCell<BTreeSet<PeerId>>,
 }
 
 impl Workload {
@@ -351,30 +489,18 @@ impl Workload {
         let mut rng = ChaCha8Rng::seed_from_u64(
             self.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(self.index as u64 + 1)),
         );
-        let routers: Vec<String> = ROUTERS.iter().map(|r| format!("{r}:{ROUTER_PORT}")).collect();
-        #[allow(unused_mut)]
-        let mut client_config =
-            ClientConfig::new(peer.clone(), Secret::new(format!("{name}-secret"))?, routers);
-        #[cfg(feature = "planted-bugs")]
-        {
-            client_config.bugs = self.bugs;
+        let (controls, mut events, driver) = spawn_client(
+            name,
+            rng.random(),
+            #[cfg(feature = "planted-bugs")]
+            self.bugs,
+        )?;
+        let mut to_watch: BTreeSet<PeerId> = BTreeSet::new();
+        if self.presence {
+            for other in CLIENTS.iter().copied().filter(|c| *c != name).chain([ROAMER]) {
+                to_watch.insert(PeerId::new(other)?);
+            }
         }
-        let outbox_limit = client_config.outbox_limit;
-        let client = Client::new(client_config, rng.random(), peerlink_runtime::now());
-        let driver_config = ClientDriverConfig {
-            connect_timeout: Duration::from_secs(1),
-            max_frame_len: DEFAULT_MAX_FRAME_LEN,
-        };
-        let (controls, controls_rx) = mpsc::channel(16);
-        let (events_tx, mut events) = mpsc::unbounded_channel();
-        let driver = tokio::task::spawn_local(run_client(
-            TurmoilNetwork,
-            client,
-            driver_config,
-            controls_rx,
-            events_tx,
-            outbox_limit,
-        ));
         let member = Rc::new(RefCell::new(BTreeSet::<GroupName>::new()));
         let group = GroupName::new(GROUP)?;
         let issue = |command: Command| {
@@ -400,8 +526,14 @@ impl Workload {
                     if now >= self.work_end {
                         break;
                     }
-                    // Others join only once the group surely exists.
+                    // Others join only once the group surely exists, and
+                    // watch once every peer surely is registered.
                     if now < Duration::from_secs(2) {
+                        continue;
+                    }
+                    self.take_refused_watches(&mut to_watch);
+                    if let Some(watched) = to_watch.pop_first() {
+                        controls.send(issue(Command::Query(Query::Watch(watched)))).await?;
                         continue;
                     }
                     let roll = rng.random_range(0..100);
@@ -423,10 +555,26 @@ impl Workload {
             }
         }
         // Listen until everything has had time to arrive, then finish.
+        let quiet_at = self.finish_at.saturating_sub(Duration::from_secs(1));
+        let mut quiet = !self.presence;
         loop {
-            let left = self.finish_at.saturating_sub(elapsed());
+            self.take_refused_watches(&mut to_watch);
+            if let Some(watched) = to_watch.pop_first() {
+                controls
+                    .send(issue(Command::Query(Query::Watch(watched))))
+                    .await?;
+            }
+            if !quiet && elapsed() >= quiet_at {
+                quiet = true;
+                self.recorder.record(&peer, What::Quiet);
+            }
+            let until = if quiet { self.finish_at } else { quiet_at };
+            let left = until.saturating_sub(elapsed());
             if left.is_zero() {
-                break;
+                if quiet {
+                    break;
+                }
+                continue;
             }
             tokio::select! {
                 biased;
@@ -446,7 +594,20 @@ impl Workload {
         Ok(())
     }
 
+    /// Moves the watches the router refused (the peer was not registered
+    /// yet, say) back to those still to issue.
+    fn take_refused_watches(&self, to_watch: &mut BTreeSet<PeerId>) {
+        to_watch.append(&mut self.refused_watches.borrow_mut());
+    }
+
     fn observe(&self, peer: &PeerId, member: &RefCell<BTreeSet<GroupName>>, event: ClientEvent) {
+        if let ClientEvent::QueryFailed {
+            query: Query::Watch(watched),
+            ..
+        } = &event
+        {
+            self.refused_watches.borrow_mut().insert(watched.clone());
+        }
         if let ClientEvent::GroupDone { op, group } = &event {
             match op {
                 GroupOp::Create | GroupOp::Join => member.borrow_mut().insert(group.clone()),

@@ -202,7 +202,7 @@ pub fn direct_and_group(seed: u64) -> Result<Trace, SimError> {
 }
 
 /// The named chaos scenarios, in the order `sweep --scenario all` runs them.
-pub const SCENARIOS: [&str; 18] = [
+pub const SCENARIOS: [&str; 19] = [
     "primary_crash",
     "silent_primary_crash",
     "primary_cut_from_rm",
@@ -221,6 +221,7 @@ pub const SCENARIOS: [&str; 18] = [
     "new_primary_dies_while_others_unheard",
     "whole_cluster_crash",
     "rolling_crashes",
+    "presence_failover",
 ];
 
 /// What one scenario run found.
@@ -504,6 +505,35 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
                     plan.push(fault(at, trigger, Duration::ZERO, action));
                 }
             }
+        }
+        "presence_failover" => {
+            // Clients watch each other and a peer that keeps going offline
+            // and coming back, while the primary crashes, and later crashes
+            // again or is cut from the RM: presence is soft state of the
+            // primary, rebuilt after each failover.
+            config.presence = true;
+            let down = secs(&mut rng, 1, 4);
+            let crash = Action::Crash {
+                host: Victim::Primary,
+                down,
+            };
+            plan.push(fault(secs(&mut rng, 3, 9), Trigger::Now, Duration::ZERO, crash));
+            // Late in the work, so that for many seeds the watches renewed
+            // after it are the last news watchers get.
+            let late = if rng.random_bool(0.5) {
+                Action::Partition {
+                    a: Victim::Primary,
+                    b: vec![Victim::Named(RM)],
+                    oneway: false,
+                    duration: secs(&mut rng, 2, 5),
+                }
+            } else {
+                Action::Crash {
+                    host: Victim::Primary,
+                    down: secs(&mut rng, 1, 3),
+                }
+            };
+            plan.push(fault(secs(&mut rng, 12, 17), Trigger::Now, Duration::ZERO, late));
         }
         "rolling_crashes" => {
             // Routers crash one after another with no pause to catch up:

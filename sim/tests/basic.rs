@@ -24,7 +24,7 @@ fn a_direct_and_a_group_message_are_delivered() {
                 .filter(|r| r.peer.as_str() == peer)
                 .filter_map(|r| match &r.what {
                     What::Observed(e) => Some(e),
-                    What::Issued(_) => None,
+                    _ => None,
                 })
                 .collect()
         };

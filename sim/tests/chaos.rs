@@ -129,3 +129,8 @@ fn rolling_restarts() {
 fn paused_primary() {
     scenario("paused_primary");
 }
+
+#[test]
+fn presence_failover() {
+    scenario("presence_failover");
+}

@@ -18,6 +18,12 @@ pub enum What {
     Issued(Command),
     /// The client reported an event.
     Observed(ClientEvent),
+    /// The application stopped its client: the peer is offline on purpose
+    /// until it issues `Register` again (with a new client).
+    Offline,
+    /// The world has been healed and quiet for a while: what this peer has
+    /// observed so far should agree with the truth (presence, for one).
+    Quiet,
 }
 
 /// One entry of a [`History`].

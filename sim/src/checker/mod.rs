@@ -8,6 +8,7 @@
 //! group), `Join` and `Leave`. Call it after the world was healed and drained
 //! (see `World::heal_and_drain`): it treats anything still missing as lost.
 
+mod presence;
 mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -122,6 +123,18 @@ pub enum Violation {
         /// What it saw.
         detail: String,
     },
+    /// Once the world was quiet, a watcher's last presence news of a peer
+    /// it watches was wrong, or it had none.
+    PresenceWrong {
+        /// The watcher.
+        watcher: PeerId,
+        /// The peer watched.
+        peer: PeerId,
+        /// The last news it had: online or not, or none at all.
+        last: Option<bool>,
+        /// Whether the peer was online.
+        truth: bool,
+    },
     /// A command was never answered.
     Unanswered {
         /// The peer that issued it.
@@ -184,6 +197,21 @@ impl fmt::Display for Violation {
             ),
             Violation::StateLost { peer, detail } => write!(f, "state lost: {peer}: {detail}"),
             Violation::Unanswered { peer, command } => write!(f, "unanswered: {peer} issued {command}"),
+            Violation::PresenceWrong {
+                watcher,
+                peer,
+                last,
+                truth,
+            } => write!(
+                f,
+                "presence wrong: once quiet, {watcher}'s last news of {peer} was {}, but {peer} was {}",
+                match last {
+                    Some(true) => "online",
+                    Some(false) => "offline",
+                    None => "none",
+                },
+                if *truth { "online" } else { "offline" }
+            ),
         }
     }
 }
@@ -304,7 +332,7 @@ pub fn check(history: &History) -> Vec<Violation> {
                     .or_default()
                     .push((index, *op, group.clone(), false));
             }
-            What::Observed(_) => {}
+            What::Observed(_) | What::Offline | What::Quiet => {}
         }
     }
 
@@ -392,6 +420,7 @@ pub fn check(history: &History) -> Vec<Violation> {
         }
     }
     v.extend(state::check_state(history));
+    v.extend(presence::check_presence(history));
     v.into_iter().collect()
 }
 

@@ -144,7 +144,7 @@ pub(super) fn check_state(history: &History) -> Vec<Violation> {
                     lost(me, format!("{op:?} {group} was refused: the group is unknown"));
                 }
             }
-            What::Observed(_) => {}
+            What::Observed(_) | What::Offline | What::Quiet => {}
         }
     }
     v
