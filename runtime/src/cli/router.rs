@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use peerlink_core::ids::ReplicaId;
+use peerlink_core::router::directory::Directory;
 use peerlink_core::router::replication::ReplicationConfig;
 use peerlink_core::router::{Router, RouterConfig};
 use peerlink_core::wire::cluster::check_addr;
@@ -53,6 +54,16 @@ pub(crate) struct RouterArgs {
     /// `group_full`.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     max_group_members: u64,
+    /// Whether registered peers may list every peer ID with PEERS
+    /// (`public`), or only look up IDs they already know with WHO
+    /// (`private`). A public directory lets any registered peer enumerate
+    /// every ID. Every router of a cluster should say the same.
+    #[arg(long, value_enum, default_value_t = DirectoryArg::Private)]
+    pub(crate) directory: DirectoryArg,
+    /// The most peers one session may watch (WATCH); more are refused with
+    /// `too_many_watches`.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_watches: u64,
     /// The largest frame accepted or sent, in bytes, newline included.
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME_LEN as u64,
           value_parser = clap::value_parser!(u64).range(FRAME_OVERHEAD as u64 * 2..=64 * 1024 * 1024))]
@@ -226,6 +237,8 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         max_groups_per_peer: args.max_groups_per_peer as usize,
         max_group_members: args.max_group_members as usize,
         max_frame_len: args.max_frame_bytes as usize,
+        directory: args.directory.into(),
+        max_watches: args.max_watches as usize,
         replication,
         ..RouterConfig::default()
     };
@@ -280,4 +293,32 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     .await?;
     tracing::info!(id = %args.id, "router stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--directory` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DirectoryArg {
+    /// Registered peers may list every peer ID (PEERS).
+    Public,
+    /// Peers are found only by an ID already known (WHO, WATCH).
+    Private,
+}
+
+impl DirectoryArg {
+    /// The flag's value as typed.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DirectoryArg::Public => "public",
+            DirectoryArg::Private => "private",
+        }
+    }
+}
+
+impl From<DirectoryArg> for Directory {
+    fn from(arg: DirectoryArg) -> Self {
+        match arg {
+            DirectoryArg::Public => Directory::Public,
+            DirectoryArg::Private => Directory::Private,
+        }
+    }
 }

@@ -14,6 +14,7 @@ use super::children::{start, Started};
 use peerlink_runtime::tls::ProdNetwork;
 
 use super::cluster_key::ClusterKeyArgs;
+use super::router::DirectoryArg;
 use super::tls_args::ServerTlsArgs;
 use super::{secret, shutdown, status};
 
@@ -48,6 +49,10 @@ pub(crate) struct UpArgs {
     /// up to 30 s while it keeps crashing within 30 s of its start.
     #[arg(long)]
     no_restart: bool,
+    /// Whether peers may list the peer directory (PEERS): `public` or
+    /// `private` (see `peerlink router --help`).
+    #[arg(long, value_enum, default_value_t = DirectoryArg::Private)]
+    directory: DirectoryArg,
     #[command(flatten)]
     key: ClusterKeyArgs,
     #[command(flatten)]
@@ -119,6 +124,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             key_path,
             "--data-dir",
             &dir,
+            "--directory",
+            args.directory.as_str(),
         ];
         flags.extend(tls_flags.iter().map(String::as_str));
         commands.push(flags.iter().map(|f| (*f).to_owned()).collect());
