@@ -350,20 +350,20 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
     Ok(trace)
 }
 
+/// A running client driver: its commands, its events, and its task.
+type ClientHandles = (
+    mpsc::Sender<Control>,
+    mpsc::UnboundedReceiver<ClientEvent>,
+    JoinHandle<ClientExit>,
+);
+
 /// Starts a client driver for peer `name` on the current host, its secret
 /// derived from the name, its machine seeded with `seed`.
 fn spawn_client(
     name: &str,
     seed: u64,
     #[cfg(feature = "planted-bugs")] bugs: peerlink_core::bugs::Bugs,
-) -> Result<
-    (
-        mpsc::Sender<Control>,
-        mpsc::UnboundedReceiver<ClientEvent>,
-        JoinHandle<ClientExit>,
-    ),
-    SimError,
-> {
+) -> Result<ClientHandles, SimError> {
     let routers: Vec<String> = ROUTERS.iter().map(|r| format!("{r}:{ROUTER_PORT}")).collect();
     #[allow(unused_mut)]
     let mut client_config = ClientConfig::new(

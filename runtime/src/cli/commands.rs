@@ -199,6 +199,67 @@ fn single_argument<'a>(word: &str, rest: &'a str, what: &str) -> Result<&'a str,
 mod tests {
     use super::*;
 
+    fn query(line: &str) -> Query {
+        match parse(line) {
+            Ok(Line::Command(Command::Query(query))) => query,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_discovery_commands() {
+        assert_eq!(query("who bob"), Query::Who(Target::new("bob").unwrap()));
+        assert_eq!(
+            query("PEERS"),
+            Query::Peers {
+                prefix: None,
+                after: None,
+                limit: None
+            }
+        );
+        assert_eq!(
+            query("PEERS al limit=2 after=al2"),
+            Query::Peers {
+                prefix: Some(NamePrefix::new("al").unwrap()),
+                after: Some(PeerId::new("al2").unwrap()),
+                limit: Some(2)
+            }
+        );
+        assert_eq!(
+            query("GROUPS after=dev"),
+            Query::Groups {
+                prefix: None,
+                after: Some(GroupName::new("dev").unwrap()),
+                limit: None
+            }
+        );
+        assert_eq!(
+            query("MEMBERS devs after=bob"),
+            Query::Members {
+                group: GroupName::new("devs").unwrap(),
+                after: Some(PeerId::new("bob").unwrap()),
+                limit: None
+            }
+        );
+        assert_eq!(query("watch bob"), Query::Watch(PeerId::new("bob").unwrap()));
+        assert_eq!(query("UNWATCH bob"), Query::Unwatch(PeerId::new("bob").unwrap()));
+        for (line, error) in [
+            ("WHO", "usage: WHO <name>"),
+            ("WHO a b", "usage: WHO <name>"),
+            ("WATCH b@d", "invalid name"),
+            ("PEERS al al2", "usage: PEERS"),
+            ("PEERS limit=0", "limit must be"),
+            ("PEERS limit=x", "limit must be"),
+            ("PEERS after=a after=b", "after= given twice"),
+            ("MEMBERS", "usage: MEMBERS"),
+            ("MEMBERS after=bob", "usage: MEMBERS"),
+            ("GROUPS sp@ce", "invalid name"),
+        ] {
+            let message = parse(line).unwrap_err();
+            assert!(message.contains(error), "{line}: {message}");
+        }
+    }
+
     #[test]
     fn a_body_too_large_for_a_frame_is_refused_before_sending() {
         let limit = DEFAULT_MAX_FRAME_LEN - FRAME_OVERHEAD;

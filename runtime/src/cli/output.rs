@@ -357,6 +357,77 @@ mod tests {
     }
 
     #[test]
+    fn discovery_lines_are_stable() {
+        use peerlink_core::ids::{GroupName, NamePrefix};
+        use peerlink_core::wire::directory::GroupEntry;
+        let peer = |s: &str| PeerId::new(s).unwrap();
+        let entry = |id: &str, online| PeerEntry { id: peer(id), online };
+        let cases = [
+            (
+                ClientEvent::Found {
+                    name: Target::new("bob").unwrap(),
+                    entry: Some(Entry::Peer {
+                        online: false,
+                        last_seen_ms_ago: Some(2_345),
+                    }),
+                },
+                "who bob peer offline last_seen=2.3s_ago",
+            ),
+            (
+                ClientEvent::Found {
+                    name: Target::new("devs").unwrap(),
+                    entry: Some(Entry::Group {
+                        creator: peer("alice"),
+                        members: 3,
+                    }),
+                },
+                "who devs group creator=alice members=3",
+            ),
+            (
+                ClientEvent::PeerPage {
+                    peers: vec![entry("al", true), entry("al2", false)],
+                    next: Some(peer("al2")),
+                },
+                "peers al:online al2:offline next=al2",
+            ),
+            (
+                ClientEvent::GroupPage {
+                    groups: vec![GroupEntry {
+                        name: GroupName::new("devs").unwrap(),
+                        members: 2,
+                    }],
+                    next: None,
+                },
+                "groups devs:2",
+            ),
+            (
+                ClientEvent::Presence {
+                    peer: peer("bob"),
+                    online: true,
+                },
+                "presence bob online",
+            ),
+            (
+                ClientEvent::QueryFailed {
+                    query: Query::Peers {
+                        prefix: Some(NamePrefix::new("al").unwrap()),
+                        after: None,
+                        limit: Some(5),
+                    },
+                    code: peerlink_core::wire::ErrorCode::DirectoryPrivate,
+                    message: "private".into(),
+                },
+                "query_failed PEERS al limit=5 code=directory_private: private",
+            ),
+        ];
+        for (event, line) in cases {
+            assert_eq!(text(&event), line);
+            let value: serde_json::Value = serde_json::from_str(&json(&event)).unwrap();
+            assert!(value["event"].is_string(), "{value}");
+        }
+    }
+
+    #[test]
     fn json_lines_carry_every_field() {
         let v: serde_json::Value = serde_json::from_str(&json(&received())).unwrap();
         assert_eq!(v["event"], "received");
