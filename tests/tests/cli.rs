@@ -314,3 +314,38 @@ fn status_watch_repeats_and_survives_an_unreachable_replica_manager() -> Result<
     ensure!(watch.wait()?, "status --watch did not stop cleanly on Ctrl-C");
     Ok(())
 }
+
+#[test]
+fn an_unreachable_router_is_reported_within_two_seconds() -> Result<()> {
+    // A port nothing listens on: bind one, note it, and let it go.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let dir = TempDir::new()?;
+    let dir_text = dir.path().to_str().context("UTF-8 temp dir")?;
+    let mut client = Process::start(
+        "lonely",
+        &["client", "--id", "lonely", "--router", &free],
+        &[("PEERLINK_DATA_DIR", dir_text)],
+    )?;
+    let started = Instant::now();
+    client.send("REGISTER")?;
+    let line = client.expect("unreachable ")?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(2),
+        "reported after {:?}",
+        started.elapsed()
+    );
+    ensure!(line.contains(&free) && line.contains("retrying in"), "{line}");
+    Ok(())
+}
+
+#[test]
+fn a_second_register_is_answered() -> Result<()> {
+    let router = Router::start(&[])?;
+    let dir = TempDir::new()?;
+    let mut alice = peerlink_tests::registered("alice", &router.addr, dir.path())?;
+    alice.send("REGISTER")?;
+    alice.expect("registered alice next_seq=1")?;
+    Ok(())
+}

@@ -230,6 +230,19 @@ pub enum ClientEvent {
         /// Why.
         reason: String,
     },
+    /// No router could be reached: the `attempts`-th connection attempt in
+    /// a row failed. Reported after 1, 2, 4, 8, ... failures in a row, so a
+    /// long outage is reported ever more rarely. The client keeps trying.
+    Unreachable {
+        /// The router last tried.
+        router: String,
+        /// Failed attempts in a row.
+        attempts: u32,
+        /// Why the last one failed.
+        reason: String,
+        /// When the next attempt starts.
+        retry_in: Duration,
+    },
     /// Registered.
     Registered {
         /// This peer.
@@ -433,6 +446,8 @@ pub struct Client {
     /// The address of the current (or last) connection attempt.
     current_router: String,
     failures: u32,
+    /// Connection attempts that failed in a row.
+    connect_failures: u32,
     wants_register: bool,
     registered_once: bool,
     next_seq: Seq,
@@ -473,6 +488,7 @@ impl Client {
             redirect: None,
             current_router: String::new(),
             failures: 0,
+            connect_failures: 0,
             wants_register: false,
             registered_once: false,
             next_seq: Seq(1),
@@ -571,6 +587,13 @@ impl Client {
     fn handle_command(&mut self, now: Instant, command: Command) {
         match command {
             Command::Register => {
+                if let (true, true) = (self.wants_register, self.is_registered()) {
+                    // Registered already: say so rather than nothing.
+                    let peer = self.config.peer.clone();
+                    let next_seq = self.next_seq;
+                    self.emit(ClientEvent::Registered { peer, next_seq });
+                    return;
+                }
                 self.wants_register = true;
                 let waiting = self.pending.values().any(|(p, _)| matches!(p, Pending::Register));
                 if matches!(
@@ -1028,6 +1051,7 @@ impl Machine for Client {
                 if attempt != self.attempt || !matches!(self.link, Link::Connecting) {
                     return;
                 }
+                self.connect_failures = 0;
                 self.link = Link::Up {
                     registered: false,
                     last_rx: now,
@@ -1040,8 +1064,24 @@ impl Machine for Client {
                     self.send_register(now);
                 }
             }
-            ClientInput::ConnectFailed { attempt, reason }
-            | ClientInput::Disconnected { attempt, reason } => {
+            ClientInput::ConnectFailed { attempt, reason } => {
+                if attempt == self.attempt && matches!(self.link, Link::Connecting) {
+                    self.connect_failures = self.connect_failures.saturating_add(1);
+                    let router = self.current_router.clone();
+                    self.lose_link(now, reason.clone());
+                    let attempts = self.connect_failures;
+                    if let (true, Link::Idle { retry_at }) = (attempts.is_power_of_two(), &self.link) {
+                        let retry_in = retry_at.saturating_duration_since(now);
+                        self.emit(ClientEvent::Unreachable {
+                            router,
+                            attempts,
+                            reason,
+                            retry_in,
+                        });
+                    }
+                }
+            }
+            ClientInput::Disconnected { attempt, reason } => {
                 if attempt == self.attempt && matches!(self.link, Link::Connecting | Link::Up { .. }) {
                     self.lose_link(now, reason);
                 }

@@ -633,3 +633,78 @@ fn a_watch_issued_before_registration_is_sent_once() {
     let out = register_reply(&mut h, &register, 1);
     assert_eq!(watches(&out).len(), 1, "{out:?}");
 }
+
+#[test]
+fn failed_connection_attempts_are_reported_ever_more_rarely() {
+    let now = epoch();
+    let config = ClientConfig::new(peer("alice"), Secret::new("s").unwrap(), vec!["r1".into()]);
+    let mut client = Client::new(config, 1, now);
+    let mut reported = Vec::new();
+    let mut at = now;
+    for attempt in 1..=9 {
+        at = client.poll_timeout().unwrap();
+        client.handle_timeout(at);
+        drain(&mut client);
+        let reason = "connection refused".to_owned();
+        client.handle(at, ClientInput::ConnectFailed { attempt, reason });
+        for event in events(&drain(&mut client)) {
+            match event {
+                ClientEvent::Unreachable {
+                    router,
+                    attempts,
+                    retry_in,
+                    ..
+                } => {
+                    assert_eq!(router, "r1");
+                    assert_eq!(Some(at + retry_in), client.poll_timeout());
+                    reported.push(attempts);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(reported, vec![1, 2, 4, 8]);
+    // A connection resets the count.
+    client.handle_timeout(client.poll_timeout().unwrap());
+    drain(&mut client);
+    client.handle(at, ClientInput::Connected { attempt: 10 });
+    client.handle(
+        at,
+        ClientInput::Disconnected {
+            attempt: 10,
+            reason: "x".into(),
+        },
+    );
+    client.handle_timeout(client.poll_timeout().unwrap());
+    drain(&mut client);
+    client.handle(
+        at,
+        ClientInput::ConnectFailed {
+            attempt: 11,
+            reason: "refused".into(),
+        },
+    );
+    assert!(matches!(
+        &events(&drain(&mut client))[..],
+        [ClientEvent::Unreachable { attempts: 1, .. }]
+    ));
+}
+
+#[test]
+fn a_second_register_is_answered() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    register_reply(&mut h, &register, 5);
+    let out = h.command(Command::Register);
+    assert_eq!(
+        events(&out),
+        vec![ClientEvent::Registered {
+            peer: peer("alice"),
+            next_seq: Seq(5)
+        }]
+    );
+    assert!(
+        !out.iter().any(|o| matches!(o, ClientOutput::Transmit(_))),
+        "nothing sent"
+    );
+}

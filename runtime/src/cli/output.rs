@@ -116,6 +116,17 @@ pub(crate) fn text(event: &ClientEvent) -> String {
     match event {
         ClientEvent::Connected { router } => format!("connected {}", safe(router)),
         ClientEvent::Disconnected { reason } => format!("disconnected: {}", safe(reason)),
+        ClientEvent::Unreachable {
+            router,
+            attempts,
+            reason,
+            retry_in,
+        } => format!(
+            "unreachable {} attempts={attempts}: {}; retrying in {:.1} s",
+            safe(router),
+            safe(reason),
+            retry_in.as_secs_f64()
+        ),
         ClientEvent::Registered { peer, next_seq } => format!("registered {peer} next_seq={next_seq}"),
         ClientEvent::RegisterFailed { code, message } => {
             format!("register_failed code={code}: {}", safe(message))
@@ -199,6 +210,15 @@ pub(crate) fn json(event: &ClientEvent) -> String {
     let value = match event {
         ClientEvent::Connected { router } => json!({"event": "connected", "router": router}),
         ClientEvent::Disconnected { reason } => json!({"event": "disconnected", "reason": reason}),
+        ClientEvent::Unreachable {
+            router,
+            attempts,
+            reason,
+            retry_in,
+        } => json!({
+            "event": "unreachable", "router": router, "attempts": attempts, "reason": reason,
+            "retry_in_ms": retry_in.as_millis() as u64
+        }),
         ClientEvent::Registered { peer, next_seq } => {
             json!({"event": "registered", "peer": peer, "next_seq": next_seq})
         }
