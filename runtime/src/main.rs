@@ -50,7 +50,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match cli::config::parse::<Args>(std::env::args_os().collect()) {
+        Ok(cli::config::Parsed::Run(args)) => args,
+        Ok(cli::config::Parsed::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => e.exit(),
+    };
     let default_level = match args.command {
         Command::Router(_) | Command::Up(_) | Command::Rm(_) => "info",
         Command::Status(_) | Command::Cert(_) | Command::Completions(_) | Command::Man(_) => "warn",

@@ -349,3 +349,51 @@ fn a_second_register_is_answered() -> Result<()> {
     alice.expect("registered alice next_seq=1")?;
     Ok(())
 }
+
+#[test]
+fn a_config_file_takes_effect_and_flags_override_it() -> Result<()> {
+    let dir = TempDir::new()?;
+    let file = dir.path().join("router.toml");
+    std::fs::write(
+        &file,
+        "directory = \"public\"\nmax_watches = 1\nmailbox-limit = 7\n",
+    )?;
+    let file = file.to_str().context("UTF-8 temp dir")?;
+
+    let printed = command(&["router", "--config", file, "--max-watches", "2", "--print-config"]).output()?;
+    ensure!(printed.status.success(), "{printed:?}");
+    let text = String::from_utf8(printed.stdout)?;
+    for line in [
+        "directory = \"public\"  # configuration file",
+        "max-watches = 2  # command line",
+        "mailbox-limit = 7  # configuration file",
+        "# idle-timeout = 60  # default",
+    ] {
+        ensure!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+
+    let router = Router::start(&["--config", file, "--max-watches", "2"])?;
+    let mut alice = peerlink_tests::registered("alice", &router.addr, dir.path())?;
+    for id in ["bob", "carol", "dave"] {
+        peerlink_tests::registered(id, &router.addr, dir.path())?;
+    }
+    alice.send("PEERS")?;
+    alice.expect("peers alice:online")?;
+    for id in ["bob", "carol"] {
+        alice.send(&format!("WATCH {id}"))?;
+        alice.expect(&format!("presence {id} "))?;
+    }
+    alice.send("WATCH dave")?;
+    alice.expect("query_failed WATCH dave code=too_many_watches")?;
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "mailbox-limit = \"lots\"\n")?;
+    let output = command(&["router", "--config", bad.to_str().context("UTF-8")?]).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.code() == Some(2), "{output:?}");
+    ensure!(
+        stderr.contains("bad.toml") && stderr.contains("--mailbox-limit"),
+        "{stderr}"
+    );
+    Ok(())
+}

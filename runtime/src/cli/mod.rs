@@ -6,6 +6,7 @@ mod children;
 pub(crate) mod client;
 mod cluster_key;
 mod commands;
+pub(crate) mod config;
 pub(crate) mod docs;
 mod output;
 mod prompt;

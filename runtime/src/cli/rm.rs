@@ -42,10 +42,13 @@ pub(crate) struct RmArgs {
     key: ClusterKeyArgs,
     #[command(flatten)]
     tls: ServerTlsArgs,
+    #[command(flatten)]
+    pub(crate) config: super::config::ConfigArgs,
 }
 
 /// Runs the replica manager until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: RmArgs) -> anyhow::Result<ExitCode> {
+    args.config.log();
     let dir = match args.data_dir {
         Some(dir) => dir,
         None => secret::default_data_dir()?.join("rm"),

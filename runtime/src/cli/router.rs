@@ -132,6 +132,8 @@ pub(crate) struct RouterArgs {
     #[arg(long, default_value_t = 1000, requires = "rm",
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     ack_timeout_ms: u64,
+    #[command(flatten)]
+    pub(crate) config: super::config::ConfigArgs,
 }
 
 fn parse_router_id(s: &str) -> Result<String, String> {
@@ -156,6 +158,7 @@ fn check_advertised(
 
 /// Runs the router until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
+    args.config.log();
     let data_dir = match &args.data_dir {
         Some(dir) => dir.clone(),
         None => secret::default_data_dir()?.join(format!("router-{}", args.id)),

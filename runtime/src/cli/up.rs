@@ -57,6 +57,8 @@ pub(crate) struct UpArgs {
     key: ClusterKeyArgs,
     #[command(flatten)]
     tls: ServerTlsArgs,
+    #[command(flatten)]
+    pub(crate) config: super::config::ConfigArgs,
 }
 
 /// The directories `up` keeps its members' state in, under its data
@@ -66,6 +68,7 @@ const MEMBER_DIRS: [&str; 4] = ["rm", "r1", "r2", "r3"];
 /// Starts the cluster, prints how to connect, reports every configuration
 /// change, and stops everything on Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    args.config.log();
     let exe = std::env::current_exe().context("cannot find the peerlink executable")?;
     let root = match &args.data_dir {
         Some(dir) => dir.clone(),
