@@ -12,6 +12,7 @@ pub mod client_driver;
 pub mod cluster_link;
 mod connection;
 mod hashers;
+mod metrics;
 pub mod net;
 pub mod rm_driver;
 pub mod router_driver;

@@ -146,6 +146,7 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
     let mut idle_check = tokio::time::interval(IDLE_CHECK);
     let mut next_conn = ConnId(0);
     let mut unsaved: Option<Configuration> = None;
+    let mut saved: Option<Configuration> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
@@ -161,6 +162,8 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
             if let Some(config) = unsaved.take() {
                 match store.save(&config) {
                     Ok(()) => {
+                        crate::metrics::rm_configuration(&config, saved.as_ref());
+                        saved = Some(config.clone());
                         tracing::info!(target: CONFIG_TARGET, epoch = config.epoch.0, primary = ?config.primary.as_ref().map(|p| &p.id),
                             backups = ?config.backups.iter().map(|m| &m.id).collect::<Vec<_>>(),
                             candidates = ?config.candidates.iter().map(|m| &m.id).collect::<Vec<_>>(),
@@ -185,7 +188,9 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
                 retry_at = None;
                 if let Some(config) = unsaved.take() {
                     if store.save(&config).is_ok() {
+                        crate::metrics::rm_configuration(&config, saved.as_ref());
                         rm.handle(now(), RmInput::Persisted(config.epoch));
+                        saved = Some(config);
                     } else {
                         unsaved = Some(config);
                         retry_at = Some(tokio::time::Instant::now() + PERSIST_RETRY);

@@ -51,6 +51,10 @@ pub const CHECKPOINT_TARGET: &str = "peerlink::checkpoint";
 /// How many decoded frames may wait for the router before readers pause.
 const INBOUND_QUEUE: usize = 4096;
 
+/// How often the driver refreshes the gauges of [`Router::stats`] (a walk
+/// over every peer).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The most queued client frames handled in a row before the driver looks
 /// at its timers and other inputs again.
 const INBOUND_BATCH: usize = 256;
@@ -219,8 +223,13 @@ pub async fn run_router<N: Network>(
         },
     };
     tokio::pin!(shutdown);
+    // Gauges are refreshed at most once a STATS_INTERVAL, and only after
+    // something happened: `stats_due` is when, once something did.
+    let mut stats_due = Some(tokio::time::Instant::now());
     loop {
         while let Some(output) = router.poll_output() {
+            stats_due.get_or_insert_with(|| tokio::time::Instant::now() + STATS_INTERVAL);
+            crate::metrics::router_output(&output, router.is_serving());
             match output {
                 RouterOutput::Persist { ticket, record } => storage.submit(ticket, record),
                 RouterOutput::HashSecret(job) => match &hashers {
@@ -334,11 +343,16 @@ pub async fn run_router<N: Network>(
                 }
             }
         }
+        if stats_due.is_some_and(|due| tokio::time::Instant::now() >= due) {
+            crate::metrics::router_stats(&router.stats());
+            stats_due = None;
+        }
         timer.set(router.poll_timeout().map(tokio::time::Instant::from_std));
         tokio::select! {
             biased;
             () = &mut shutdown => return Ok(()),
             () = timer.fired() => router.handle_timeout(now()),
+            () = crate::timer::sleep_until(stats_due) => {}
             written = storage.next_report() => match written {
                 Written::Durable(ticket) => router.handle(now(), RouterInput::Persisted { ticket }),
                 Written::Failed(error) => {

@@ -397,3 +397,71 @@ fn a_config_file_takes_effect_and_flags_override_it() -> Result<()> {
     );
     Ok(())
 }
+
+/// The body of `GET path` from the admin listener at `addr`, with its
+/// status line.
+fn http_get(addr: &str, path: &str) -> Result<(String, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("an HTTP response")?;
+    Ok((
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    ))
+}
+
+/// The value of the metric line starting with `name` (labels included).
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn the_metrics_endpoint_serves_counters_that_move_with_traffic() -> Result<()> {
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let router = Router::start(&["--admin-listen", &admin])?;
+    let (status, body) = http_get(&admin, "/health")?;
+    ensure!(status.contains("200") && body == "ok\n", "{status} {body:?}");
+    ensure!(http_get(&admin, "/nothing")?.0.contains("404"));
+
+    let dir = TempDir::new()?;
+    let mut alice = peerlink_tests::registered("alice", &router.addr, dir.path())?;
+    let _bob = peerlink_tests::registered("bob", &router.addr, dir.path())?;
+    for n in 1..=3 {
+        alice.send(&format!("SEND_MSG bob m{n}"))?;
+    }
+    alice.send("SEND_MSG nobody hello")?;
+    alice.expect_count("delivered ", 3)?;
+    alice.expect_count("failed ", 1)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = http_get(&admin, "/metrics")?;
+        let accepted = metric(&body, "peerlink_messages_accepted_total");
+        let refused = metric(&body, "peerlink_refused_total{code=\"unknown_recipient\"}");
+        let delivered = metric(&body, "peerlink_messages_delivered_total");
+        let peers = metric(&body, "peerlink_peers");
+        let sessions = metric(&body, "peerlink_sessions");
+        if accepted == Some(3.0)
+            && refused == Some(1.0)
+            && delivered == Some(3.0)
+            && peers == Some(2.0)
+            && sessions == Some(2.0)
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "accepted {accepted:?} refused {refused:?} delivered {delivered:?} peers {peers:?} sessions {sessions:?} in:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}

@@ -288,6 +288,58 @@ pub enum RouterOutput {
     },
 }
 
+/// What a router is doing, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterRole {
+    /// No replica manager: it serves on its own.
+    Standalone,
+    /// The primary of its configuration: it serves.
+    Primary,
+    /// A backup or candidate, following the primary.
+    Follower,
+    /// In a cluster, with no role yet (or between roles).
+    Waiting,
+}
+
+impl RouterRole {
+    /// The role's name: `standalone`, `primary`, `follower` or `waiting`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouterRole::Standalone => "standalone",
+            RouterRole::Primary => "primary",
+            RouterRole::Follower => "follower",
+            RouterRole::Waiting => "waiting",
+        }
+    }
+}
+
+/// A snapshot of a router's counts and positions: see [`Router::stats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterStats {
+    /// What it is doing.
+    pub role: RouterRole,
+    /// The epoch of the configuration it knows (0 when standalone).
+    pub epoch: Epoch,
+    /// The last change applied.
+    pub applied: Lsn,
+    /// The last change committed.
+    pub committed: Lsn,
+    /// Registered peers.
+    pub peers: usize,
+    /// Groups.
+    pub groups: usize,
+    /// Live sessions (on a primary or standalone router).
+    pub sessions: usize,
+    /// Messages waiting in mailboxes.
+    pub mailbox_messages: usize,
+    /// The weight of every mailbox item, as counted against the storage
+    /// budget.
+    pub mailbox_bytes: usize,
+    /// On a primary, each follower and how many changes it has yet to
+    /// acknowledge.
+    pub follower_lag: Vec<(ReplicaId, u64)>,
+}
+
 #[derive(Debug)]
 struct Conn {
     peer: Option<PeerId>,
@@ -514,6 +566,39 @@ impl Router {
     /// This router's name in its cluster, if it is replicated.
     pub fn replica_id(&self) -> Option<&ReplicaId> {
         self.replication.as_ref().map(Replication::id)
+    }
+
+    /// Counts and positions for metrics: read-only, and O(peers), so a
+    /// driver asks at most about once a second.
+    pub fn stats(&self) -> RouterStats {
+        let replication = self.replication.as_ref();
+        let role = match replication {
+            None => RouterRole::Standalone,
+            Some(r) if r.is_primary() => RouterRole::Primary,
+            Some(r) if r.is_following() => RouterRole::Follower,
+            Some(_) => RouterRole::Waiting,
+        };
+        let applied = self.outbox.applied;
+        RouterStats {
+            role,
+            epoch: replication.map_or(Epoch(0), Replication::known_epoch),
+            applied,
+            committed: self.outbox.committed,
+            peers: self.state.peers.len(),
+            groups: self.state.groups.len(),
+            sessions: self.sessions.len(),
+            mailbox_messages: self.state.peers.values().map(|r| r.queued_messages).sum(),
+            mailbox_bytes: self.state.stored_bytes,
+            follower_lag: replication
+                .filter(|r| r.is_primary())
+                .map(|r| {
+                    r.follower_acks()
+                        .into_iter()
+                        .map(|(id, acked)| (id, applied.0.saturating_sub(acked.0)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
     }
 
     /// The durable state, for comparing replicas in tests.

@@ -1,5 +1,6 @@
 //! The subcommands of the `peerlink` binary.
 
+mod admin;
 pub(crate) mod bench;
 pub(crate) mod cert;
 mod children;

@@ -38,6 +38,11 @@ pub(crate) struct RmArgs {
     /// its crash would lose.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=16))]
     min_backups: u64,
+    /// Serve metrics (`GET /metrics`, Prometheus text format) and a health
+    /// check (`GET /health`) over plain HTTP on this address (HOST:PORT).
+    /// Off by default; keep it on a private interface.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     key: ClusterKeyArgs,
     #[command(flatten)]
@@ -49,6 +54,9 @@ pub(crate) struct RmArgs {
 /// Runs the replica manager until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: RmArgs) -> anyhow::Result<ExitCode> {
     args.config.log();
+    if let Some(addr) = args.admin_listen {
+        super::admin::start(addr).await?;
+    }
     let dir = match args.data_dir {
         Some(dir) => dir,
         None => secret::default_data_dir()?.join("rm"),

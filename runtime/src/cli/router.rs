@@ -84,6 +84,11 @@ pub(crate) struct RouterArgs {
     /// Seed for the salts of stored secrets (default: drawn from the OS).
     #[arg(long)]
     seed: Option<u64>,
+    /// Serve metrics (`GET /metrics`, Prometheus text format) and a health
+    /// check (`GET /health`) over plain HTTP on this address (HOST:PORT).
+    /// Off by default; keep it on a private interface.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_listen: Option<std::net::SocketAddr>,
     /// The replica manager's address (HOST:PORT). With it, this router joins
     /// a replicated cluster and the replica manager decides its role;
     /// without it, the router runs standalone.
@@ -159,6 +164,9 @@ fn check_advertised(
 /// Runs the router until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     args.config.log();
+    if let Some(addr) = args.admin_listen {
+        super::admin::start(addr).await?;
+    }
     let data_dir = match &args.data_dir {
         Some(dir) => dir.clone(),
         None => secret::default_data_dir()?.join(format!("router-{}", args.id)),

@@ -449,6 +449,7 @@ impl<D: Disk> Store<D> {
         for file in [log_name(old), checkpoint_name(old)] {
             self.disk.remove(&file).map_err(self.io_error("remove", &file))?;
         }
+        crate::metrics::checkpoint_written();
         Ok(())
     }
 }

@@ -391,6 +391,21 @@ impl Replication {
         &self.config.id
     }
 
+    /// The epoch of the configuration this router knows.
+    pub(super) fn known_epoch(&self) -> Epoch {
+        self.epoch()
+    }
+
+    /// Whether this router follows a primary.
+    pub(super) fn is_following(&self) -> bool {
+        matches!(self.role, Role::Follower { .. })
+    }
+
+    /// On a primary, each follower and the last change it acknowledged.
+    pub(super) fn follower_acks(&self) -> Vec<(ReplicaId, Lsn)> {
+        self.streams.iter().map(|(id, s)| (id.clone(), s.acked)).collect()
+    }
+
     /// The epoch, while primary.
     pub(super) fn primary_epoch(&self) -> Option<Epoch> {
         self.is_primary().then(|| self.epoch())

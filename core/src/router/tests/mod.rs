@@ -1121,3 +1121,23 @@ fn remembered_sources_are_bounded_and_forgotten_once_their_wait_is_long_over() {
     assert!(h.router.source_guesses.contains_key(&sources[2]));
     assert_eq!(h.router.source_guesses.len(), 1);
 }
+
+#[test]
+fn stats_count_what_the_router_holds() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    h.group_op(1, create, "devs");
+    h.router.handle(h.now, RouterInput::Disconnected(ConnId(2)));
+    h.send(1, 1, "bob", "hello");
+    h.send(1, 2, "bob", "again");
+    let stats = h.router.stats();
+    assert_eq!(stats.role, RouterRole::Standalone);
+    assert_eq!((stats.peers, stats.groups, stats.sessions), (2, 1, 1));
+    assert_eq!(stats.mailbox_messages, 2);
+    assert_eq!(stats.mailbox_bytes, h.router.stored_bytes());
+    assert!(stats.mailbox_bytes > 0);
+    assert_eq!(stats.applied, stats.committed);
+    assert_eq!(stats.applied, h.router.applied_lsn());
+    assert!(stats.follower_lag.is_empty());
+}
