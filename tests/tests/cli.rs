@@ -465,3 +465,30 @@ fn the_metrics_endpoint_serves_counters_that_move_with_traffic() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn status_asks_the_routers_directly_when_the_rm_is_down() -> Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    let primary = cluster.status()?.primary().context("a primary")?;
+    let primary_addr = cluster.addrs[primary.trim_start_matches('r').parse::<usize>()? - 1].clone();
+    let dead = if primary == "r3" { 2 } else { 3 };
+    cluster.kill_router(dead);
+    cluster.kill_rm();
+    let routers = cluster.router_list();
+    let output = command(&["status", "--rm", &cluster.rm_addr, "--routers", &routers]).output()?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    ensure!(output.status.code() == Some(1), "{output:?}");
+    ensure!(text.contains("asked directly"), "{text}");
+    let line = |addr: &str| text.lines().find(|l| l.starts_with(addr)).unwrap_or_default().to_owned();
+    ensure!(line(&primary_addr).contains("serves clients"), "{text}");
+    ensure!(line(&cluster.addrs[dead - 1]).contains("unreachable"), "{text}");
+    let others = (1..=3).filter(|i| *i != dead && cluster.addrs[i - 1] != primary_addr);
+    for i in others {
+        let l = line(&cluster.addrs[i - 1]);
+        ensure!(l.contains(&format!("sends clients to {primary_addr}")), "{text}");
+    }
+    let json = command(&["status", "--rm", &cluster.rm_addr, "--routers", &routers, "--json"]).output()?;
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout)?;
+    ensure!(value["routers"].as_array().map(Vec::len) == Some(3), "{value}");
+    Ok(())
+}

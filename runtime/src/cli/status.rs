@@ -1,4 +1,5 @@
-//! `peerlink status`: what the replica manager knows of the cluster.
+//! `peerlink status`: what the replica manager knows of the cluster — or,
+//! when it cannot be reached, what each router says of itself.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use clap::Args;
 use peerlink_core::cluster_auth::{ClusterKey, Connector, Nonce};
 use peerlink_core::ids::ReqId;
 use peerlink_core::wire::cluster::{MemberStatus, RmReply, RmRequest};
-use peerlink_core::wire::{decode_as, encode_frame, LineDecoder, DEFAULT_MAX_FRAME_LEN};
+use peerlink_core::wire::{decode_as, encode_frame, LineDecoder, ServerFrame, DEFAULT_MAX_FRAME_LEN};
 use peerlink_runtime::cluster_link::{self, Authenticated};
 use peerlink_runtime::net::Network;
 use peerlink_runtime::tls::ProdNetwork;
@@ -32,6 +33,12 @@ pub(crate) struct StatusArgs {
     /// replica manager is reported and asked again, not fatal.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     watch: Option<u64>,
+    /// The routers' client addresses (HOST:PORT,...). When the replica
+    /// manager cannot be reached, each router is asked directly whether it
+    /// is up and whether it serves clients (the primary) or sends them to
+    /// the primary it names.
+    #[arg(long, value_delimiter = ',', value_parser = super::client::parse_router)]
+    routers: Vec<String>,
     #[command(flatten)]
     key: ClusterKeyArgs,
     #[command(flatten)]
@@ -77,8 +84,14 @@ pub(crate) async fn query(net: &ProdNetwork, rm: &str, key: &ClusterKey) -> anyh
 pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (net, key) = (args.tls.network()?, args.key.load()?);
     let Some(every) = args.watch else {
-        let reply = query(&net, &args.rm, &key).await?;
-        return show(&args, reply);
+        return match query(&net, &args.rm, &key).await {
+            Ok(reply) => show(&args, reply),
+            Err(error) if !args.routers.is_empty() => {
+                show_routers(&args, &error, &probe_all(&net, &args.routers).await)?;
+                Ok(ExitCode::FAILURE)
+            }
+            Err(error) => Err(error),
+        };
     };
     let redraw = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !args.json;
     let signal = shutdown::signal();
@@ -97,6 +110,12 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         match query(&net, &args.rm, &key).await {
             Ok(reply) => {
                 show(&args, reply)?;
+            }
+            Err(error) if !args.routers.is_empty() => {
+                show_routers(&args, &error, &probe_all(&net, &args.routers).await)?;
+                if !args.json {
+                    println!("asking again in {every} s");
+                }
             }
             Err(error) => println!("{error:#}; asking again in {every} s"),
         }
@@ -175,4 +194,124 @@ fn show(args: &StatusArgs, reply: RmReply) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a router said when asked directly.
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum Probe {
+    /// It answered a ping: it serves clients (the primary, or standalone).
+    Serving,
+    /// It sent clients elsewhere: not the primary.
+    Redirects {
+        /// The primary it named, if it knows one.
+        primary: Option<String>,
+    },
+    /// It could not be reached, or did not answer.
+    Unreachable {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How long one router has to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks every router at once.
+async fn probe_all(net: &ProdNetwork, routers: &[String]) -> Vec<(String, Probe)> {
+    let probes: Vec<_> = routers
+        .iter()
+        .map(|addr| {
+            let (net, addr) = (net.clone(), addr.clone());
+            tokio::task::spawn_local(async move { asked(&net, addr).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for (addr, probe) in routers.iter().zip(probes) {
+        let probe = probe.await.unwrap_or_else(|e| Probe::Unreachable {
+            reason: format!("the probe failed: {e}"),
+        });
+        results.push((addr.clone(), probe));
+    }
+    results
+}
+
+/// One router's answer, within [`PROBE_TIMEOUT`].
+async fn asked(net: &ProdNetwork, addr: String) -> Probe {
+    match tokio::time::timeout(PROBE_TIMEOUT, probe(net, &addr)).await {
+        Ok(Ok(probe)) => probe,
+        Ok(Err(error)) => Probe::Unreachable {
+            reason: format!("{error:#}"),
+        },
+        Err(_) => Probe::Unreachable {
+            reason: format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
+        },
+    }
+}
+
+/// Connects to a router's client port as a client would and pings it: the
+/// primary answers `pong`; any other router answers `redirect`.
+async fn probe(net: &ProdNetwork, addr: &str) -> anyhow::Result<Probe> {
+    let mut stream = net.connect(addr).await.context("cannot connect")?;
+    let mut out = bytes::BytesMut::new();
+    encode_frame(
+        &peerlink_core::wire::ClientFrame::Ping { req: ReqId(1) },
+        &mut out,
+    );
+    stream.write_all(&out).await?;
+    let mut buffered = bytes::BytesMut::new();
+    let mut decoder = LineDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    let line = loop {
+        if let Some(line) = decoder.decode(&mut buffered) {
+            break line?;
+        }
+        if stream.read_buf(&mut buffered).await? == 0 {
+            bail!("closed the connection without answering");
+        }
+    };
+    Ok(match decode_as::<ServerFrame>(&line)? {
+        ServerFrame::Pong { .. } => Probe::Serving,
+        ServerFrame::Redirect { primary } => Probe::Redirects { primary },
+        ServerFrame::Closing { code, message } => Probe::Unreachable {
+            reason: format!("refused: {code}: {message}"),
+        },
+        other => bail!("answered {other:?}"),
+    })
+}
+
+/// Prints what the routers said, after why the replica manager was not
+/// asked.
+fn show_routers(
+    args: &StatusArgs,
+    rm_error: &anyhow::Error,
+    probes: &[(String, Probe)],
+) -> anyhow::Result<()> {
+    if args.json {
+        let routers: Vec<serde_json::Value> = probes
+            .iter()
+            .map(|(addr, probe)| {
+                let mut value = serde_json::to_value(probe).unwrap_or_default();
+                value["addr"] = serde_json::Value::String(addr.clone());
+                value
+            })
+            .collect();
+        let value = serde_json::json!({"rm_error": format!("{rm_error:#}"), "routers": routers});
+        println!("{value}");
+        return Ok(());
+    }
+    println!("{rm_error:#}; the routers, asked directly:");
+    println!("{:<22} {:<12} detail", "address", "state");
+    for (addr, probe) in probes {
+        let (state, detail) = match probe {
+            Probe::Serving => (
+                "up",
+                "serves clients: the primary (or a standalone router)".to_owned(),
+            ),
+            Probe::Redirects { primary: Some(p) } => ("up", format!("not the primary; sends clients to {p}")),
+            Probe::Redirects { primary: None } => ("up", "not the primary, and knows none".to_owned()),
+            Probe::Unreachable { reason } => ("unreachable", reason.clone()),
+        };
+        println!("{addr:<22} {state:<12} {detail}");
+    }
+    Ok(())
 }
