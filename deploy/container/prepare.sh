@@ -11,14 +11,13 @@ if [ -e "$out" ]; then
     exit 1
 fi
 mkdir -m 700 "$out"
-data="${XDG_DATA_HOME:-$HOME/.local/share}/peerlink"
 for host in rm r1 r2 r3; do
     # Routers are dialled by their host name inside the network and by
     # localhost from the machine running compose.
     peerlink cert --host "$host" --host localhost --out "$out/tls-$host"
 done
-# `peerlink cert` created the local authority and cluster key if needed.
-cp "$data/cluster.key" "$out/cluster.key"
+# A fresh cluster key: 32 random bytes in hex, readable by the owner only.
+(umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$out/cluster.key")
 cp "$out/tls-rm/ca.pem" "$out/ca.pem"
 cat > "$out/rm.toml" <<TOML
 listen = "0.0.0.0:8007"
