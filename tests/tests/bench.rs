@@ -79,3 +79,29 @@ fn contradictory_flags_are_refused() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn progress_lines_report_the_load_while_it_runs() -> Result<()> {
+    let router = Router::start(&[])?;
+    let output = peerlink_tests::command(&[
+        "bench",
+        "dm",
+        "--router",
+        &router.addr,
+        "--peers",
+        "2",
+        "--duration",
+        "2.5",
+        "--progress",
+    ])
+    .output()?;
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(" sent/s")).collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    assert!(
+        lines[0].starts_with('[') && lines[0].contains("sent "),
+        "{stderr}"
+    );
+    Ok(())
+}

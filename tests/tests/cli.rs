@@ -479,7 +479,12 @@ fn status_asks_the_routers_directly_when_the_rm_is_down() -> Result<()> {
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     ensure!(output.status.code() == Some(1), "{output:?}");
     ensure!(text.contains("asked directly"), "{text}");
-    let line = |addr: &str| text.lines().find(|l| l.starts_with(addr)).unwrap_or_default().to_owned();
+    let line = |addr: &str| {
+        text.lines()
+            .find(|l| l.starts_with(addr))
+            .unwrap_or_default()
+            .to_owned()
+    };
     ensure!(line(&primary_addr).contains("serves clients"), "{text}");
     ensure!(line(&cluster.addrs[dead - 1]).contains("unreachable"), "{text}");
     let others = (1..=3).filter(|i| *i != dead && cluster.addrs[i - 1] != primary_addr);
@@ -487,7 +492,15 @@ fn status_asks_the_routers_directly_when_the_rm_is_down() -> Result<()> {
         let l = line(&cluster.addrs[i - 1]);
         ensure!(l.contains(&format!("sends clients to {primary_addr}")), "{text}");
     }
-    let json = command(&["status", "--rm", &cluster.rm_addr, "--routers", &routers, "--json"]).output()?;
+    let json = command(&[
+        "status",
+        "--rm",
+        &cluster.rm_addr,
+        "--routers",
+        &routers,
+        "--json",
+    ])
+    .output()?;
     let value: serde_json::Value = serde_json::from_slice(&json.stdout)?;
     ensure!(value["routers"].as_array().map(Vec::len) == Some(3), "{value}");
     Ok(())

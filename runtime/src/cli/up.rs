@@ -160,7 +160,10 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         println!("  peerlink client --id {id} --router {}{trust}", addrs.join(","));
     }
     println!("and see the cluster with:");
-    println!("  peerlink status --rm {rm_addr} --routers {}{trust}", addrs.join(","));
+    println!(
+        "  peerlink status --rm {rm_addr} --routers {}{trust}",
+        addrs.join(",")
+    );
     println!("then type REGISTER, and SEND_MSG bob hello. Try `kill -9` on the primary's pid:");
     if args.no_restart {
         println!("the clients carry on through the new primary. Ctrl-C here stops everything.");

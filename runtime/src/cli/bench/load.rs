@@ -265,9 +265,11 @@ pub(super) async fn run(
     stop: watch::Receiver<bool>,
     until: Until,
     drain: Duration,
+    progress: bool,
 ) {
     tally.borrow_mut().issuing = peers.iter().filter(|(_, plan)| plan.is_some()).count();
     let (done_tx, done) = watch::channel(false);
+    let reporter = progress.then(|| tokio::task::spawn_local(report_progress(tally.clone(), done.clone())));
     let mut tasks = Vec::new();
     for (n, (peer, plan)) in peers.into_iter().enumerate() {
         let task = drive(peer, plan, tally.clone(), stop.clone(), done.clone(), n as u64);
@@ -283,6 +285,43 @@ pub(super) async fn run(
     let _ = done_tx.send(true);
     for task in tasks {
         let _ = task.await;
+    }
+    if let Some(reporter) = reporter {
+        let _ = reporter.await;
+    }
+}
+
+/// Prints a progress line to standard error every second until `done`: on
+/// a terminal one line redrawn in place, otherwise a line each second.
+async fn report_progress(tally: Rc<RefCell<Tally>>, mut done: watch::Receiver<bool>) {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut last_sent = tally.borrow().sent;
+    loop {
+        tokio::select! {
+            biased;
+            _ = done.changed() => break,
+            _ = tick.tick() => {}
+        }
+        let t = tally.borrow();
+        let line = format!(
+            "[{:>5.1} s] sent {}, delivered {}, refused {}: {} sent/s",
+            t.started.elapsed().as_secs_f64(),
+            t.sent,
+            t.delivered,
+            t.failed,
+            t.sent - last_sent
+        );
+        last_sent = t.sent;
+        if terminal {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+    if terminal {
+        eprintln!();
     }
 }
 

@@ -104,6 +104,11 @@ pub(crate) struct BenchArgs {
     /// received and reported Delivered before counting the rest as lost.
     #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
     settle_timeout: f64,
+    /// Print a progress line to standard error every second while the
+    /// load runs: messages sent, delivered and refused so far, and the rate
+    /// of the last second.
+    #[arg(long)]
+    progress: bool,
     #[command(flatten)]
     tls: ServerTlsArgs,
 }
@@ -259,7 +264,7 @@ async fn dm(args: &BenchArgs, cluster: &mut Cluster) -> anyhow::Result<Report> {
     let peers = peers.into_iter().map(|p| (p, Some(plan.clone()))).collect();
     let stop = stop_after(args);
     let settle = Duration::from_secs_f64(args.settle_timeout);
-    let load = load::run(peers, tally.clone(), stop, Until::Settled, settle);
+    let load = load::run(peers, tally.clone(), stop, Until::Settled, settle, args.progress);
     let mut killed = None;
     if args.workload == Workload::Failover {
         let kill = async {
@@ -311,7 +316,15 @@ async fn group(args: &BenchArgs, cluster: &Cluster) -> anyhow::Result<Report> {
     let tally = Rc::new(RefCell::new(Tally::new(&ids_of(&peers))));
     let peers = peers.into_iter().map(|p| (p, Some(plan.clone()))).collect();
     let settle = Duration::from_secs_f64(args.settle_timeout);
-    load::run(peers, tally.clone(), stop_after(args), Until::Settled, settle).await;
+    load::run(
+        peers,
+        tally.clone(),
+        stop_after(args),
+        Until::Settled,
+        settle,
+        args.progress,
+    )
+    .await;
     let tally = tally.borrow();
     Ok(Report::from_tally(&tally, args.group_size))
 }
@@ -347,6 +360,7 @@ async fn drain(args: &BenchArgs, cluster: &Cluster) -> anyhow::Result<Report> {
         stop.clone(),
         Until::Sent,
         settle,
+        args.progress,
     )
     .await;
     let piled_up = tally.borrow().check().expected;
@@ -354,7 +368,7 @@ async fn drain(args: &BenchArgs, cluster: &Cluster) -> anyhow::Result<Report> {
     let recipient = Peer::register(cluster.net(), recipient_id, &secret(), &routers, window, 1).await?;
     let sender = Peer::register(cluster.net(), sender_id, &secret(), &routers, window, 0).await?;
     let peers = vec![(recipient, None), (sender, None)];
-    load::run(peers, tally.clone(), stop, Until::Settled, settle).await;
+    load::run(peers, tally.clone(), stop, Until::Settled, settle, args.progress).await;
     let tally = tally.borrow();
     let mut report = Report::from_tally(&tally, 2);
     let drained = tally.last_received.map(|t| t - back);
