@@ -150,7 +150,7 @@ where
                 }
             }
             match read_half.read_buf(&mut buf).await {
-                Ok(0) => break "closed by the peer".to_owned(),
+                Ok(0) => break "closed by the other end".to_owned(),
                 Ok(_) => {}
                 Err(e) => break format!("read failed: {e}"),
             }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use peerlink_core::client::{Client, ClientConfig, ClientEvent, Command};
-use peerlink_core::ids::{PeerId, Secret};
+use peerlink_core::ids::{PeerId, Secret, MAX_SECRET_LEN};
 use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
 use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, Control};
 use tokio::io::AsyncBufReadExt;
@@ -105,7 +105,11 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         None => secret::default_data_dir(),
     };
     let secret = match args.secret {
-        Some(text) => Secret::new(text).context("unusable --secret / PEERLINK_SECRET")?,
+        Some(text) => Secret::new(text).map_err(|_| {
+            anyhow::anyhow!(
+                "unusable --secret / PEERLINK_SECRET: a secret must be 1 to {MAX_SECRET_LEN} bytes long"
+            )
+        })?,
         None => {
             let dir = data_dir.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
             secret::load_or_create(dir, &args.id)?
