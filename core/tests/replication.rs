@@ -827,6 +827,34 @@ fn a_primary_cut_from_the_rm_stops_serving_within_its_lease_when_a_backup_hears_
 }
 
 #[test]
+fn a_primary_that_stops_serving_forgets_its_watches() {
+    let mut pair = Pair::new();
+    pair.f_hears_rm = true;
+    pair.heal();
+    pair.tick(Duration::from_millis(200));
+    let watch = ClientFrame::Watch {
+        req: ReqId(900),
+        peer: PeerId::new(PEERS[1]).unwrap(),
+    };
+    pair.p.handle(pair.now, RouterInput::Frame(ConnId(100), watch));
+    pair.pump();
+    assert_eq!(pair.p.stats().watches, 1);
+    pair.p_hears_rm = false;
+    for _ in 0..100 {
+        pair.tick(Duration::from_millis(10));
+        if !pair.p.is_serving() {
+            break;
+        }
+    }
+    assert!(!pair.p.is_serving(), "the primary kept serving without a lease");
+    assert_eq!(
+        pair.p.stats().watches,
+        0,
+        "a router that does not serve keeps watches"
+    );
+}
+
+#[test]
 fn a_primary_whose_backups_do_not_hear_the_rm_either_keeps_serving() {
     let mut pair = Pair::new();
     pair.heal();

@@ -52,6 +52,7 @@ pub(crate) fn router_stats(stats: &RouterStats) {
     metrics::gauge!("peerlink_sessions").set(stats.sessions as f64);
     metrics::gauge!("peerlink_mailbox_messages").set(stats.mailbox_messages as f64);
     metrics::gauge!("peerlink_mailbox_bytes").set(stats.mailbox_bytes as f64);
+    metrics::gauge!("peerlink_watches").set(stats.watches as f64);
     for role in [
         RouterRole::Standalone,
         RouterRole::Primary,

@@ -51,6 +51,11 @@ impl Presence {
     pub(super) fn clear(&mut self) {
         *self = Self::default();
     }
+
+    /// How many watches live sessions hold.
+    pub(super) fn watch_count(&self) -> usize {
+        self.watching.values().map(BTreeSet::len).sum()
+    }
 }
 
 /// The entries of one page and the cursor to the next, from `entries` in

@@ -338,6 +338,8 @@ pub struct RouterStats {
     /// On a primary, each follower and how many changes it has yet to
     /// acknowledge.
     pub follower_lag: Vec<(ReplicaId, u64)>,
+    /// Watches held by live sessions (one per watcher and watched peer).
+    pub watches: usize,
 }
 
 #[derive(Debug)]
@@ -598,6 +600,7 @@ impl Router {
                         .collect()
                 })
                 .unwrap_or_default(),
+            watches: self.presence.watch_count(),
         }
     }
 

@@ -427,11 +427,19 @@ fn watches_end_with_the_watching_connection_and_are_bounded() {
     );
     assert_eq!(errors(&h.watch(1, "dave")), vec![ErrorCode::TooManyWatches]);
     assert_eq!(errors(&h.watch(1, "nobody")), vec![ErrorCode::UnknownRecipient]);
-    // alice's connection ends; a new session of hers watches nothing yet.
+    assert_eq!(h.router.stats().watches, 2);
+    // alice's connection ends, and its watches with it; a new session of
+    // hers watches nothing yet.
     h.router.handle(h.now, RouterInput::Disconnected(ConnId(1)));
+    assert_eq!(h.router.stats().watches, 0);
     h.online(5, "alice");
     h.router.handle(h.now, RouterInput::Disconnected(ConnId(2)));
-    assert!(presence(&h.drain(), 5).is_empty());
+    let out = h.drain();
+    assert!(presence(&out, 5).is_empty());
+    assert!(
+        to(&out, 1).is_empty(),
+        "news for a connection that is gone: {out:?}"
+    );
     assert_eq!(presence(&h.watch(5, "dave"), 5), vec![("dave".into(), true)]);
 }
 
