@@ -708,3 +708,46 @@ fn a_second_register_is_answered() {
         "nothing sent"
     );
 }
+
+#[test]
+fn group_requests_need_registration_and_are_answered() {
+    let fresh = ClientConfig::new(peer("x"), Secret::new("s").unwrap(), vec!["r".into()]);
+    let mut idle = Client::new(fresh, 1, epoch());
+    let group = GroupName::new("g").unwrap();
+    idle.handle(
+        epoch(),
+        ClientInput::Command(Command::Group(GroupOp::Join, group.clone())),
+    );
+    assert!(matches!(
+        &events(&drain(&mut idle))[..],
+        [ClientEvent::GroupFailed {
+            code: ErrorCode::NotRegistered,
+            ..
+        }]
+    ));
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    register_reply(&mut h, &register, 1);
+    let out = h.command(Command::Group(GroupOp::Create, group.clone()));
+    let req = req_of(&out);
+    assert_eq!(
+        events(&h.frame(ServerFrame::Ok { req })),
+        vec![ClientEvent::GroupDone {
+            op: GroupOp::Create,
+            group
+        }]
+    );
+}
+
+#[test]
+fn a_register_repeated_while_one_waits_sends_nothing_more() {
+    let mut h = Harness::connected();
+    drain(&mut h.client);
+    let again = h.command(Command::Register);
+    assert!(
+        !again
+            .iter()
+            .any(|o| matches!(o, ClientOutput::Transmit(ClientFrame::Register { .. }))),
+        "{again:?}"
+    );
+}
