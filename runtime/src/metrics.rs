@@ -6,39 +6,69 @@
 //!
 //! docs/operations.md lists every metric with its meaning.
 
+use std::collections::BTreeMap;
+
+use metrics::Counter;
 use peerlink_core::router::{Change, Record, RouterOutput, RouterRole, RouterStats};
 use peerlink_core::wire::cluster::{Configuration, PrimaryFrame};
-use peerlink_core::wire::ServerFrame;
+use peerlink_core::wire::{ErrorCode, ServerFrame};
 
-/// Counts what one router output says happened. `serving` is whether the
-/// router serves clients (a follower persists the primary's changes too,
-/// which must not count twice across the cluster).
-pub(crate) fn router_output(output: &RouterOutput, serving: bool) {
-    match output {
-        RouterOutput::Persist {
-            record:
-                Record::Change {
-                    change: Change::Accepted { .. },
-                    ..
-                },
-            ..
-        } if serving => metrics::counter!("peerlink_messages_accepted_total").increment(1),
-        RouterOutput::Send(_, frame) => match frame {
-            ServerFrame::Message { .. } => metrics::counter!("peerlink_messages_pushed_total").increment(1),
-            ServerFrame::Delivered { .. } => {
-                metrics::counter!("peerlink_messages_delivered_total").increment(1)
-            }
-            ServerFrame::Error { code, .. } | ServerFrame::Closing { code, .. } => {
-                metrics::counter!("peerlink_refused_total", "code" => code.as_str()).increment(1);
-            }
-            _ => {}
-        },
-        RouterOutput::Replicate(_, PrimaryFrame::CheckpointStart { .. }) => {
-            metrics::counter!("peerlink_checkpoints_sent_total").increment(1);
+/// A router's counters, registered once when its driver starts, so that
+/// counting an output on the hot path is an atomic add, not a registry
+/// lookup.
+pub(crate) struct RouterCounters {
+    accepted: Counter,
+    pushed: Counter,
+    delivered: Counter,
+    checkpoints_sent: Counter,
+    commits: Counter,
+    promotions: Counter,
+    /// `peerlink_refused_total` per error code, registered at first use.
+    refused: BTreeMap<ErrorCode, Counter>,
+}
+
+impl RouterCounters {
+    /// Registers the counters with the installed recorder (none: no-ops).
+    pub(crate) fn new() -> Self {
+        Self {
+            accepted: metrics::counter!("peerlink_messages_accepted_total"),
+            pushed: metrics::counter!("peerlink_messages_pushed_total"),
+            delivered: metrics::counter!("peerlink_messages_delivered_total"),
+            checkpoints_sent: metrics::counter!("peerlink_checkpoints_sent_total"),
+            commits: metrics::counter!("peerlink_commits_total"),
+            promotions: metrics::counter!("peerlink_promotions_total"),
+            refused: BTreeMap::new(),
         }
-        RouterOutput::Committed { .. } => metrics::counter!("peerlink_commits_total").increment(1),
-        RouterOutput::Promoted { .. } => metrics::counter!("peerlink_promotions_total").increment(1),
-        _ => {}
+    }
+
+    /// Counts what one router output says happened. `serving` is whether
+    /// the router serves clients (a follower persists the primary's
+    /// changes too, which must not count twice across the cluster).
+    pub(crate) fn count(&mut self, output: &RouterOutput, serving: bool) {
+        let counter = match output {
+            RouterOutput::Persist {
+                record:
+                    Record::Change {
+                        change: Change::Accepted { .. },
+                        ..
+                    },
+                ..
+            } if serving => &self.accepted,
+            RouterOutput::Send(_, frame) => match frame {
+                ServerFrame::Message { .. } => &self.pushed,
+                ServerFrame::Delivered { .. } => &self.delivered,
+                ServerFrame::Error { code, .. } | ServerFrame::Closing { code, .. } => self
+                    .refused
+                    .entry(*code)
+                    .or_insert_with(|| metrics::counter!("peerlink_refused_total", "code" => code.as_str())),
+                _ => return,
+            },
+            RouterOutput::Replicate(_, PrimaryFrame::CheckpointStart { .. }) => &self.checkpoints_sent,
+            RouterOutput::Committed { .. } => &self.commits,
+            RouterOutput::Promoted { .. } => &self.promotions,
+            _ => return,
+        };
+        counter.increment(1);
     }
 }
 

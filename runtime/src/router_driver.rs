@@ -226,10 +226,11 @@ pub async fn run_router<N: Network>(
     // Gauges are refreshed at most once a STATS_INTERVAL, and only after
     // something happened: `stats_due` is when, once something did.
     let mut stats_due = Some(tokio::time::Instant::now());
+    let mut counters = crate::metrics::RouterCounters::new();
     loop {
         while let Some(output) = router.poll_output() {
             stats_due.get_or_insert_with(|| tokio::time::Instant::now() + STATS_INTERVAL);
-            crate::metrics::router_output(&output, router.is_serving());
+            counters.count(&output, router.is_serving());
             match output {
                 RouterOutput::Persist { ticket, record } => storage.submit(ticket, record),
                 RouterOutput::HashSecret(job) => match &hashers {

@@ -351,14 +351,14 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
 }
 
 /// A running client driver: its commands, its events, and its task.
-type ClientHandles = (
+pub(crate) type ClientHandles = (
     mpsc::Sender<Control>,
     mpsc::UnboundedReceiver<ClientEvent>,
     JoinHandle<ClientExit>,
 );
 
-/// Starts a client driver for peer `name` on the current host, its secret
-/// derived from the name, its machine seeded with `seed`.
+/// Starts a client driver for peer `name` of the cluster on the current
+/// host, its secret derived from the name, its machine seeded with `seed`.
 fn spawn_client(
     name: &str,
     seed: u64,
@@ -375,13 +375,25 @@ fn spawn_client(
     {
         client_config.bugs = bugs;
     }
-    let outbox_limit = client_config.outbox_limit;
-    let client = Client::new(client_config, seed, peerlink_runtime::now());
+    Ok(run_client_driver(client_config, seed, Duration::from_secs(1), 16))
+}
+
+/// Runs a client with `config` and `seed` under the production driver on
+/// the current host, with `connect_timeout`, taking at most `queued`
+/// commands ahead.
+pub(crate) fn run_client_driver(
+    config: ClientConfig,
+    seed: u64,
+    connect_timeout: Duration,
+    queued: usize,
+) -> ClientHandles {
+    let outbox_limit = config.outbox_limit;
+    let client = Client::new(config, seed, peerlink_runtime::now());
     let driver_config = ClientDriverConfig {
-        connect_timeout: Duration::from_secs(1),
+        connect_timeout,
         max_frame_len: DEFAULT_MAX_FRAME_LEN,
     };
-    let (controls, controls_rx) = mpsc::channel(16);
+    let (controls, controls_rx) = mpsc::channel(queued);
     let (events_tx, events) = mpsc::unbounded_channel();
     let driver = tokio::task::spawn_local(run_client(
         TurmoilNetwork,
@@ -391,7 +403,7 @@ fn spawn_client(
         events_tx,
         outbox_limit,
     ));
-    Ok((controls, events, driver))
+    (controls, events, driver)
 }
 
 /// The peer of a presence run that comes and goes: it registers, stays

@@ -4,12 +4,11 @@
 use std::future::Future;
 use std::time::{Duration, UNIX_EPOCH};
 
-use peerlink_core::client::{Client, ClientConfig, ClientEvent, Command, GroupOp};
+use peerlink_core::client::{ClientConfig, ClientEvent, Command, GroupOp};
 use peerlink_core::ids::{GroupName, PeerId, Secret, Target};
 use peerlink_core::router::RouterConfig;
 use peerlink_core::testing::What;
-use peerlink_core::wire::DEFAULT_MAX_FRAME_LEN;
-use peerlink_runtime::client_driver::{run_client, ClientDriverConfig, ClientExit, Control};
+use peerlink_runtime::client_driver::{ClientExit, Control};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -20,7 +19,6 @@ use crate::checker::{self, Violation};
 use crate::cluster::{self, RunConfig, ROUTER_PORT};
 use crate::disk::SimDisk;
 use crate::faults::{Action, Fault, Plan, Trigger, Victim, CLIENTS, RM, ROUTERS};
-use crate::net::TurmoilNetwork;
 use crate::rogue::RogueKey;
 use crate::trace::{LogCapture, Recorder};
 use crate::Trace;
@@ -78,22 +76,7 @@ impl SimPeer {
         let peer = PeerId::new(name).expect("scenario peer names are valid");
         let secret = Secret::new(format!("{name}-secret")).expect("valid secret");
         let config = ClientConfig::new(peer.clone(), secret, routers);
-        let outbox_limit = config.outbox_limit;
-        let client = Client::new(config, seed, peerlink_runtime::now());
-        let driver_config = ClientDriverConfig {
-            connect_timeout: Duration::from_secs(2),
-            max_frame_len: DEFAULT_MAX_FRAME_LEN,
-        };
-        let (controls, controls_rx) = mpsc::channel(64);
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let driver = tokio::task::spawn_local(run_client(
-            TurmoilNetwork,
-            client,
-            driver_config,
-            controls_rx,
-            events_tx,
-            outbox_limit,
-        ));
+        let (controls, events, driver) = cluster::run_client_driver(config, seed, Duration::from_secs(2), 64);
         Self {
             peer,
             controls,
