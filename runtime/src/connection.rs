@@ -1,7 +1,7 @@
 //! One connection's two tasks: a reader that decodes frames and reports
 //! them, and a writer that encodes queued frames and writes them in batches.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::time::Duration;
@@ -38,6 +38,14 @@ pub(crate) enum Outbound<F> {
 /// The most bytes the writer gathers into one write.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// Less room than this left in the staging buffer starts a new one.
+const FRAME_ROOM: usize = 1024;
+
+/// How much room a connection's frames are encoded into at a time: each
+/// frame is then a slice of a shared buffer instead of an allocation of
+/// its own (and the few more its growth would take).
+const STAGING: usize = 16 * 1024;
+
 /// How long a write may block (a peer that stops reading) before the
 /// connection is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,6 +54,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// stops once its queue is closed and drained.
 pub(crate) struct Connection<O> {
     outbound: mpsc::UnboundedSender<Outbound<Bytes>>,
+    /// Where frames are encoded before they are split off and queued.
+    staging: RefCell<BytesMut>,
     /// Bytes encoded and not yet written.
     queued: Rc<Cell<usize>>,
     max_queued: usize,
@@ -71,8 +81,16 @@ impl<O: Serialize> Connection<O> {
         }
         let out = match out {
             Outbound::Frame(frame) => {
-                let mut buf = BytesMut::new();
-                encode_frame(&frame, &mut buf);
+                let buf = {
+                    let mut staging = self.staging.borrow_mut();
+                    if staging.capacity() < FRAME_ROOM {
+                        // The rest of the buffer may be shared with frames
+                        // still queued; the next frames go into a new one.
+                        *staging = BytesMut::with_capacity(STAGING);
+                    }
+                    encode_frame(&frame, &mut staging);
+                    staging.split()
+                };
                 let queued = self.queued.get() + buf.len();
                 if queued > self.max_queued {
                     self.overflowed.set(true);
@@ -166,6 +184,7 @@ where
     });
     Connection {
         outbound,
+        staging: RefCell::new(BytesMut::new()),
         queued,
         max_queued: limits.max_queued,
         overflowed: Cell::new(false),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use peerlink_core::ids::{ConnId, ReplicaId};
 use peerlink_core::rm::{ReplicaManager, RmInput, RmOutput};
 use peerlink_core::wire::cluster::{Configuration, RmReply, RmRequest};
-use peerlink_core::wire::decode_as;
+use peerlink_core::wire::decode_cluster_frame;
 use peerlink_core::Machine;
 use tokio::sync::mpsc;
 
@@ -235,7 +235,7 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
                     Ok((Authenticated { stream, buffered }, id)) => {
                         next_conn = next_conn.next();
                         tracing::debug!(conn = ?next_conn, %addr, ?id, "member connected");
-                        let conn = connection::spawn(stream, buffered, next_conn, rm_limits(max_frame_len), decode_as, inbound_tx.clone());
+                        let conn = connection::spawn(stream, buffered, next_conn, rm_limits(max_frame_len), decode_cluster_frame, inbound_tx.clone());
                         let heard = tokio::time::Instant::now();
                         conns.insert(next_conn, RmConn { conn, source: addr.ip(), heard });
                         rm.handle(now(), RmInput::Connected { conn: next_conn, id });

@@ -21,7 +21,9 @@ use peerlink_core::router::replication::Link;
 use peerlink_core::router::secrets::SecretHash;
 use peerlink_core::router::{Router, RouterInput, RouterOutput};
 use peerlink_core::wire::cluster::{FollowerFrame, PrimaryFrame, RmReply, RmRequest};
-use peerlink_core::wire::{decode_as, decode_client_frame, ClientFrame, ErrorCode, FrameError, ServerFrame};
+use peerlink_core::wire::{
+    decode_client_frame, decode_cluster_frame, ClientFrame, ErrorCode, FrameError, ServerFrame,
+};
 use peerlink_core::Machine;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -95,7 +97,7 @@ fn decode_client(line: &[u8]) -> Result<FromAccepted, FrameError> {
 }
 
 fn decode_follower(line: &[u8]) -> Result<FromAccepted, FrameError> {
-    decode_as::<FollowerFrame>(line).map(FromAccepted::Follower)
+    decode_cluster_frame::<FollowerFrame>(line).map(FromAccepted::Follower)
 }
 
 /// A finished handshake on the cluster listener.
@@ -383,11 +385,11 @@ pub async fn run_router<N: Network>(
                     Attempt::Connected(Authenticated { stream, buffered }) => {
                         match link {
                             Link::Rm => {
-                                let c = connection::spawn(stream, buffered, attempt, limits.link(limits.max_frame_len), decode_as, rm_tx.clone());
+                                let c = connection::spawn(stream, buffered, attempt, limits.link(limits.max_frame_len), decode_cluster_frame, rm_tx.clone());
                                 rm_link.conn = Some(c);
                             }
                             Link::Primary => {
-                                let c = connection::spawn(stream, buffered, attempt, limits.link(MAX_REPLICATION_FRAME), decode_as, primary_tx.clone());
+                                let c = connection::spawn(stream, buffered, attempt, limits.link(MAX_REPLICATION_FRAME), decode_cluster_frame, primary_tx.clone());
                                 primary_link.conn = Some(c);
                             }
                         }

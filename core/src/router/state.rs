@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 
 use super::secrets::{KdfParams, SecretHash};
 use crate::ids::{DeliveryId, GroupName, PeerId, Seq, Target};
+use crate::wire::tagged::tagged_serde;
 use crate::wire::{ErrorCode, MAX_IN_FLIGHT};
 
 /// What one mailbox item costs on top of its text: the entry, its key
@@ -108,7 +109,7 @@ pub(crate) struct Group {
 /// ships to its backups. Changes are produced only for requests that have
 /// been validated, so applying one cannot fail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "change", rename_all = "snake_case")]
+#[serde(remote = "Self", rename_all = "snake_case")]
 pub enum Change {
     /// A new peer claims its ID.
     Registered {
@@ -173,6 +174,12 @@ pub enum Change {
         peer: PeerId,
     },
 }
+
+tagged_serde!(
+    Change,
+    tag = "change",
+    expecting = "internally tagged enum Change"
+);
 
 /// The router's durable state: registrations, groups and mailboxes. See the
 /// module docs. Its fields are private; a checkpoint carries it whole.

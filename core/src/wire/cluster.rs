@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{Epoch, Lsn, ReplicaId, ReqId};
 use crate::router::checkpoint::StatePart;
 use crate::router::Change;
+use crate::wire::tagged::tagged_serde;
 use crate::wire::ErrorCode;
 
 /// The longest address a member may announce, in bytes (a DNS name of
@@ -155,7 +156,7 @@ impl Configuration {
 
 /// A frame to the replica manager.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(remote = "Self", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RmRequest {
     /// A router is alive, and reports where it stands.
     Heartbeat {
@@ -217,6 +218,12 @@ pub enum RmRequest {
     },
 }
 
+tagged_serde!(
+    RmRequest,
+    tag = "type",
+    expecting = "internally tagged enum RmRequest"
+);
+
 /// A member's state as the replica manager last heard it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
@@ -234,7 +241,7 @@ pub struct MemberStatus {
 
 /// A frame from the replica manager.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(remote = "Self", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RmReply {
     /// The current configuration (the answer to every request but a
     /// heartbeat, and pushed to every router when it changes).
@@ -268,9 +275,15 @@ pub enum RmReply {
     },
 }
 
+tagged_serde!(
+    RmReply,
+    tag = "type",
+    expecting = "internally tagged enum RmReply"
+);
+
 /// A frame from a follower (backup or candidate) to its primary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(remote = "Self", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FollowerFrame {
     /// Starts (or restarts) a replication stream: the primary answers with a
     /// checkpoint, then every change after it.
@@ -309,9 +322,15 @@ pub enum FollowerFrame {
     },
 }
 
+tagged_serde!(
+    FollowerFrame,
+    tag = "type",
+    expecting = "internally tagged enum FollowerFrame"
+);
+
 /// A frame from a primary to a follower.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(remote = "Self", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PrimaryFrame {
     /// The primary's whole state as of `lsn` follows, in parts, then
     /// [`PrimaryFrame::CheckpointEnd`]; the follower answers each part with
@@ -367,3 +386,9 @@ pub enum PrimaryFrame {
         epoch: Epoch,
     },
 }
+
+tagged_serde!(
+    PrimaryFrame,
+    tag = "type",
+    expecting = "internally tagged enum PrimaryFrame"
+);

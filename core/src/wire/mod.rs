@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod directory;
+pub(crate) mod tagged;
 mod unique_keys;
 
 use std::fmt;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeliveryId, GroupName, NameError, NamePrefix, PeerId, ReqId, Secret, Seq, Target};
 use directory::{Entry, GroupEntry, PeerEntry};
+use tagged::tagged_serde;
 
 /// The default maximum frame size in bytes, newline included: 1 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 1024 * 1024;
@@ -32,7 +34,7 @@ pub const FRAME_OVERHEAD: usize = 512;
 
 /// A frame a client sends to a router.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(remote = "Self", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
     /// Claims `peer` with `secret`, or proves ownership of it, and starts a
     /// session on this connection.
@@ -155,6 +157,12 @@ pub enum ClientFrame {
     },
 }
 
+tagged_serde!(
+    ClientFrame,
+    tag = "type",
+    expecting = "internally tagged enum ClientFrame"
+);
+
 impl ClientFrame {
     /// The request ID this frame carries, if it is a request.
     pub fn req(&self) -> Option<ReqId> {
@@ -178,7 +186,7 @@ impl ClientFrame {
 
 /// A frame a router sends to a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(remote = "Self", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServerFrame {
     /// The session is registered. The next message should use `next_seq`.
     Registered {
@@ -322,6 +330,12 @@ pub enum ServerFrame {
         message: String,
     },
 }
+
+tagged_serde!(
+    ServerFrame,
+    tag = "type",
+    expecting = "internally tagged enum ServerFrame"
+);
 
 /// Stable, machine-readable error codes. The wire form is the snake_case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -566,6 +580,21 @@ pub fn decode_client_frame(line: &[u8]) -> Result<ClientFrame, FrameError> {
 /// error diagnosis as client frames.
 pub fn decode_as<T: serde::de::DeserializeOwned>(line: &[u8]) -> Result<T, FrameError> {
     decode_frame(line)
+}
+
+/// Decodes one line of an authenticated cluster link (a replication stream
+/// or a member's link to the replica manager) as `T`, with the same error
+/// diagnosis as [`decode_as`] but without its second parse for duplicate
+/// keys: the other end proved the cluster key, so what it sends was
+/// written by PeerLink's encoder, which never repeats a key, and a member
+/// holding the key could send any frame it liked anyway. Lines from
+/// anyone else — clients, and cluster handshakes before the proof — go
+/// through [`decode_client_frame`] or [`decode_as`].
+pub fn decode_cluster_frame<T: serde::de::DeserializeOwned>(line: &[u8]) -> Result<T, FrameError> {
+    match serde_json::from_slice::<T>(line) {
+        Ok(frame) => Ok(frame),
+        Err(_) => decode_frame(line),
+    }
 }
 
 /// Decodes one line (without its newline) as a [`ServerFrame`].
