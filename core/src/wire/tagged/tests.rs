@@ -51,6 +51,9 @@ fn a_tag_anywhere_reads_the_same_frame() {
         r#"{"req":7,"seq":3,"type":"send","to":"bob","body":"hi \"there\""}"#,
         r#"{"req":7,"seq":3,"to":"bob","body":"hi \"there\"","type":"send"}"#,
         r#"{"type":"s\u0065nd","req":7,"seq":3,"to":"bob","body":"hi \"there\""}"#,
+        // Escaped keys are read as owned strings, on both paths.
+        r#"{"typ\u0065":"send","r\u0065q":7,"seq":3,"to":"bob","body":"hi \"there\""}"#,
+        r#"{"r\u0065q":7,"seq":3,"to":"bob","body":"hi \"there\"","typ\u0065":"s\u0065nd"}"#,
     ];
     for line in lines {
         assert_eq!(decode_client_frame(line.as_bytes()).unwrap(), send(), "{line}");
@@ -87,6 +90,11 @@ fn bad_objects_are_refused_on_both_paths() {
         ),
         (
             r#"{"type":"ping","req":7,"type":"ping"}"#,
+            ErrorCode::BadFrame,
+            "duplicate",
+        ),
+        (
+            r#"{"type":"ping","req":7,"typ\u0065":"ping"}"#,
             ErrorCode::BadFrame,
             "duplicate",
         ),
