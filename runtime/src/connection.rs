@@ -43,7 +43,11 @@ const FRAME_ROOM: usize = 1024;
 
 /// How much room a connection's frames are encoded into at a time: each
 /// frame is then a slice of a shared buffer instead of an allocation of
-/// its own (and the few more its growth would take).
+/// its own (and the few more its growth would take). A buffer is given up
+/// only once less than [`FRAME_ROOM`] is left, and frames are written in
+/// order, so the buffers queued frames keep alive hold at most 16/15 of
+/// the queued bytes plus two buffers (the one being filled, and the one
+/// being written out).
 const STAGING: usize = 16 * 1024;
 
 /// How long a write may block (a peer that stops reading) before the
