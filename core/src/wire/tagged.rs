@@ -12,8 +12,9 @@
 //!
 //! An enum opts in by deriving with `#[serde(remote = "Self")]` and no
 //! `tag` (serde then derives the externally tagged form as inherent
-//! functions, not trait impls) and by implementing [`Tagged`]; the
-//! [`tagged_serde!`] macro writes the trait impls that put the tag first.
+//! functions, not trait impls) and by invoking [`tagged_serde!`], which
+//! implements [`Tagged`] with those functions and the serde traits that put
+//! the tag first.
 //! Only struct variants are supported (PeerLink's frames have no other).
 
 use std::borrow::Cow;
