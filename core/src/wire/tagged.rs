@@ -21,11 +21,11 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
+use super::unique_keys::Key;
 use serde::de::{
     self, DeserializeSeed, Deserializer, EnumAccess, IntoDeserializer, MapAccess, VariantAccess, Visitor,
 };
 use serde::ser::{self, Impossible, SerializeStruct, SerializeStructVariant, Serializer};
-use serde::Deserialize;
 
 /// An enum written as an object whose field [`Tagged::TAG`] names the
 /// variant, followed by the variant's fields.
@@ -101,20 +101,20 @@ impl<'de, T: Tagged> Visitor<'de> for TaggedVisitor<T> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
-        let Some(first) = map.next_key::<Str<'de>>()? else {
+        let Some(first) = map.next_key_seed(Key)? else {
             return Err(de::Error::missing_field(T::TAG));
         };
-        if first.0 == T::TAG {
-            let variant: Str<'de> = map.next_value()?;
+        if first == T::TAG {
+            let variant = map.next_value_seed(Key)?;
             return T::deserialize_external(Variant {
                 variant,
                 fields: Rest { tag: T::TAG, map },
             });
         }
         // The slow path: buffer the fields, find the tag, read the rest.
-        let mut fields = vec![(first.0.into_owned(), map.next_value::<serde_json::Value>()?)];
-        while let Some(key) = map.next_key::<Str<'de>>()? {
-            fields.push((key.0.into_owned(), map.next_value()?));
+        let mut fields = vec![(first.into_owned(), map.next_value::<serde_json::Value>()?)];
+        while let Some(key) = map.next_key_seed(Key)? {
+            fields.push((key.into_owned(), map.next_value()?));
         }
         let mut object = serde_json::Map::new();
         let mut variant = None;
@@ -165,7 +165,7 @@ impl<'de, T: Tagged> Visitor<'de> for Buffered<T> {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
         T::deserialize_external(Variant {
-            variant: Str(Cow::Owned(self.0)),
+            variant: Cow::Owned(self.0),
             fields: map,
         })
     }
@@ -181,13 +181,13 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Rest<A> {
     type Error = A::Error;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
-        let Some(key) = self.map.next_key::<Str<'de>>()? else {
+        let Some(key) = self.map.next_key_seed(Key)? else {
             return Ok(None);
         };
-        if key.0 == self.tag {
+        if key == self.tag {
             return Err(de::Error::duplicate_field(self.tag));
         }
-        let key = match key.0 {
+        let key = match key {
             Cow::Borrowed(s) => seed.deserialize(de::value::BorrowedStrDeserializer::new(s)),
             Cow::Owned(s) => seed.deserialize(s.into_deserializer()),
         }?;
@@ -203,41 +203,10 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Rest<A> {
     }
 }
 
-/// A string borrowed from the input when it has no escapes.
-struct Str<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Str<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(StrVisitor)
-    }
-}
-
-struct StrVisitor;
-
-impl<'de> Visitor<'de> for StrVisitor {
-    type Value = Str<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'de>, E> {
-        Ok(Str(Cow::Borrowed(v)))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Str<'de>, E> {
-        Ok(Str(Cow::Owned(v.to_owned())))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Str<'de>, E> {
-        Ok(Str(Cow::Owned(v)))
-    }
-}
-
 /// An enum whose variant is known, and whose fields are the rest of a map:
 /// what the externally tagged derive reads.
 struct Variant<'de, A> {
-    variant: Str<'de>,
+    variant: Cow<'de, str>,
     fields: A,
 }
 
@@ -260,7 +229,7 @@ impl<'de, A: MapAccess<'de>> EnumAccess<'de> for Variant<'de, A> {
     type Variant = Fields<A>;
 
     fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Fields<A>), A::Error> {
-        let name = match self.variant.0 {
+        let name = match self.variant {
             Cow::Borrowed(s) => seed.deserialize(de::value::BorrowedStrDeserializer::new(s)),
             Cow::Owned(s) => seed.deserialize(s.into_deserializer()),
         }?;

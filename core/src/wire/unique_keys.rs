@@ -75,8 +75,9 @@ impl<'de> Visitor<'de> for Unique {
     }
 }
 
-/// An object key, borrowed from the line when it has no escapes.
-struct Key;
+/// A string (an object key, or a tag's value), borrowed from the line when
+/// it has no escapes.
+pub(super) struct Key;
 
 impl<'de> DeserializeSeed<'de> for Key {
     type Value = Cow<'de, str>;
@@ -90,7 +91,7 @@ impl<'de> Visitor<'de> for Key {
     type Value = Cow<'de, str>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key")
+        f.write_str("a string")
     }
 
     fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Cow<'de, str>, E> {
