@@ -358,6 +358,7 @@ pub async fn run_router<N: Network>(
             () = crate::timer::sleep_until(stats_due) => {}
             written = storage.next_report() => match written {
                 Written::Durable(ticket) => router.handle(now(), RouterInput::Persisted { ticket }),
+                Written::CheckpointWanted => router.handle(now(), RouterInput::CheckpointWanted),
                 Written::Failed(error) => {
                     tracing::error!(%error, "stopping: the router cannot write to its disk");
                     let message = format!("the router stopped: it cannot write to its disk ({error}); \

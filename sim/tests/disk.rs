@@ -82,6 +82,10 @@ proptest! {
                 Op::Sync => {
                     store.sync().unwrap();
                     synced = written.lsn;
+                    if store.wants_checkpoint() {
+                        let Recovered { epoch, lsn, state } = written.clone();
+                        store.append(Record::Checkpoint { epoch, lsn, state: Box::new(state) }).unwrap();
+                    }
                 }
                 Op::Crash(seed) => {
                     drop(store);

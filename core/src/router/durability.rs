@@ -12,6 +12,11 @@
 //!   on itself (and, for a primary, on every backup counted for the commit);
 //! - a follower acknowledges only changes that are durable on itself.
 //!
+//! The storage keeps a log, and asks now and then for a checkpoint so it
+//! can drop the log behind it ([`RouterInput::CheckpointWanted`]): the
+//! router answers with a [`Record::Checkpoint`] of its own state, numbered
+//! like every record, so the storage never keeps a second copy of the state.
+//!
 //! So everything a client was told rests on records that survive a crash
 //! of any number of routers. A router started from what its storage
 //! recovered ([`Recovered`], [`Router::recover`]) holds everything it ever
@@ -19,6 +24,7 @@
 //!
 //! [`RouterOutput::Persist`]: super::RouterOutput::Persist
 //! [`RouterInput::Persisted`]: super::RouterInput::Persisted
+//! [`RouterInput::CheckpointWanted`]: super::RouterInput::CheckpointWanted
 //! [`Router::recover`]: super::Router::recover
 
 use std::collections::VecDeque;
@@ -50,13 +56,26 @@ pub enum Record {
         /// The state.
         state: Box<State>,
     },
+    /// The router's own state after the record before it, whose epoch and
+    /// LSN it repeats: what the storage needs to drop the records before
+    /// it. Unlike [`Record::State`], it starts no new history.
+    Checkpoint {
+        /// The epoch of the record before it.
+        epoch: Epoch,
+        /// The LSN of the record before it: the last change it includes.
+        lsn: Lsn,
+        /// The state.
+        state: Box<State>,
+    },
 }
 
 impl Record {
     /// The epoch and LSN the record leaves the state at.
     pub fn position(&self) -> (Epoch, Lsn) {
         match self {
-            Record::Change { epoch, lsn, .. } | Record::State { epoch, lsn, .. } => (*epoch, *lsn),
+            Record::Change { epoch, lsn, .. }
+            | Record::State { epoch, lsn, .. }
+            | Record::Checkpoint { epoch, lsn, .. } => (*epoch, *lsn),
         }
     }
 }
@@ -76,14 +95,15 @@ pub struct Recovered {
 
 impl Recovered {
     /// Moves the state on by `record`, as a storage replaying its records
-    /// in order does: a change is applied, a state replaces it all.
+    /// in order does: a change is applied, a state or a checkpoint
+    /// replaces it all.
     pub fn apply(&mut self, record: Record) {
         match record {
             Record::Change { epoch, lsn, change } => {
                 self.state.apply(&change);
                 (self.epoch, self.lsn) = (epoch, lsn);
             }
-            Record::State { epoch, lsn, state } => {
+            Record::State { epoch, lsn, state } | Record::Checkpoint { epoch, lsn, state } => {
                 self.state = *state;
                 (self.epoch, self.lsn) = (epoch, lsn);
             }
@@ -99,13 +119,17 @@ pub(super) struct Durability {
     /// (`None`: a record of a history a later state replaced).
     pending: VecDeque<(u64, Option<Lsn>)>,
     durable: Lsn,
+    /// The epoch and LSN of the last record numbered (or recovered).
+    last: (Epoch, Lsn),
 }
 
 impl Durability {
-    /// Starts from a state recovered at `lsn`: durable by definition.
-    pub(super) fn recovered(lsn: Lsn) -> Self {
+    /// Starts from a state recovered at `epoch` and `lsn`: durable by
+    /// definition.
+    pub(super) fn recovered(epoch: Epoch, lsn: Lsn) -> Self {
         Self {
             durable: lsn,
+            last: (epoch, lsn),
             ..Self::default()
         }
     }
@@ -116,24 +140,37 @@ impl Durability {
         self.durable
     }
 
-    /// Numbers a record that makes change `lsn` durable once written.
-    pub(super) fn change(&mut self, lsn: Lsn) -> u64 {
+    /// Numbers a record that makes change `lsn` of `epoch`'s stream
+    /// durable once written.
+    pub(super) fn change(&mut self, epoch: Epoch, lsn: Lsn) -> u64 {
+        self.last = (epoch, lsn);
         self.last_ticket += 1;
         self.pending.push_back((self.last_ticket, Some(lsn)));
         self.last_ticket
     }
 
-    /// Numbers a record that replaces the state with one at `lsn`: nothing
-    /// of the new history is durable until it is written, and records of
-    /// the old one no longer count.
-    pub(super) fn state(&mut self, lsn: Lsn) -> u64 {
+    /// Numbers a record that replaces the state with one at `lsn` from
+    /// `epoch`'s stream: nothing of the new history is durable until it is
+    /// written, and records of the old one no longer count.
+    pub(super) fn state(&mut self, epoch: Epoch, lsn: Lsn) -> u64 {
         for (_, l) in &mut self.pending {
             *l = None;
         }
         self.durable = Lsn(0);
+        self.last = (epoch, lsn);
         self.last_ticket += 1;
         self.pending.push_back((self.last_ticket, Some(lsn)));
         self.last_ticket
+    }
+
+    /// Numbers a checkpoint of the current state, and says the position it
+    /// repeats: that of the last record. Once written, everything up to
+    /// that position is durable.
+    pub(super) fn checkpoint(&mut self) -> (u64, Epoch, Lsn) {
+        let (epoch, lsn) = self.last;
+        self.last_ticket += 1;
+        self.pending.push_back((self.last_ticket, Some(lsn)));
+        (self.last_ticket, epoch, lsn)
     }
 
     /// Every record up to `ticket` is on stable storage. Returns whether
@@ -159,10 +196,10 @@ mod tests {
 
     #[test]
     fn the_durable_lsn_follows_reports_in_order() {
-        let mut d = Durability::recovered(Lsn(3));
+        let mut d = Durability::recovered(Epoch(1), Lsn(3));
         assert_eq!(d.durable(), Lsn(3));
-        let a = d.change(Lsn(4));
-        let b = d.change(Lsn(5));
+        let a = d.change(Epoch(1), Lsn(4));
+        let b = d.change(Epoch(1), Lsn(5));
         assert!(!d.persisted(a - 1), "an old ticket moves nothing");
         assert!(d.persisted(a));
         assert_eq!(d.durable(), Lsn(4));
@@ -173,17 +210,37 @@ mod tests {
     #[test]
     fn a_loaded_state_voids_the_records_of_the_history_it_replaces() {
         let mut d = Durability::default();
-        let old = d.change(Lsn(1));
+        let old = d.change(Epoch(1), Lsn(1));
         d.persisted(old);
-        let lost = d.change(Lsn(9));
-        let state = d.state(Lsn(4));
+        let lost = d.change(Epoch(1), Lsn(9));
+        let state = d.state(Epoch(2), Lsn(4));
         assert_eq!(d.durable(), Lsn(0), "the new state is not durable yet");
         d.persisted(lost);
         assert_eq!(d.durable(), Lsn(0), "LSN 9 was another history's");
         d.persisted(state);
         assert_eq!(d.durable(), Lsn(4));
-        let next = d.change(Lsn(5));
+        let next = d.change(Epoch(2), Lsn(5));
         d.persisted(next);
         assert_eq!(d.durable(), Lsn(5));
+    }
+
+    #[test]
+    fn a_checkpoint_repeats_the_last_position_and_makes_it_durable() {
+        let mut d = Durability::recovered(Epoch(3), Lsn(7));
+        let (_, epoch, lsn) = d.checkpoint();
+        assert_eq!((epoch, lsn), (Epoch(3), Lsn(7)), "after recovery");
+        d.change(Epoch(4), Lsn(8));
+        let nine = d.change(Epoch(4), Lsn(9));
+        let (ticket, epoch, lsn) = d.checkpoint();
+        assert_eq!((epoch, lsn), (Epoch(4), Lsn(9)));
+        assert!(ticket > nine);
+        assert!(
+            d.persisted(ticket),
+            "one report covers the changes and the checkpoint"
+        );
+        assert_eq!(d.durable(), Lsn(9));
+        d.state(Epoch(5), Lsn(2));
+        let (_, epoch, lsn) = d.checkpoint();
+        assert_eq!((epoch, lsn), (Epoch(5), Lsn(2)), "after a loaded state");
     }
 }

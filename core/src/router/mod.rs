@@ -185,6 +185,11 @@ pub enum RouterInput {
         /// The newest ticket covered.
         ticket: u64,
     },
+    /// The storage wants a checkpoint, to drop the records before it: the
+    /// router answers with a [`RouterOutput::Persist`] of a
+    /// [`Record::Checkpoint`] of its state after every record asked for so
+    /// far. Costs a copy of the state (message bodies are shared).
+    CheckpointWanted,
     /// The hash asked for with [`RouterOutput::HashSecret`] `job`.
     SecretHashed {
         /// The job, as named by the output.
@@ -508,7 +513,7 @@ impl Router {
             guesses: BTreeMap::new(),
             source_guesses: BTreeMap::new(),
             registrations: Registrations::default(),
-            durability: Durability::recovered(recovered.lsn),
+            durability: Durability::recovered(recovered.epoch, recovered.lsn),
             presence: Presence::default(),
         }
     }
@@ -643,8 +648,21 @@ impl Router {
 
     /// Asks the driver to make change `lsn` durable.
     fn persist_change(&mut self, epoch: Epoch, lsn: Lsn, change: Change) {
-        let ticket = self.durability.change(lsn);
+        let ticket = self.durability.change(epoch, lsn);
         let record = Record::Change { epoch, lsn, change };
+        self.outbox.emit_now(RouterOutput::Persist { ticket, record });
+    }
+
+    /// Asks the driver to write the state as a checkpoint, after every
+    /// record asked for before.
+    fn persist_checkpoint(&mut self) {
+        let (ticket, epoch, lsn) = self.durability.checkpoint();
+        debug_assert_eq!(lsn, self.outbox.applied, "every applied change has its record");
+        let record = Record::Checkpoint {
+            epoch,
+            lsn,
+            state: Box::new(self.state.clone()),
+        };
         self.outbox.emit_now(RouterOutput::Persist { ticket, record });
     }
 
@@ -766,6 +784,7 @@ impl Machine for Router {
             RouterInput::FromPrimary(frame) => self.handle_primary_frame(now, frame),
             RouterInput::SecretHashed { job, hash } => self.handle_secret_hashed(now, job, hash),
             RouterInput::Persisted { ticket } => self.handle_persisted(now, ticket),
+            RouterInput::CheckpointWanted => self.persist_checkpoint(),
         }
     }
 

@@ -18,7 +18,7 @@ use std::io;
 
 use peerlink_core::ids::{Epoch, Lsn};
 use peerlink_core::router::checkpoint::{StateBuilder, StatePart, PART_BYTES};
-use peerlink_core::router::{Change, Record, Recovered};
+use peerlink_core::router::{Change, Record, Recovered, State};
 use serde::{Deserialize, Serialize};
 
 use super::disk::Disk;
@@ -80,6 +80,21 @@ pub enum StorageError {
         dir: String,
         /// What is wrong.
         reason: String,
+    },
+    /// A checkpoint does not repeat the position of the record before it:
+    /// the router's records and the storage disagree, and writing on would
+    /// lose changes.
+    #[error(
+        "refusing a checkpoint at LSN {} (epoch {}) in {dir}: the last record written is LSN {} (epoch {})",
+        checkpoint.1, checkpoint.0, last.1, last.0
+    )]
+    Misplaced {
+        /// The directory.
+        dir: String,
+        /// The checkpoint's epoch and LSN.
+        checkpoint: (Epoch, Lsn),
+        /// The last record's epoch and LSN.
+        last: (Epoch, Lsn),
     },
     /// The directory holds a router's files but no identity.
     #[error("{dir} holds router data but no identity file; refusing to use it")]
@@ -169,9 +184,8 @@ pub struct Store<D> {
     disk: D,
     state_id: u64,
     generation: u64,
-    /// The state as of every record appended: what the next checkpoint
-    /// holds.
-    shadow: Recovered,
+    /// The epoch and LSN of the last record appended.
+    position: (Epoch, Lsn),
     /// The current log's length, its header and `buffer` included (0: not
     /// created yet).
     log_len: u64,
@@ -183,6 +197,9 @@ pub struct Store<D> {
     /// Appended since the last sync.
     dirty: bool,
     checkpoint_after: u64,
+    /// Whether [`Store::wants_checkpoint`] said so since the last
+    /// checkpoint.
+    checkpoint_asked: bool,
 }
 
 /// A store, and the state it recovered.
@@ -198,8 +215,9 @@ pub struct Opened<D> {
 
 impl<D: Disk> Store<D> {
     /// Opens the store on `disk` and recovers its state. An empty directory
-    /// becomes a new store with identity `new_state_id`. A new checkpoint
-    /// is written once the log has grown by `checkpoint_after` bytes.
+    /// becomes a new store with identity `new_state_id`. Once the log has
+    /// grown by `checkpoint_after` bytes, [`Store::wants_checkpoint`] says
+    /// so.
     pub fn open(mut disk: D, new_state_id: u64, checkpoint_after: u64) -> Result<Opened<D>, StorageError> {
         let dir = disk.describe();
         let io = |op: &'static str, file: &str| {
@@ -237,12 +255,12 @@ impl<D: Disk> Store<D> {
             .map(|(g, _)| *g)
             .max()
             .unwrap_or(0);
-        let mut shadow = if generation > 0 {
+        let mut recovered = if generation > 0 {
             read_checkpoint(&mut disk, generation)?
         } else {
             Recovered::default()
         };
-        let checkpoint = (generation > 0).then_some((generation, shadow.lsn));
+        let checkpoint = (generation > 0).then_some((generation, recovered.lsn));
         let log = log_name(generation);
         let (mut replayed, mut log_len, mut dropped_bytes) = (0, 0, 0);
         if files.contains(&(generation, false)) {
@@ -255,10 +273,10 @@ impl<D: Disk> Store<D> {
                     let Ok(entry) = serde_json::from_slice::<Entry>(payload) else {
                         break;
                     };
-                    if entry.lsn != shadow.lsn.next() {
+                    if entry.lsn != recovered.lsn.next() {
                         break;
                     }
-                    shadow.apply(Record::Change {
+                    recovered.apply(Record::Change {
                         epoch: entry.epoch,
                         lsn: entry.lsn,
                         change: entry.change,
@@ -287,20 +305,20 @@ impl<D: Disk> Store<D> {
             checkpoint,
             replayed,
             dropped_bytes,
-            lsn: shadow.lsn,
-            epoch: shadow.epoch,
+            lsn: recovered.lsn,
+            epoch: recovered.epoch,
         };
-        let recovered = shadow.clone();
         let store = Store {
             disk,
             state_id,
             generation,
-            shadow,
+            position: (recovered.epoch, recovered.lsn),
             log_len,
             buffer: Vec::new(),
             log_named: log_len > 0,
             dirty: false,
             checkpoint_after,
+            checkpoint_asked: false,
         };
         Ok(Opened {
             store,
@@ -331,7 +349,10 @@ impl<D: Disk> Store<D> {
     }
 
     /// Writes `record` after every record before it. A change is durable
-    /// after the next [`Store::sync`]; a state is durable when this returns.
+    /// after the next [`Store::sync`]; a state or a checkpoint is durable
+    /// when this returns. A checkpoint must repeat the position of the
+    /// record before it: one that does not is refused, and nothing is
+    /// written.
     pub fn append(&mut self, record: Record) -> Result<(), StorageError> {
         match record {
             Record::Change { epoch, lsn, change } => {
@@ -350,7 +371,7 @@ impl<D: Disk> Store<D> {
                 );
                 self.log_len += (self.buffer.len() - before) as u64;
                 self.dirty = true;
-                self.shadow.apply(Record::Change { epoch, lsn, change });
+                self.position = (epoch, lsn);
                 if self.buffer.len() >= WRITE_CHUNK {
                     self.write_buffer()?;
                 }
@@ -359,20 +380,26 @@ impl<D: Disk> Store<D> {
                 // The changes still buffered belong to the history it
                 // replaces.
                 self.buffer.clear();
-                self.shadow = Recovered {
-                    state: *state,
-                    lsn,
-                    epoch,
-                };
-                self.checkpoint()?;
+                self.checkpoint(epoch, lsn, *state)?;
+            }
+            Record::Checkpoint { epoch, lsn, state } => {
+                if (epoch, lsn) != self.position {
+                    return Err(StorageError::Misplaced {
+                        dir: self.disk.describe(),
+                        checkpoint: (epoch, lsn),
+                        last: self.position,
+                    });
+                }
+                // The changes still buffered are in it.
+                self.buffer.clear();
+                self.checkpoint(epoch, lsn, *state)?;
             }
         }
         Ok(())
     }
 
-    /// Makes every change appended so far durable (one sync for all of
-    /// them), then writes a checkpoint if the log has grown past its
-    /// threshold.
+    /// Makes every change appended so far durable: one sync for all of
+    /// them.
     pub fn sync(&mut self) -> Result<(), StorageError> {
         if self.dirty {
             self.write_buffer()?;
@@ -386,10 +413,17 @@ impl<D: Disk> Store<D> {
             }
             self.dirty = false;
         }
-        if self.log_len >= self.checkpoint_after {
-            self.checkpoint()?;
-        }
         Ok(())
+    }
+
+    /// Whether the log has grown past its threshold and a
+    /// [`Record::Checkpoint`] should be appended, so the log behind it can
+    /// go. Says so once per threshold crossed: again only after a
+    /// checkpoint is written and the new log has grown as much.
+    pub fn wants_checkpoint(&mut self) -> bool {
+        let wanted = !self.checkpoint_asked && self.log_len >= self.checkpoint_after;
+        self.checkpoint_asked |= wanted;
+        wanted
     }
 
     /// Hands the buffered log bytes to the disk, in one write.
@@ -405,17 +439,18 @@ impl<D: Disk> Store<D> {
         Ok(())
     }
 
-    /// Writes the state as the next generation's checkpoint, starts that
-    /// generation's log, and removes the generation before.
-    fn checkpoint(&mut self) -> Result<(), StorageError> {
+    /// Writes `state`, at `epoch` and `lsn`, as the next generation's
+    /// checkpoint, starts that generation's log, and removes the generation
+    /// before.
+    fn checkpoint(&mut self, epoch: Epoch, lsn: Lsn, state: State) -> Result<(), StorageError> {
         let next = self.generation + 1;
         let name = checkpoint_name(next);
         let tmp = format!("{name}.tmp");
         self.disk.remove(&tmp).map_err(self.io_error("remove", &tmp))?;
-        let parts = self.shadow.state.clone().into_parts(PART_BYTES);
+        let parts = state.into_parts(PART_BYTES);
         let header = CheckpointHeader {
-            epoch: self.shadow.epoch,
-            lsn: self.shadow.lsn,
+            epoch,
+            lsn,
             parts: parts.len() as u64,
         };
         let mut bytes = CHECKPOINT_MAGIC.to_vec();
@@ -441,11 +476,11 @@ impl<D: Disk> Store<D> {
             .map_err(self.io_error("sync", "the directory"))?;
         let old = self.generation;
         self.generation = next;
-        // Whatever was buffered for the old log is in the checkpoint.
-        self.buffer.clear();
+        self.position = (epoch, lsn);
         self.log_len = 0;
         self.log_named = false;
         self.dirty = false;
+        self.checkpoint_asked = false;
         for file in [log_name(old), checkpoint_name(old)] {
             self.disk.remove(&file).map_err(self.io_error("remove", &file))?;
         }

@@ -107,6 +107,16 @@ fn open(disk: MemDisk, checkpoint_after: u64) -> Opened<MemDisk> {
     Store::open(disk, 42, checkpoint_after).expect("opens")
 }
 
+/// Appends the checkpoint the store asks for, as a router does: the state
+/// after changes 1..=n.
+fn answer(store: &mut Store<MemDisk>, n: u64) {
+    if store.wants_checkpoint() {
+        let Recovered { state, lsn, epoch } = expected(n);
+        let state = Box::new(state);
+        store.append(Record::Checkpoint { epoch, lsn, state }).unwrap();
+    }
+}
+
 /// A disk holding changes 1..=n, synced; no checkpoint unless the log
 /// passes `checkpoint_after`.
 fn written(n: u64, checkpoint_after: u64) -> MemDisk {
@@ -114,6 +124,7 @@ fn written(n: u64, checkpoint_after: u64) -> MemDisk {
     for k in 1..=n {
         store.append(record(k)).unwrap();
         store.sync().unwrap();
+        answer(&mut store, k);
     }
     store.disk().clone()
 }
@@ -214,6 +225,63 @@ fn checkpoints_bound_the_log_and_recovery_starts_from_the_newest() {
     let opened = open(disk, 2_000);
     assert!(opened.report.checkpoint.is_some());
     assert_eq!(opened.recovered, expected(60));
+}
+
+#[test]
+fn a_checkpoint_is_asked_for_once_per_threshold_and_covers_what_was_buffered() {
+    let mut store = open(MemDisk::default(), 1_000).store;
+    let mut k = 0;
+    while !store.wants_checkpoint() {
+        k += 1;
+        store.append(record(k)).unwrap();
+        store.sync().unwrap();
+    }
+    assert!(k > 1, "the threshold is in bytes of log");
+    store.append(record(k + 1)).unwrap();
+    store.sync().unwrap();
+    assert!(!store.wants_checkpoint(), "asked once until a checkpoint comes");
+    // Not synced: the checkpoint makes it durable with the rest.
+    store.append(record(k + 2)).unwrap();
+    let Recovered { state, lsn, epoch } = expected(k + 2);
+    store
+        .append(Record::Checkpoint {
+            epoch,
+            lsn,
+            state: Box::new(state),
+        })
+        .unwrap();
+    let files: Vec<_> = store.disk().files.keys().cloned().collect();
+    assert_eq!(
+        files,
+        ["checkpoint-00000000000000000001", "identity"],
+        "the log behind the checkpoint is gone"
+    );
+    let opened = open(store.disk().clone(), 1_000);
+    assert_eq!(opened.recovered, expected(k + 2));
+    assert_eq!(opened.report.checkpoint, Some((1, Lsn(k + 2))));
+    let mut store = opened.store;
+    assert!(!store.wants_checkpoint(), "the new log is empty");
+}
+
+#[test]
+fn a_checkpoint_that_does_not_repeat_the_last_position_is_refused() {
+    let mut store = open(MemDisk::default(), u64::MAX).store;
+    for k in 1..=5 {
+        store.append(record(k)).unwrap();
+    }
+    store.sync().unwrap();
+    for (epoch, lsn) in [(Epoch(1), Lsn(4)), (Epoch(1), Lsn(6)), (Epoch(2), Lsn(5))] {
+        let state = Box::new(expected(lsn.0.min(5)).state);
+        let error = store
+            .append(Record::Checkpoint { epoch, lsn, state })
+            .unwrap_err();
+        assert!(matches!(error, StorageError::Misplaced { .. }), "{error}");
+    }
+    assert!(
+        !store.disk().files.keys().any(|n| n.starts_with("checkpoint")),
+        "nothing written"
+    );
+    assert_eq!(open(store.disk().clone(), u64::MAX).recovered, expected(5));
 }
 
 #[test]

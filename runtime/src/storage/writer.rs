@@ -1,7 +1,8 @@
 //! Where a router's records are written: off the event loop, with group
 //! commit. Records queue while a sync runs; the next sync covers them all,
 //! and one report tells the router everything up to its last ticket is
-//! durable.
+//! durable. When the log has grown enough, a report asks the router for a
+//! checkpoint.
 
 use std::time::Duration;
 
@@ -19,6 +20,12 @@ const MAX_BATCH: usize = 4096;
 pub enum Written {
     /// Every record up to this ticket is durable.
     Durable(u64),
+    /// The log has grown past its threshold: the router should send a
+    /// checkpoint ([`RouterInput::CheckpointWanted`]). Follows a
+    /// `Durable` report.
+    ///
+    /// [`RouterInput::CheckpointWanted`]: peerlink_core::router::RouterInput::CheckpointWanted
+    CheckpointWanted,
     /// The storage failed; nothing more will be written.
     Failed(StorageError),
 }
@@ -42,8 +49,7 @@ impl Storage {
             .spawn(move || {
                 while let Some(first) = queue.blocking_recv() {
                     let outcome = write_batch(&mut store, first, &mut queue);
-                    let failed = matches!(outcome, Written::Failed(_));
-                    if report.send(outcome).is_err() || failed {
+                    if !send_report(&mut store, &report, outcome) {
                         return;
                     }
                 }
@@ -73,8 +79,7 @@ impl Storage {
                 }
                 .and_then(|()| store.sync())
                 .map_or_else(Written::Failed, |()| Written::Durable(last));
-                let failed = matches!(outcome, Written::Failed(_));
-                if report.send(outcome).is_err() || failed {
+                if !send_report(&mut store, &report, outcome) {
                     return;
                 }
             }
@@ -116,6 +121,21 @@ fn append_all<D: Disk>(
         *last = ticket;
     }
     Ok(())
+}
+
+/// Reports `outcome`, and then whether the store wants a checkpoint.
+/// Returns whether the writer goes on: not after a failure, nor once the
+/// router is gone.
+fn send_report<D: Disk>(
+    store: &mut Store<D>,
+    report: &mpsc::UnboundedSender<Written>,
+    outcome: Written,
+) -> bool {
+    let failed = matches!(outcome, Written::Failed(_));
+    if report.send(outcome).is_err() || failed {
+        return false;
+    }
+    !store.wants_checkpoint() || report.send(Written::CheckpointWanted).is_ok()
 }
 
 fn write_batch<D: Disk>(

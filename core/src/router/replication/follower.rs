@@ -66,7 +66,7 @@ impl Router {
                     return self.restart_link(Link::Primary, now);
                 };
                 r.stream_epoch = epoch;
-                let ticket = self.durability.state(lsn);
+                let ticket = self.durability.state(epoch, lsn);
                 let record = Record::State {
                     epoch,
                     lsn,

@@ -371,6 +371,39 @@ fn nothing_that_depends_on_a_change_leaves_before_the_change_is_durable() {
 }
 
 #[test]
+fn a_wanted_checkpoint_is_the_state_after_every_record_and_durable_with_it() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    h.hold_persist = true;
+    let out = h.send(1, 1, "bob", "one");
+    let change_ticket = out
+        .iter()
+        .find_map(|o| match o {
+            RouterOutput::Persist { ticket, .. } => Some(*ticket),
+            _ => None,
+        })
+        .expect("the message's change");
+    h.router.handle(h.now, RouterInput::CheckpointWanted);
+    let out = h.drain();
+    let [RouterOutput::Persist {
+        ticket,
+        record: Record::Checkpoint { epoch, lsn, state },
+    }] = &out[..]
+    else {
+        panic!("one checkpoint record: {out:?}");
+    };
+    assert_eq!(*ticket, change_ticket + 1, "numbered after the change");
+    assert_eq!((*epoch, *lsn), (Epoch(0), h.router.applied_lsn()));
+    assert_eq!(**state, *h.router.state(), "the state after the change");
+    assert!(sent(&out).is_empty());
+    // Its report alone makes everything before it durable.
+    h.router.handle(h.now, RouterInput::Persisted { ticket: *ticket });
+    let out = h.drain();
+    assert_eq!(sent(&out), vec![1]);
+}
+
+#[test]
 fn an_offline_peer_gets_its_messages_in_order_and_the_sender_its_receipts_later() {
     let mut h = Harness::new();
     h.online(1, "alice");
