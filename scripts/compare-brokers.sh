@@ -2,7 +2,9 @@
 # The broker figures in docs/benchmarks.md: NATS JetStream (file storage)
 # and Mosquitto (QoS 1) loaded like `peerlink bench dm` — 64 connections
 # from one thread, each keeping 64 messages of 128 bytes waiting for an
-# acknowledgement, 10 s — RUNS times each (default 3), medians at the end.
+# acknowledgement, 10 s — and, in turn with them, PeerLink (primary + 1
+# backup, fsync on both) with TLS and over plain TCP like the brokers:
+# RUNS rounds (default 3), medians and PeerLink's ratios at the end.
 # Needs nats-server and mosquitto (Debian: apt-get install nats-server
 # mosquitto); builds compare/ (its own workspace).
 #
@@ -14,7 +16,9 @@ for tool in nats-server mosquitto; do
     command -v "$tool" >/dev/null || { echo "compare-brokers: $tool is not installed (apt-get install nats-server mosquitto)" >&2; exit 1; }
 done
 (cd compare && cargo build --release -q)
+cargo build --release -q -p peerlink-runtime
 COMPARE=compare/target/release/peerlink-compare
+PEERLINK=target/release/peerlink
 DIR=$(mktemp -d)
 LOG=$DIR/runs
 PIDS=()
@@ -35,6 +39,8 @@ echo "nats-server $(nats-server --version | awk '{print $2}'), mosquitto $(mosqu
 for i in $(seq "$RUNS"); do
     echo "nats $("$COMPARE" nats --url 127.0.0.1:14222)" | tee -a "$LOG"
     echo "mqtt $("$COMPARE" mqtt --port 11883)" | tee -a "$LOG"
+    echo "peerlink-tls $("$PEERLINK" bench dm --spawn replicated --backups 1 2>/dev/null | tail -n 1)" | tee -a "$LOG"
+    echo "peerlink-plain $("$PEERLINK" bench dm --spawn replicated --backups 1 --insecure 2>/dev/null | tail -n 1)" | tee -a "$LOG"
 done
 
 median() {
@@ -45,4 +51,14 @@ echo
 echo "medians of $RUNS runs"
 for broker in nats mqtt; do
     echo "$broker: $(median $broker acked_per_s) acknowledged/s, p50 $(median $broker ack_p50_ms) ms, p99 $(median $broker ack_p99_ms) ms"
+done
+for pl in peerlink-tls peerlink-plain; do
+    echo "$pl: $(median $pl deliveries_per_s) delivered/s, Sent p50 $(median $pl sent_p50_ms) ms, p99 $(median $pl sent_p99_ms) ms"
+done
+nats=$(median nats acked_per_s)
+mqtt=$(median mqtt acked_per_s)
+for pl in peerlink-tls peerlink-plain; do
+    rate=$(median $pl deliveries_per_s)
+    awk -v p="$rate" -v n="$nats" -v m="$mqtt" -v name="$pl" \
+        'BEGIN { printf "%s: %.2fx NATS JetStream (target 3x), %.2fx Mosquitto (target 1x)\n", name, p / n, p / m }'
 done
