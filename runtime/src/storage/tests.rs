@@ -233,6 +233,7 @@ fn a_checkpoint_is_asked_for_once_per_threshold_and_covers_what_was_buffered() {
     let mut k = 0;
     while !store.wants_checkpoint() {
         k += 1;
+        assert!(k < 100, "1,000 bytes of log and no checkpoint wanted");
         store.append(record(k)).unwrap();
         store.sync().unwrap();
     }
