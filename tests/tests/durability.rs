@@ -185,3 +185,63 @@ fn up_stopped_with_ctrl_c_and_started_again_keeps_everything() -> Result<()> {
     fresh.wait()?;
     Ok(())
 }
+
+/// The sizes of a router's log files and how many checkpoints it holds.
+fn log_and_checkpoints(dir: &std::path::Path) -> Result<(Vec<u64>, usize)> {
+    let (mut logs, mut checkpoints) = (Vec::new(), 0);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("log-") {
+            logs.push(entry.metadata()?.len());
+        } else if name.starts_with("checkpoint-") && !name.ends_with(".tmp") {
+            checkpoints += 1;
+        }
+    }
+    Ok((logs, checkpoints))
+}
+
+#[test]
+fn a_router_checkpoints_as_its_log_grows_and_recovers_from_the_checkpoint() -> Result<()> {
+    const CHECKPOINT_BYTES: u64 = 4096;
+    let bytes = CHECKPOINT_BYTES.to_string();
+    let router = peerlink_tests::Router::start(&["--checkpoint-bytes", &bytes])?;
+    let dir = TempDir::new()?;
+    let mut bob = registered("bob", &router.addr, dir.path())?;
+    bob.kill();
+    let mut alice = registered("alice", &router.addr, dir.path())?;
+    for n in 0..150 {
+        alice.send(&format!("SEND_MSG bob message number {n} to an offline peer"))?;
+    }
+    alice.expect_count("sent ", 150)?;
+    let sent = sent_seqs(&alice);
+    alice.kill();
+    let (logs, checkpoints) = log_and_checkpoints(router.data.path())?;
+    ensure!(checkpoints == 1, "{checkpoints} checkpoints, logs {logs:?}");
+    // The log only outgrows the threshold by what is appended while the
+    // router's checkpoint is on its way.
+    ensure!(
+        logs.len() <= 1 && logs.iter().all(|&len| len < 2 * CHECKPOINT_BYTES),
+        "log files of {logs:?} bytes with --checkpoint-bytes {CHECKPOINT_BYTES}"
+    );
+
+    let peerlink_tests::Router {
+        mut process, data, ..
+    } = router;
+    process.kill();
+    let data_dir = data.path().to_str().context("non-UTF-8 temp dir")?;
+    let args = [
+        "router",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir,
+        "--checkpoint-bytes",
+        &bytes,
+    ];
+    let mut restarted = Process::start("router", &args, &[])?;
+    let addr = peerlink_tests::listening_addr(&mut restarted)?;
+    let mut bob = registered("bob", &addr, dir.path())?;
+    let received = receive_all(&mut bob, &sent)?;
+    check_delivery(&received, &sent)
+}
