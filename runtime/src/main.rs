@@ -13,7 +13,7 @@ mod cli;
 /// jemalloc instead of glibc's allocator: routers and the load generator
 /// allocate and free a few small buffers per frame on several threads, and
 /// glibc's allocator took about 14 % of all CPU under `bench dm`; jemalloc
-/// gives 10–30 % more deliveries/s for about 6 MiB more per router
+/// gives 14–25 % more deliveries/s there, for 4–8 MiB more per router
 /// (`docs/benchmarks.md`, "jemalloc").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
