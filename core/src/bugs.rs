@@ -41,4 +41,8 @@ pub struct Bugs {
     /// A primary or standalone router commits a change without waiting for
     /// its own storage to report it durable.
     pub commit_before_durable: bool,
+    /// A router's disk checkpoint holds an empty state at the right
+    /// position: what the log behind it held is forgotten at the next
+    /// restart.
+    pub checkpoint_forgets_state: bool,
 }

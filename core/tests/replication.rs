@@ -70,7 +70,7 @@ impl ModelDisk {
     fn sync(&mut self) -> Option<u64> {
         let last = self.written.last().map(|(t, _)| *t);
         for (_, record) in self.written.drain(..) {
-            self.durable.apply(record);
+            self.durable.apply(record).expect("a consistent history");
         }
         last
     }
@@ -575,6 +575,39 @@ fn entries_and_checkpoints_from_an_older_epoch_are_refused() {
             assert_eq!(pair.f.applied_lsn(), applied);
         }
     }
+}
+
+/// A primary (a buggy one, or anyone with the cluster key) ships a change
+/// that does not follow from the follower's state. The follower must not
+/// apply it — nor crash on it — but drop the stream and resync.
+#[test]
+fn an_entry_that_does_not_follow_from_the_state_makes_the_follower_resync() {
+    let mut pair = Pair::new();
+    pair.heal();
+    pair.send(0, 1);
+    pair.heal();
+    pair.send(1, 0);
+    let Some(PrimaryFrame::Entry { epoch, lsn, .. }) = pair.to_f.pop_front() else {
+        panic!("the primary shipped the change");
+    };
+    let before = pair.f.state().clone();
+    let applied = pair.f.applied_lsn();
+    let conn = pair.f_conn;
+    let bogus = PrimaryFrame::Entry {
+        epoch,
+        lsn,
+        change: peerlink_core::router::Change::Acked {
+            peer: PeerId::new("nobody").unwrap(),
+            delivery: peerlink_core::ids::DeliveryId(1),
+        },
+    };
+    pair.f.handle(pair.now, RouterInput::FromPrimary(bogus));
+    pair.pump();
+    assert_eq!(pair.f.state(), &before, "the follower applied it");
+    assert_eq!(pair.f.applied_lsn(), applied);
+    assert!(pair.f_conn != conn, "the follower kept the stream");
+    pair.heal();
+    assert_eq!(pair.f.state(), pair.p.state(), "the follower resynced");
 }
 
 #[test]

@@ -24,7 +24,7 @@ use peerlink_runtime::cluster_link::ClusterAuth;
 use peerlink_runtime::net::Network;
 use peerlink_runtime::rm_driver::{run_rm, ConfigStore};
 use peerlink_runtime::router_driver::{run_router, ClusterPort, Hashing, RouterLimits, DEFAULT_MAX_QUEUED};
-use peerlink_runtime::storage::{Storage, Store};
+use peerlink_runtime::storage::{Storage, StorageError, Store};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
@@ -130,21 +130,27 @@ pub(crate) fn cluster_auth(key: ClusterKey, seed: u64) -> ClusterAuth {
     ClusterAuth::new(key, ChaCha8Rng::seed_from_u64(seed).random())
 }
 
-/// A simulated router writes a checkpoint after this many bytes of log, so
-/// that runs cross many checkpoints.
-const CHECKPOINT_AFTER: u64 = 64 * 1024;
+/// How many bytes of log a simulated router writes before it asks for a
+/// checkpoint: drawn at each start between 1 and 32 KiB, so that every run
+/// crosses many checkpoints, at points that vary from seed to seed (a
+/// simulated run writes some 50 to 150 KiB of log per router).
+pub(crate) fn checkpoint_after(rng: &mut impl Rng) -> u64 {
+    1024 * rng.random_range(1..=32)
+}
 
 /// A router started from what `disk` holds, with `config` and `seed`;
-/// `fresh_id` names the storage if the disk is empty. Returns the router
-/// and its storage writer, whose syncs take `sync_delay`.
+/// `fresh_id` names the storage if the disk is empty; the log is
+/// checkpointed after `checkpoint_after` bytes. Returns the router and its
+/// storage writer, whose syncs take `sync_delay`.
 pub(crate) fn recover_router(
     disk: SimDisk,
     mut config: RouterConfig,
     seed: u64,
     fresh_id: u64,
+    checkpoint_after: u64,
     sync_delay: Duration,
-) -> Result<(Router, Storage), SimError> {
-    let opened = Store::open(disk, fresh_id, CHECKPOINT_AFTER)?;
+) -> Result<(Router, Storage), StorageError> {
+    let opened = Store::open(disk, fresh_id, checkpoint_after)?;
     if let Some(replication) = &mut config.replication {
         replication.state_id = opened.store.state_id();
     }
@@ -259,6 +265,7 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
         #[cfg(feature = "planted-bugs")]
         let bugs = config.bugs;
         let key = key.clone();
+        let observed = observed.clone();
         sim.host(*name, move || {
             starts.set(starts.get() + 1);
             let incarnation = starts.get();
@@ -268,6 +275,8 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
             let mut rng = ChaCha8Rng::seed_from_u64(router_seed);
             let fresh_id = rng.random::<u64>() | 1;
             let sync_delay = Duration::from_micros(rng.random_range(500..30_000));
+            let checkpoint_after = checkpoint_after(&mut rng);
+            let observed = observed.clone();
             async move {
                 let id = ReplicaId::new(*name)?;
                 let addr = format!("{name}:{ROUTER_PORT}");
@@ -284,8 +293,23 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
                     bugs,
                     ..RouterConfig::default()
                 };
-                let (router, storage) =
-                    recover_router(disk, router_config, router_seed, fresh_id, sync_delay)?;
+                let started = recover_router(
+                    disk,
+                    router_config,
+                    router_seed,
+                    fresh_id,
+                    checkpoint_after,
+                    sync_delay,
+                );
+                let (router, storage) = match started {
+                    Ok(started) => started,
+                    Err(error) => {
+                        // The router exits, as the binary would; the run
+                        // goes on without it and the checker reports it.
+                        observed.unrecoverable(name, error.to_string());
+                        return Ok(());
+                    }
+                };
                 serve_router(router, Some(auth), storage).await
             }
         });

@@ -40,7 +40,7 @@ pub fn slow_run(seed: u64, latency: Duration, failure_timeout: Duration) -> Resu
         }
     }
     let mut violations = checker::check(&trace.history);
-    violations.extend(checker::check_commits(&observed.commits()));
+    violations.extend(checker::check_cluster(&observed.events()));
     Ok(SlowRun {
         failovers,
         violations: violations.len(),

@@ -30,6 +30,13 @@ pub enum ClusterEvent {
     },
     /// A primary sent a follower a checkpoint.
     Checkpoint,
+    /// A router could not start from what its disk holds.
+    Unrecoverable {
+        /// The router.
+        router: String,
+        /// Why.
+        error: String,
+    },
 }
 
 /// The events captured so far, shared between the capturing layer and the
@@ -58,15 +65,13 @@ impl Observed {
         self.0.lock().expect("observer poisoned").get(index).cloned()
     }
 
-    /// Every promotion and commit captured.
-    pub fn commits(&self) -> Vec<Commit> {
-        self.events()
-            .into_iter()
-            .filter_map(|e| match e {
-                ClusterEvent::Commit(c) => Some(c),
-                _ => None,
-            })
-            .collect()
+    /// Records that `router` could not start from its disk.
+    pub fn unrecoverable(&self, router: &str, error: String) {
+        let event = ClusterEvent::Unrecoverable {
+            router: router.to_owned(),
+            error,
+        };
+        self.0.lock().expect("observer poisoned").push(event);
     }
 
     /// The primary of the newest configuration saved, if any.

@@ -55,7 +55,9 @@ fn router_host(seed: u64) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = 
         let disk = disk.clone();
         Box::pin(async move {
             let sync = Duration::from_millis(1);
-            let (router, storage) = cluster::recover_router(disk, RouterConfig::default(), seed, 1, sync)?;
+            let checkpoint_after = cluster::checkpoint_after(&mut ChaCha8Rng::seed_from_u64(seed));
+            let (router, storage) =
+                cluster::recover_router(disk, RouterConfig::default(), seed, 1, checkpoint_after, sync)?;
             cluster::serve_router(router, None, storage).await
         })
     }
@@ -628,7 +630,7 @@ pub fn run_scenario(name: &str, seed: u64) -> Result<Outcome, SimError> {
     let config = config(name, seed).ok_or_else(|| format!("no scenario is named {name:?}"))?;
     let (trace, observed) = cluster::run(&config)?;
     let mut violations = checker::check(&trace.history);
-    violations.extend(checker::check_commits(&observed.commits()));
+    violations.extend(checker::check_cluster(&observed.events()));
     Ok(Outcome { trace, violations })
 }
 

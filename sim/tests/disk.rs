@@ -75,7 +75,7 @@ proptest! {
                         let lsn = written.lsn.next();
                         sizes.push(size);
                         let record = Record::Change { epoch: Epoch(1), lsn, change: change(lsn.0, size) };
-                        written.apply(record.clone());
+                        written.apply(record.clone()).expect("a consistent history");
                         store.append(record).unwrap();
                     }
                 }
@@ -98,7 +98,7 @@ proptest! {
                     let mut prefix = Recovered::default();
                     for k in 1..=got.lsn.0 {
                         let record = Record::Change { epoch: Epoch(1), lsn: Lsn(k), change: change(k, sizes[k as usize]) };
-                        prefix.apply(record);
+                        prefix.apply(record).expect("a consistent history");
                     }
                     prop_assert_eq!(&got, &prefix);
                     written = got;

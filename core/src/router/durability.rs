@@ -29,7 +29,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Change, State};
+use super::{Change, Inconsistent, State};
 use crate::ids::{Epoch, Lsn};
 
 /// Something the router needs on stable storage.
@@ -96,11 +96,12 @@ pub struct Recovered {
 impl Recovered {
     /// Moves the state on by `record`, as a storage replaying its records
     /// in order does: a change is applied, a state or a checkpoint
-    /// replaces it all.
-    pub fn apply(&mut self, record: Record) {
+    /// replaces it all. A change that does not follow from the state is
+    /// refused, and nothing moves: the records do not belong together.
+    pub fn apply(&mut self, record: Record) -> Result<(), Inconsistent> {
         match record {
             Record::Change { epoch, lsn, change } => {
-                self.state.apply(&change);
+                self.state.apply_checked(&change)?;
                 (self.epoch, self.lsn) = (epoch, lsn);
             }
             Record::State { epoch, lsn, state } | Record::Checkpoint { epoch, lsn, state } => {
@@ -108,6 +109,7 @@ impl Recovered {
                 (self.epoch, self.lsn) = (epoch, lsn);
             }
         }
+        Ok(())
     }
 }
 

@@ -56,7 +56,7 @@ use registration::Registrations;
 pub use registration::{MAX_QUEUED_PER_ID, MAX_REGISTRATIONS};
 use replication::{Link, Replication, ReplicationConfig};
 use secrets::{HashJob, KdfParams, SecretHash};
-pub use state::{Change, State, ITEM_OVERHEAD};
+pub use state::{Change, Inconsistent, State, ITEM_OVERHEAD};
 
 /// Tunables of a [`Router`]. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -658,11 +658,13 @@ impl Router {
     fn persist_checkpoint(&mut self) {
         let (ticket, epoch, lsn) = self.durability.checkpoint();
         debug_assert_eq!(lsn, self.outbox.applied, "every applied change has its record");
-        let record = Record::Checkpoint {
-            epoch,
-            lsn,
-            state: Box::new(self.state.clone()),
-        };
+        #[cfg_attr(not(feature = "planted-bugs"), allow(unused_mut))]
+        let mut state = Box::new(self.state.clone());
+        #[cfg(feature = "planted-bugs")]
+        if self.config.bugs.checkpoint_forgets_state {
+            state = Box::default();
+        }
+        let record = Record::Checkpoint { epoch, lsn, state };
         self.outbox.emit_now(RouterOutput::Persist { ticket, record });
     }
 

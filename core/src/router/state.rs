@@ -194,11 +194,69 @@ pub struct State {
     pub(crate) groups_of: BTreeMap<PeerId, usize>,
 }
 
+/// A change that does not follow from the state it was to be applied to:
+/// it names a peer that is not registered, registers one twice,
+/// acknowledges an item that is not in the mailbox, or creates a group
+/// that exists. The records it came from do not belong together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Inconsistent(String);
+
 impl State {
     /// The highest sequence number accepted or refused from `peer`, if it
     /// is registered.
     pub fn last_seq(&self, peer: &PeerId) -> Option<Seq> {
         self.peers.get(peer).map(|r| r.last_seq)
+    }
+
+    /// Applies `change` if it follows from this state; otherwise leaves the
+    /// state as it was and says why. For changes this router did not
+    /// validate itself: those its storage or its primary hands it.
+    pub fn apply_checked(&mut self, change: &Change) -> Result<(), Inconsistent> {
+        self.check(change)?;
+        self.apply(change);
+        Ok(())
+    }
+
+    /// Whether [`State::apply`] may be given `change`.
+    fn check(&self, change: &Change) -> Result<(), Inconsistent> {
+        let registered = |peer: &PeerId| {
+            self.peers
+                .get(peer)
+                .ok_or_else(|| Inconsistent(format!("it names {peer}, who is not registered")))
+        };
+        match change {
+            Change::Registered { peer, .. } => {
+                if self.peers.contains_key(peer) {
+                    return Err(Inconsistent(format!(
+                        "it registers {peer}, who is registered already"
+                    )));
+                }
+            }
+            Change::Accepted { from, recipients, .. } => {
+                registered(from)?;
+                for recipient in recipients {
+                    registered(recipient)?;
+                }
+            }
+            Change::Rejected { from, .. } => {
+                registered(from)?;
+            }
+            Change::Acked { peer, delivery } => {
+                if !registered(peer)?.mailbox.contains_key(delivery) {
+                    return Err(Inconsistent(format!(
+                        "it acknowledges delivery {delivery} to {peer}, which is not in the mailbox"
+                    )));
+                }
+            }
+            Change::GroupCreated { group, .. } => {
+                if self.groups.contains_key(group) {
+                    return Err(Inconsistent(format!("it creates {group}, which exists already")));
+                }
+            }
+            Change::Joined { .. } | Change::Left { .. } => {}
+        }
+        Ok(())
     }
 
     /// Applies one validated change.
@@ -372,6 +430,92 @@ mod tests {
 
     fn peer(s: &str) -> PeerId {
         PeerId::new(s).unwrap()
+    }
+
+    fn registered(name: &str) -> Change {
+        Change::Registered {
+            peer: peer(name),
+            salt: [7; 16],
+            kdf: KdfParams::CHEAPEST,
+            secret_hash: [9; 32],
+        }
+    }
+
+    fn message(from: &str, seq: u64, to: &str) -> Change {
+        Change::Accepted {
+            from: peer(from),
+            seq: Seq(seq),
+            to: Target::new(to).unwrap(),
+            recipients: vec![peer(to)],
+            body: Arc::from("m"),
+        }
+    }
+
+    /// Every change that does not follow from the state is refused and
+    /// leaves it as it was; those that do are applied.
+    #[test]
+    fn a_change_that_does_not_follow_from_the_state_is_refused() {
+        let mut state = State::default();
+        for change in [registered("a"), registered("b"), message("a", 1, "b")] {
+            state.apply_checked(&change).expect("follows");
+        }
+        let g = GroupName::new("g").unwrap();
+        state
+            .apply_checked(&Change::GroupCreated {
+                group: g.clone(),
+                creator: peer("a"),
+            })
+            .expect("follows");
+        let mut to_stranger = message("a", 2, "b");
+        if let Change::Accepted { recipients, .. } = &mut to_stranger {
+            recipients.push(peer("c"));
+        }
+        let refused = [
+            (registered("a"), "a, who is registered already"),
+            (message("c", 1, "a"), "c, who is not registered"),
+            (to_stranger, "c, who is not registered"),
+            (
+                Change::Rejected {
+                    from: peer("c"),
+                    seq: Seq(1),
+                    code: ErrorCode::MailboxFull,
+                },
+                "c, who is not registered",
+            ),
+            (
+                Change::Acked {
+                    peer: peer("c"),
+                    delivery: DeliveryId(1),
+                },
+                "c, who is not registered",
+            ),
+            (
+                Change::Acked {
+                    peer: peer("b"),
+                    delivery: DeliveryId(2),
+                },
+                "delivery 2 to b, which is not in the mailbox",
+            ),
+            (
+                Change::GroupCreated {
+                    group: g,
+                    creator: peer("b"),
+                },
+                "g, which exists already",
+            ),
+        ];
+        for (change, why) in refused {
+            let before = state.clone();
+            let error = state.apply_checked(&change).expect_err("refused");
+            assert!(error.to_string().contains(why), "{change:?}: {error}");
+            assert_eq!(state, before, "{change:?} moved the state");
+        }
+        let acked = Change::Acked {
+            peer: peer("b"),
+            delivery: DeliveryId(1),
+        };
+        state.apply_checked(&acked).expect("follows");
+        assert_eq!(state.peers[&peer("b")].queued_messages, 0);
     }
 
     #[test]

@@ -276,11 +276,18 @@ impl<D: Disk> Store<D> {
                     if entry.lsn != recovered.lsn.next() {
                         break;
                     }
-                    recovered.apply(Record::Change {
+                    let lsn = entry.lsn;
+                    let record = Record::Change {
                         epoch: entry.epoch,
-                        lsn: entry.lsn,
+                        lsn,
                         change: entry.change,
-                    });
+                    };
+                    if let Err(e) = recovered.apply(record) {
+                        let reason = format!(
+                            "its record at LSN {lsn} does not follow from the records before it: {e}"
+                        );
+                        return Err(damaged(&disk, &log, reason));
+                    }
                     replayed += 1;
                     good = frames.offset();
                 }

@@ -98,7 +98,7 @@ fn record(n: u64) -> Record {
 fn expected(n: u64) -> Recovered {
     let mut r = Recovered::default();
     for k in 1..=n {
-        r.apply(record(k));
+        r.apply(record(k)).expect("a consistent history");
     }
     r
 }
@@ -314,8 +314,40 @@ fn a_loaded_state_replaces_the_history_before_it() {
         epoch: Epoch(2),
         lsn: Lsn(4),
         change: change(4),
-    });
+    })
+    .expect("a consistent history");
     assert_eq!(opened.recovered, want);
+}
+
+/// A checkpoint that lost part of the state (here: all of it) leaves a log
+/// whose changes name peers it does not hold. Recovery must refuse the
+/// directory rather than cut the log there (and start without what was
+/// acknowledged) or panic.
+#[test]
+fn a_log_that_does_not_follow_from_its_checkpoint_stops_the_router() {
+    let mut store = open(MemDisk::default(), u64::MAX).store;
+    for k in 1..=2 {
+        store.append(record(k)).unwrap();
+    }
+    let forgetful = Record::Checkpoint {
+        epoch: Epoch(1),
+        lsn: Lsn(2),
+        state: Box::default(),
+    };
+    store.append(forgetful).unwrap();
+    for k in 3..=5 {
+        store.append(record(k)).unwrap();
+    }
+    store.sync().unwrap();
+    let Err(error) = Store::open(store.disk().clone(), 42, u64::MAX) else {
+        panic!("a log that names unregistered peers was replayed");
+    };
+    assert!(matches!(error, StorageError::Damaged { .. }), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("LSN 3") && text.contains("alice, who is not registered"),
+        "{text}"
+    );
 }
 
 #[test]

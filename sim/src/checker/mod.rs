@@ -18,6 +18,8 @@ use peerlink_core::client::{ClientEvent, Command, GroupOp};
 use peerlink_core::ids::{Epoch, GroupName, Lsn, MsgId, PeerId, ReplicaId, Seq, Target};
 use peerlink_core::testing::{History, What};
 
+use crate::observe::ClusterEvent;
+
 /// A broken invariant, naming the message and peer concerned.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Violation {
@@ -142,6 +144,15 @@ pub enum Violation {
         /// The command.
         command: String,
     },
+    /// A router could not start from its own disk. The simulated disk only
+    /// loses what was not synced and tears the last write, which recovery
+    /// must survive: refusing means what the router wrote does not add up.
+    Unrecoverable {
+        /// The router.
+        router: String,
+        /// Why it refused.
+        error: String,
+    },
 }
 
 impl fmt::Display for Violation {
@@ -197,6 +208,9 @@ impl fmt::Display for Violation {
             ),
             Violation::StateLost { peer, detail } => write!(f, "state lost: {peer}: {detail}"),
             Violation::Unanswered { peer, command } => write!(f, "unanswered: {peer} issued {command}"),
+            Violation::Unrecoverable { router, error } => {
+                write!(f, "unrecoverable: {router} could not start from its disk: {error}")
+            }
             Violation::PresenceWrong {
                 watcher,
                 peer,
@@ -447,6 +461,29 @@ pub struct Commit {
     /// For a commit: how many backups held it, and how many the
     /// configuration required (0 and 0 for a promotion).
     pub backups: (usize, usize),
+}
+
+/// Judges what the cluster did, as seen from outside the routers: their
+/// commits (see [`check_commits`]) and their restarts (a router that cannot
+/// recover from its own disk).
+pub fn check_cluster(events: &[ClusterEvent]) -> Vec<Violation> {
+    let commits: Vec<Commit> = events
+        .iter()
+        .filter_map(|e| match e {
+            ClusterEvent::Commit(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut violations = check_commits(&commits);
+    for event in events {
+        if let ClusterEvent::Unrecoverable { router, error } = event {
+            violations.push(Violation::Unrecoverable {
+                router: router.clone(),
+                error: error.clone(),
+            });
+        }
+    }
+    violations
 }
 
 /// Checks the routers' own replication trace, in the order it happened: at

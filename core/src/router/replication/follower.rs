@@ -89,8 +89,12 @@ impl Router {
                     // A gap: resync from a checkpoint.
                     return self.restart_link(Link::Primary, now);
                 }
+                if self.state.apply_checked(&change).is_err() {
+                    // Not a change of the state this follower has: resync
+                    // from a checkpoint rather than keep a corrupt copy.
+                    return self.restart_link(Link::Primary, now);
+                }
                 r.stream_epoch = epoch;
-                self.state.apply(&change);
                 self.outbox.applied = lsn;
                 if following {
                     self.outbox.committed = lsn;
