@@ -140,12 +140,13 @@ impl<S: Subscriber> Layer<S> for Capture {
         let mut fields = Fields::default();
         event.record(&mut fields);
         let captured = if target == COMMIT_TARGET || target == ROLE_TARGET {
+            // The commit checker judges what it captures here: an event it
+            // cannot read must stop the run, not vanish from the trace.
             let (Some(router), Some(epoch), Some(lsn)) = (fields.router, fields.epoch, fields.lsn) else {
-                return;
+                panic!("a {target} event without router, epoch and lsn: {event:?}");
             };
-            let Ok(router) = ReplicaId::new(router) else {
-                return;
-            };
+            let router = ReplicaId::new(&router)
+                .unwrap_or_else(|e| panic!("a {target} event names router {router:?}: {e}"));
             let step = if target == ROLE_TARGET {
                 Step::Promoted
             } else {
