@@ -38,8 +38,10 @@ fn validate_name(s: &str) -> Result<(), NameError> {
     if s.is_empty() || s.len() > MAX_NAME_LEN {
         return Err(NameError::Length(s.to_owned()));
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if !s.chars().all(allowed) {
+    // Every allowed character is ASCII, so judging bytes is judging chars:
+    // each byte of a multi-byte character is refused.
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    if !s.bytes().all(allowed) {
         return Err(NameError::Character(s.to_owned()));
     }
     Ok(())
@@ -49,9 +51,17 @@ fn validate_name(s: &str) -> Result<(), NameError> {
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(String);
+
+        // Written as the plain string, without the copy `into = "String"`
+        // would make of every name on every frame.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             /// Validates `s` as a name: 1 to 64 bytes of `A-Z a-z 0-9 . _ -`.
@@ -319,6 +329,20 @@ mod tests {
         assert!(Secret::new("x".repeat(257)).is_err());
         let s = Secret::new("hunter2").unwrap();
         assert_eq!(format!("{s:?}"), "Secret(..)");
+    }
+
+    #[test]
+    fn names_are_written_as_plain_strings() {
+        assert_eq!(
+            serde_json::to_string(&PeerId::new("a.b-c_1").unwrap()).unwrap(),
+            r#""a.b-c_1""#
+        );
+        assert_eq!(
+            serde_json::to_string(&Target::new("g").unwrap()).unwrap(),
+            r#""g""#
+        );
+        let back: GroupName = serde_json::from_str(r#""g""#).unwrap();
+        assert_eq!(back, GroupName::new("g").unwrap());
     }
 
     #[test]

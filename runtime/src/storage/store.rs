@@ -10,8 +10,9 @@
 //! directory synced, so a checkpoint is whole or absent; only then does the
 //! next generation's log start, and the files of the generation before are
 //! removed. Recovery takes the newest checkpoint and replays its log up to
-//! the first damaged frame or the first change that does not follow — the
-//! torn tail of a crash — and cuts the log there.
+//! the first damaged frame — the torn tail of a crash — and cuts the log
+//! there. A whole frame that cannot be read or does not follow is refused,
+//! never cut: the router stops with [`StorageError::Damaged`].
 
 use std::fmt;
 use std::io;
@@ -269,12 +270,22 @@ impl<D: Disk> Store<D> {
             if bytes.starts_with(LOG_MAGIC) {
                 good = LOG_MAGIC.len();
                 let mut frames = Frames::new(&bytes, good);
+                // A frame that fails its checksum is the torn tail of a
+                // crash; a whole frame that cannot be read, or does not
+                // follow, is not: cutting it would drop what it holds and
+                // everything after it.
                 while let Some(payload) = frames.next() {
-                    let Ok(entry) = serde_json::from_slice::<Entry>(payload) else {
-                        break;
-                    };
-                    if entry.lsn != recovered.lsn.next() {
-                        break;
+                    let after = recovered.lsn;
+                    let entry = serde_json::from_slice::<Entry>(payload).map_err(|e| {
+                        let reason = format!(
+                            "its record after LSN {after} is whole but cannot be read ({e}); \
+                             was it written by a newer version of PeerLink?"
+                        );
+                        damaged(&disk, &log, reason)
+                    })?;
+                    if entry.lsn != after.next() {
+                        let reason = format!("its record after LSN {after} is numbered {}", entry.lsn);
+                        return Err(damaged(&disk, &log, reason));
                     }
                     let lsn = entry.lsn;
                     let record = Record::Change {

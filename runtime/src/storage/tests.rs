@@ -192,15 +192,34 @@ fn a_flipped_bit_anywhere_in_the_log_loses_only_what_follows_it() {
     }
 }
 
+/// A whole record — its checksum holds — is no torn tail, even when it
+/// does not follow or cannot be read (a newer version wrote it): recovery
+/// refuses the directory instead of cutting the log there.
 #[test]
-fn a_change_that_does_not_follow_ends_the_log() {
+fn a_whole_record_that_does_not_follow_or_cannot_be_read_stops_the_router() {
     let mut store = open(MemDisk::default(), u64::MAX).store;
     for k in [1, 2, 4] {
         store.append(record(k)).unwrap();
     }
     store.sync().unwrap();
-    let opened = open(store.disk().clone(), u64::MAX);
-    assert_eq!(opened.recovered, expected(2));
+    let Err(error) = Store::open(store.disk().clone(), 42, u64::MAX) else {
+        panic!("a log with a gap was opened");
+    };
+    assert!(matches!(error, StorageError::Damaged { .. }), "{error}");
+    assert!(error.to_string().contains("after LSN 2 is numbered 4"), "{error}");
+
+    let mut disk = written(2, u64::MAX);
+    let unknown = br#"{"epoch":1,"lsn":3,"change":{"type":"renamed","peer":"alice"}}"#;
+    super::format::put_frame(disk.files.get_mut(LOG).unwrap(), unknown);
+    let Err(error) = Store::open(disk, 42, u64::MAX) else {
+        panic!("a log with an unreadable record was opened");
+    };
+    assert!(
+        error
+            .to_string()
+            .contains("after LSN 2 is whole but cannot be read"),
+        "{error}"
+    );
 }
 
 #[test]
