@@ -272,6 +272,7 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
             let router_seed = seed.wrapping_add(100 * (n as u64 + 1) + incarnation);
             let auth = cluster_auth(key.clone(), router_seed);
             let disk = disk.clone();
+            let watched = disk.clone();
             let mut rng = ChaCha8Rng::seed_from_u64(router_seed);
             let fresh_id = rng.random::<u64>() | 1;
             let sync_delay = Duration::from_micros(rng.random_range(500..30_000));
@@ -303,6 +304,9 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
                 );
                 let (router, storage) = match started {
                     Ok(started) => started,
+                    // A failing disk cannot even be recovered from: the
+                    // router exits, to be restarted when the disk heals.
+                    Err(_) if watched.is_failing() => return Ok(()),
                     Err(error) => {
                         // The router exits, as the binary would; the run
                         // goes on without it and the checker reports it.
@@ -310,7 +314,14 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
                         return Ok(());
                     }
                 };
-                serve_router(router, Some(auth), storage).await
+                let served = serve_router(router, Some(auth), storage).await;
+                if served.is_err() && watched.is_failing() {
+                    // It stopped on its failing disk, as it must: nothing it
+                    // could not store was acknowledged. Restarted when the
+                    // disk heals.
+                    return Ok(());
+                }
+                served
             }
         });
     }
@@ -365,6 +376,8 @@ fn simulate(config: &RunConfig, observed: &Observed, logs: &LogCapture) -> Resul
             match effect {
                 Effect::Crash(host) => disk(host).into_iter().for_each(|d| d.crash(&mut disk_rng)),
                 Effect::CrashWipingDisk(host) => disk(host).into_iter().for_each(SimDisk::wipe),
+                Effect::DiskFails(host) => disk(host).into_iter().for_each(|d| d.set_failing(true)),
+                Effect::DiskHeals(host) => disk(host).into_iter().for_each(|d| d.set_failing(false)),
                 _ => {}
             }
         }

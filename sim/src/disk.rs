@@ -5,7 +5,10 @@
 //! crash ([`SimDisk::crash`]) keeps only what was synced — the names of the
 //! last directory sync, each file's synced bytes — plus, at random, a prefix
 //! of each file's unsynced tail (the writes that happened to reach the
-//! platter), whose last byte may be garbage (a torn sector).
+//! platter), whose last byte may be garbage (a torn sector). A disk can
+//! also fail ([`SimDisk::set_failing`]): every write, sync, rename and
+//! truncation is refused with "no space left", as a full disk does, while
+//! reads go on working.
 //!
 //! This is a model of our own rather than turmoil's `unstable-fs`: the
 //! storage code runs unchanged against it through the
@@ -36,6 +39,8 @@ struct State {
     /// The directory as it is, and as last synced.
     names: BTreeMap<String, u64>,
     synced_names: BTreeMap<String, u64>,
+    /// Every change is refused.
+    failing: bool,
 }
 
 /// One host's disk; clones share it.
@@ -44,6 +49,17 @@ pub struct SimDisk(Rc<RefCell<State>>);
 
 fn not_found(name: &str) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("{name}: no such file"))
+}
+
+impl State {
+    /// Refuses a change while the disk is failing.
+    fn writable(&self, name: &str) -> io::Result<()> {
+        if self.failing {
+            let message = format!("{name}: no space left on the simulated disk");
+            return Err(io::Error::new(io::ErrorKind::StorageFull, message));
+        }
+        Ok(())
+    }
 }
 
 impl SimDisk {
@@ -74,6 +90,17 @@ impl SimDisk {
     pub fn wipe(&self) {
         *self.0.borrow_mut() = State::default();
     }
+
+    /// From now on, refuses every change (`failing`), or takes them again.
+    /// What was written and synced before stays as it was.
+    pub fn set_failing(&self, failing: bool) {
+        self.0.borrow_mut().failing = failing;
+    }
+
+    /// Whether the disk refuses changes.
+    pub fn is_failing(&self) -> bool {
+        self.0.borrow().failing
+    }
 }
 
 impl Disk for SimDisk {
@@ -89,6 +116,7 @@ impl Disk for SimDisk {
 
     fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let mut state = self.0.borrow_mut();
+        state.writable(name)?;
         let id = match state.names.get(name) {
             Some(id) => *id,
             None => {
@@ -106,6 +134,7 @@ impl Disk for SimDisk {
 
     fn truncate(&mut self, name: &str, len: u64) -> io::Result<()> {
         let mut state = self.0.borrow_mut();
+        state.writable(name)?;
         let id = *state.names.get(name).ok_or_else(|| not_found(name))?;
         let file = state.files.get_mut(&id).expect("named files exist");
         file.written.truncate(len as usize);
@@ -116,6 +145,7 @@ impl Disk for SimDisk {
 
     fn sync(&mut self, name: &str) -> io::Result<()> {
         let mut state = self.0.borrow_mut();
+        state.writable(name)?;
         let id = *state.names.get(name).ok_or_else(|| not_found(name))?;
         let file = state.files.get_mut(&id).expect("named files exist");
         file.synced = file.written.clone();
@@ -124,6 +154,7 @@ impl Disk for SimDisk {
 
     fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
         let mut state = self.0.borrow_mut();
+        state.writable(to)?;
         let id = state.names.remove(from).ok_or_else(|| not_found(from))?;
         state.names.insert(to.to_owned(), id);
         Ok(())
@@ -136,6 +167,7 @@ impl Disk for SimDisk {
 
     fn sync_dir(&mut self) -> io::Result<()> {
         let mut state = self.0.borrow_mut();
+        state.writable("the directory")?;
         state.synced_names = state.names.clone();
         // Files no name leads to any more are gone for good.
         let live: Vec<u64> = state.names.values().copied().collect();

@@ -5,6 +5,8 @@
 //! ([`Trigger`]): right after a client hears Sent, right after a failover,
 //! during a checkpoint transfer. Every fault heals itself after its
 //! duration, and the harness heals everything at the end of the workload.
+//! Besides the network and the processes, a router's disk can fail: the
+//! router must stop rather than acknowledge what it could not store.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -79,6 +81,16 @@ pub enum Action {
         /// How long.
         duration: Duration,
     },
+    /// The host's (a router's) disk refuses every write and sync, as a
+    /// full disk does, for `duration`: the router stops at its next write.
+    /// Then the disk works again and the router is restarted, as an
+    /// operator who freed space would.
+    DiskFailure {
+        /// The router.
+        host: Victim,
+        /// How long the disk fails.
+        duration: Duration,
+    },
     /// Every link's latency may reach `max` for `duration`.
     Latency {
         /// The new maximum latency.
@@ -130,6 +142,8 @@ pub(crate) enum Effect {
     Hold(&'static str, &'static str),
     Release(&'static str, &'static str),
     Latency(Duration),
+    DiskFails(&'static str),
+    DiskHeals(&'static str),
 }
 
 /// What had been observed when a fault was armed: cluster events, Sent
@@ -151,6 +165,8 @@ pub(crate) struct Injector {
     wiped: BTreeSet<&'static str>,
     /// Routers that restarted without their disk, and when.
     rebuilt: Vec<(&'static str, Duration)>,
+    /// Routers whose disk fails.
+    failing: BTreeSet<&'static str>,
     base_latency: Duration,
 }
 
@@ -170,6 +186,7 @@ impl Injector {
             restarted: Vec::new(),
             wiped: BTreeSet::new(),
             rebuilt: Vec::new(),
+            failing: BTreeSet::new(),
             base_latency,
         }
     }
@@ -223,7 +240,10 @@ impl Injector {
         self.pending.clear();
         self.timed.clear();
         let hosts: Vec<&'static str> = [RM].into_iter().chain(ROUTERS).chain(CLIENTS).collect();
-        let mut effects = Vec::new();
+        let mut effects: Vec<Effect> = std::mem::take(&mut self.failing)
+            .into_iter()
+            .map(Effect::DiskHeals)
+            .collect();
         for (i, a) in hosts.iter().enumerate() {
             for b in &hosts[i + 1..] {
                 effects.push(Effect::Release(a, b));
@@ -258,6 +278,16 @@ impl Injector {
                 !wiped_recently && self.crashed.insert(host)
             }
             Effect::Crash(host) => self.crashed.insert(host),
+            // The router stops by itself at its next write: down, as far as
+            // the rules above go, until the restart after the disk heals.
+            Effect::DiskFails(host) => self.crashed.insert(host) && self.failing.insert(host),
+            // Whatever happened meanwhile, the restart that follows brings
+            // the router back on its healed disk.
+            Effect::DiskHeals(host) => {
+                self.failing.remove(host);
+                self.crashed.insert(host);
+                true
+            }
             Effect::Bounce(host) => {
                 let was_down = self.crashed.remove(host);
                 if was_down && ROUTERS.contains(host) {
@@ -353,6 +383,13 @@ impl Injector {
                     self.timed.push((at + *duration, Effect::Release(a, b)));
                 }
             }
+            Action::DiskFailure { host, duration } => {
+                if let Some(host) = Self::resolve(host, observed) {
+                    self.timed.push((at, Effect::DiskFails(host)));
+                    self.timed.push((at + *duration, Effect::DiskHeals(host)));
+                    self.timed.push((at + *duration, Effect::Bounce(host)));
+                }
+            }
             Action::Latency { max, duration } => {
                 self.timed.push((at, Effect::Latency(*max)));
                 self.timed
@@ -377,6 +414,8 @@ impl Effect {
             Effect::Hold(a, b) => sim.hold(a, b),
             Effect::Release(a, b) => sim.release(a, b),
             Effect::Latency(max) => sim.set_max_message_latency(max),
+            // The harness flips the host's simulated disk.
+            Effect::DiskFails(_) | Effect::DiskHeals(_) => {}
         }
     }
 }

@@ -187,7 +187,7 @@ pub fn direct_and_group(seed: u64) -> Result<Trace, SimError> {
 }
 
 /// The named chaos scenarios, in the order `sweep --scenario all` runs them.
-pub const SCENARIOS: [&str; 19] = [
+pub const SCENARIOS: [&str; 20] = [
     "primary_crash",
     "silent_primary_crash",
     "primary_cut_from_rm",
@@ -207,6 +207,7 @@ pub const SCENARIOS: [&str; 19] = [
     "whole_cluster_crash",
     "rolling_crashes",
     "presence_failover",
+    "failing_disks",
 ];
 
 /// What one scenario run found.
@@ -519,6 +520,38 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
                 }
             };
             plan.push(fault(secs(&mut rng, 12, 17), Trigger::Now, Duration::ZERO, late));
+        }
+        "failing_disks" => {
+            // The primary's disk fills up (half the time right after a
+            // Sent): it must stop rather than acknowledge what it cannot
+            // store, and a backup takes over. Space is freed 1-4 s later
+            // and the router is restarted. Half the time another router's
+            // disk (or the same one's) fills up later too.
+            let trigger = if rng.random_bool(0.5) {
+                Trigger::NextSent
+            } else {
+                Trigger::Now
+            };
+            let at = secs(&mut rng, 3, 8);
+            let duration = secs(&mut rng, 1, 4);
+            let host = Victim::Primary;
+            plan.push(fault(
+                at,
+                trigger,
+                Duration::ZERO,
+                Action::DiskFailure { host, duration },
+            ));
+            if rng.random_bool(0.5) {
+                let later = at + duration + secs(&mut rng, 1, 4);
+                let host = Victim::Named(ROUTERS[rng.random_range(0..ROUTERS.len())]);
+                let duration = secs(&mut rng, 1, 3);
+                plan.push(fault(
+                    later,
+                    Trigger::Now,
+                    Duration::ZERO,
+                    Action::DiskFailure { host, duration },
+                ));
+            }
         }
         "rolling_crashes" => {
             // Routers crash one after another with no pause to catch up:

@@ -134,3 +134,8 @@ fn paused_primary() {
 fn presence_failover() {
     scenario("presence_failover");
 }
+
+#[test]
+fn failing_disks() {
+    scenario("failing_disks");
+}

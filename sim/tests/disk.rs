@@ -110,3 +110,33 @@ proptest! {
         }
     }
 }
+
+/// A router whose disk fills up stops at its next write — its clients are
+/// told `storage_failed` — and another router takes over, with nothing
+/// acknowledged lost (the checker's verdict).
+#[test]
+fn a_failing_disk_stops_its_router_and_another_takes_over() {
+    for seed in 1..=3 {
+        let outcome = sim::scenario::run_scenario("failing_disks", seed).expect("the run finishes");
+        assert!(
+            outcome.violations.is_empty(),
+            "seed {seed}: {:?}",
+            outcome.violations
+        );
+        let lines = &outcome.trace.lines;
+        let told = lines
+            .iter()
+            .filter(|l| l.contains("Disconnected") && l.contains("storage_failed"))
+            .count();
+        assert!(told > 0, "seed {seed}: no client was told storage_failed");
+        let primaries: std::collections::BTreeSet<&str> = lines
+            .iter()
+            .filter_map(|l| l.split("serving as primary router=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect();
+        assert!(
+            primaries.len() > 1,
+            "seed {seed}: no other router took over: {primaries:?}"
+        );
+    }
+}

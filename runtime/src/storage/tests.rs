@@ -405,3 +405,87 @@ fn data_without_an_identity_is_refused_and_leftovers_are_cleared() {
         StorageError::NoIdentity { .. }
     ));
 }
+
+/// A disk shared with the test, which can make it refuse every change.
+#[derive(Debug, Clone, Default)]
+struct FlakyDisk {
+    inner: std::sync::Arc<std::sync::Mutex<MemDisk>>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FlakyDisk {
+    fn change(&self, name: &str, op: impl FnOnce(&mut MemDisk) -> io::Result<()>) -> io::Result<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("{name}: no space left"),
+            ));
+        }
+        op(&mut self.inner.lock().unwrap())
+    }
+}
+
+impl Disk for FlakyDisk {
+    fn list(&mut self) -> io::Result<Vec<String>> {
+        self.inner.lock().unwrap().list()
+    }
+    fn read(&mut self, name: &str) -> io::Result<Vec<u8>> {
+        self.inner.lock().unwrap().read(name)
+    }
+    fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.change(name, |d| d.append(name, bytes))
+    }
+    fn truncate(&mut self, name: &str, len: u64) -> io::Result<()> {
+        self.change(name, |d| d.truncate(name, len))
+    }
+    fn sync(&mut self, name: &str) -> io::Result<()> {
+        self.change(name, |d| d.sync(name))
+    }
+    fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
+        self.change(to, |d| d.rename(from, to))
+    }
+    fn remove(&mut self, name: &str) -> io::Result<()> {
+        self.change(name, |d| d.remove(name))
+    }
+    fn sync_dir(&mut self) -> io::Result<()> {
+        self.change("the directory", MemDisk::sync_dir)
+    }
+    fn describe(&self) -> String {
+        "a flaky disk".into()
+    }
+}
+
+/// The production writer on a disk that fills up: it reports the failure
+/// (never "durable" for what it could not write), then stops reporting,
+/// and the disk holds exactly what was reported durable before.
+#[tokio::test]
+async fn the_writer_reports_a_failing_disk_and_claims_nothing_more() {
+    use super::{Storage, Written};
+    use std::time::Duration;
+
+    let disk = FlakyDisk::default();
+    let store = Store::open(disk.clone(), 42, u64::MAX).expect("opens").store;
+    let mut storage = Storage::thread(store).expect("a thread");
+    for n in 1..=2 {
+        storage.submit(n, record(n));
+    }
+    loop {
+        match storage.next_report().await {
+            Written::Durable(2) => break,
+            Written::Durable(_) => {}
+            other => panic!("expected records 1 and 2 durable, got {other:?}"),
+        }
+    }
+    disk.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    storage.submit(3, record(3));
+    match storage.next_report().await {
+        Written::Failed(error) => assert!(error.to_string().contains("no space left"), "{error}"),
+        other => panic!("a failed write was reported as {other:?}"),
+    }
+    storage.submit(4, record(4));
+    let more = tokio::time::timeout(Duration::from_millis(300), storage.next_report()).await;
+    assert!(more.is_err(), "the writer went on after a failure: {more:?}");
+    disk.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let reopened = open(disk.inner.lock().unwrap().clone(), u64::MAX);
+    assert_eq!(reopened.recovered, expected(2));
+}
