@@ -124,6 +124,29 @@ impl ConfigStore for FileStore {
     }
 }
 
+/// Saves `config`; once it is saved, records it as `saved`, logs it (under
+/// [`CONFIG_TARGET`]) and tells `rm`, which announces it only then. Hands
+/// the configuration back if it could not be saved, to be retried.
+fn save_config<S: ConfigStore>(
+    store: &mut S,
+    rm: &mut ReplicaManager,
+    saved: &mut Option<Configuration>,
+    config: Configuration,
+) -> Result<(), Configuration> {
+    if let Err(error) = store.save(&config) {
+        tracing::error!(%error, epoch = %config.epoch, "cannot save the configuration; retrying");
+        return Err(config);
+    }
+    crate::metrics::rm_configuration(&config, saved.as_ref());
+    tracing::info!(target: CONFIG_TARGET, epoch = config.epoch.0, primary = ?config.primary.as_ref().map(|p| &p.id),
+        backups = ?config.backups.iter().map(|m| &m.id).collect::<Vec<_>>(),
+        candidates = ?config.candidates.iter().map(|m| &m.id).collect::<Vec<_>>(),
+        "configuration");
+    rm.handle(now(), RmInput::Persisted(config.epoch));
+    *saved = Some(config);
+    Ok(())
+}
+
 /// Runs the replica manager on connections accepted from `listener` that
 /// prove membership with `auth`, until `shutdown` resolves. A configuration
 /// that cannot be saved is retried; until it is saved it is not announced.
@@ -160,24 +183,12 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
                 RmOutput::Persist(config) => unsaved = Some(config),
             }
             if let Some(config) = unsaved.take() {
-                match store.save(&config) {
-                    Ok(()) => {
-                        crate::metrics::rm_configuration(&config, saved.as_ref());
-                        saved = Some(config.clone());
-                        tracing::info!(target: CONFIG_TARGET, epoch = config.epoch.0, primary = ?config.primary.as_ref().map(|p| &p.id),
-                            backups = ?config.backups.iter().map(|m| &m.id).collect::<Vec<_>>(),
-                            candidates = ?config.candidates.iter().map(|m| &m.id).collect::<Vec<_>>(),
-                            "configuration");
-                        retry_at = None;
-                        rm.handle(now(), RmInput::Persisted(config.epoch));
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, epoch = %config.epoch, "cannot save the configuration; retrying");
-                        unsaved = Some(config);
-                        retry_at = Some(tokio::time::Instant::now() + PERSIST_RETRY);
-                        break;
-                    }
+                if let Err(config) = save_config(&mut store, &mut rm, &mut saved, config) {
+                    unsaved = Some(config);
+                    retry_at = Some(tokio::time::Instant::now() + PERSIST_RETRY);
+                    break;
                 }
+                retry_at = None;
             }
         }
         let deadline = rm.poll_timeout().map(tokio::time::Instant::from_std);
@@ -187,11 +198,7 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
             () = sleep_until(retry_at) => {
                 retry_at = None;
                 if let Some(config) = unsaved.take() {
-                    if store.save(&config).is_ok() {
-                        crate::metrics::rm_configuration(&config, saved.as_ref());
-                        rm.handle(now(), RmInput::Persisted(config.epoch));
-                        saved = Some(config);
-                    } else {
+                    if let Err(config) = save_config(&mut store, &mut rm, &mut saved, config) {
                         unsaved = Some(config);
                         retry_at = Some(tokio::time::Instant::now() + PERSIST_RETRY);
                     }
@@ -296,6 +303,74 @@ mod tests {
         fn save(&mut self, _: &Configuration) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// Refuses the first `failures` saves.
+    struct FlakyStore {
+        failures: usize,
+        saved: Vec<Configuration>,
+    }
+
+    impl ConfigStore for FlakyStore {
+        fn load(&mut self) -> io::Result<Configuration> {
+            Ok(Configuration::default())
+        }
+        fn save(&mut self, config: &Configuration) -> io::Result<()> {
+            if self.failures > 0 {
+                self.failures -= 1;
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left"));
+            }
+            self.saved.push(config.clone());
+            Ok(())
+        }
+    }
+
+    /// Counts the events logged under [`CONFIG_TARGET`].
+    #[derive(Clone, Default)]
+    struct ConfigEvents(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ConfigEvents {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            if event.metadata().target() == CONFIG_TARGET {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// A configuration saved only on a retry is logged and recorded as
+    /// saved like one saved at once: the log (and the simulator, which
+    /// reads it) must see every configuration the RM announces.
+    #[test]
+    fn a_configuration_saved_on_a_retry_is_logged_like_any_other() {
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let events = ConfigEvents::default();
+        let subscriber = tracing_subscriber::registry().with(events.clone());
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let mut store = FlakyStore {
+            failures: 1,
+            saved: Vec::new(),
+        };
+        let mut rm = ReplicaManager::new(
+            RmConfig::new(Duration::from_millis(500), 1),
+            Configuration::default(),
+            crate::now(),
+        );
+        let mut saved = None;
+        let config = Configuration::default();
+        let handed_back = save_config(&mut store, &mut rm, &mut saved, config.clone());
+        assert_eq!(handed_back, Err(config.clone()));
+        assert_eq!(
+            (saved.as_ref(), events.0.load(std::sync::atomic::Ordering::SeqCst)),
+            (None, 0)
+        );
+        assert_eq!(
+            save_config(&mut store, &mut rm, &mut saved, config.clone()),
+            Ok(())
+        );
+        assert_eq!(saved.as_ref(), Some(&config));
+        assert_eq!(store.saved, vec![config]);
+        assert_eq!(events.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
