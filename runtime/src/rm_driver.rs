@@ -125,26 +125,26 @@ impl ConfigStore for FileStore {
 }
 
 /// Saves `config`; once it is saved, records it as `saved`, logs it (under
-/// [`CONFIG_TARGET`]) and tells `rm`, which announces it only then. Hands
-/// the configuration back if it could not be saved, to be retried.
+/// [`CONFIG_TARGET`]) and tells `rm`, which announces it only then. Returns
+/// whether it was saved: if not, the caller retries.
 fn save_config<S: ConfigStore>(
     store: &mut S,
     rm: &mut ReplicaManager,
     saved: &mut Option<Configuration>,
-    config: Configuration,
-) -> Result<(), Configuration> {
-    if let Err(error) = store.save(&config) {
+    config: &Configuration,
+) -> bool {
+    if let Err(error) = store.save(config) {
         tracing::error!(%error, epoch = %config.epoch, "cannot save the configuration; retrying");
-        return Err(config);
+        return false;
     }
-    crate::metrics::rm_configuration(&config, saved.as_ref());
+    crate::metrics::rm_configuration(config, saved.as_ref());
     tracing::info!(target: CONFIG_TARGET, epoch = config.epoch.0, primary = ?config.primary.as_ref().map(|p| &p.id),
         backups = ?config.backups.iter().map(|m| &m.id).collect::<Vec<_>>(),
         candidates = ?config.candidates.iter().map(|m| &m.id).collect::<Vec<_>>(),
         "configuration");
     rm.handle(now(), RmInput::Persisted(config.epoch));
-    *saved = Some(config);
-    Ok(())
+    *saved = Some(config.clone());
+    true
 }
 
 /// Runs the replica manager on connections accepted from `listener` that
@@ -183,7 +183,7 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
                 RmOutput::Persist(config) => unsaved = Some(config),
             }
             if let Some(config) = unsaved.take() {
-                if let Err(config) = save_config(&mut store, &mut rm, &mut saved, config) {
+                if !save_config(&mut store, &mut rm, &mut saved, &config) {
                     unsaved = Some(config);
                     retry_at = Some(tokio::time::Instant::now() + PERSIST_RETRY);
                     break;
@@ -198,7 +198,7 @@ pub async fn run_rm<L: Listener, S: ConfigStore>(
             () = sleep_until(retry_at) => {
                 retry_at = None;
                 if let Some(config) = unsaved.take() {
-                    if let Err(config) = save_config(&mut store, &mut rm, &mut saved, config) {
+                    if !save_config(&mut store, &mut rm, &mut saved, &config) {
                         unsaved = Some(config);
                         retry_at = Some(tokio::time::Instant::now() + PERSIST_RETRY);
                     }
@@ -358,16 +358,12 @@ mod tests {
         );
         let mut saved = None;
         let config = Configuration::default();
-        let handed_back = save_config(&mut store, &mut rm, &mut saved, config.clone());
-        assert_eq!(handed_back, Err(config.clone()));
+        assert!(!save_config(&mut store, &mut rm, &mut saved, &config));
         assert_eq!(
             (saved.as_ref(), events.0.load(std::sync::atomic::Ordering::SeqCst)),
             (None, 0)
         );
-        assert_eq!(
-            save_config(&mut store, &mut rm, &mut saved, config.clone()),
-            Ok(())
-        );
+        assert!(save_config(&mut store, &mut rm, &mut saved, &config));
         assert_eq!(saved.as_ref(), Some(&config));
         assert_eq!(store.saved, vec![config]);
         assert_eq!(events.0.load(std::sync::atomic::Ordering::SeqCst), 1);
