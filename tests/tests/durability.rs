@@ -245,3 +245,93 @@ fn a_router_checkpoints_as_its_log_grows_and_recovers_from_the_checkpoint() -> R
     let received = receive_all(&mut bob, &sent)?;
     check_delivery(&received, &sent)
 }
+
+/// Every file of `dir`, with its bytes.
+fn files(dir: &std::path::Path) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let mut files = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        files.insert(name, std::fs::read(entry.path())?);
+    }
+    Ok(files)
+}
+
+/// A router whose checkpoint and log do not belong together — here the
+/// log of another router, as a botched restore would leave them — refuses
+/// to start, says which file and which record, and leaves every file as it
+/// was: it neither cuts the log nor starts without what it acknowledged.
+#[test]
+fn a_router_refuses_a_log_that_does_not_follow_from_its_checkpoint() -> Result<()> {
+    let dir = TempDir::new()?;
+    let mut data = Vec::new();
+    // The first router checkpoints every 4 KiB; the second never does, so
+    // its only log starts at LSN 1.
+    for (flags, sender, recipient) in [
+        (["--checkpoint-bytes", "4096"], "alice", "bob"),
+        (["--checkpoint-bytes", "1000000"], "carol", "dave"),
+    ] {
+        let router = peerlink_tests::Router::start(&flags)?;
+        let mut offline = registered(recipient, &router.addr, dir.path())?;
+        offline.kill();
+        let mut sender_process = registered(sender, &router.addr, dir.path())?;
+        for n in 0..60 {
+            sender_process.send(&format!(
+                "SEND_MSG {recipient} message number {n} to an offline peer"
+            ))?;
+        }
+        sender_process.expect_count("sent ", 60)?;
+        sender_process.kill();
+        // The router's checkpoint is written in the background.
+        let deadline = Instant::now() + peerlink_tests::WAIT;
+        while flags[1] == "4096" && log_and_checkpoints(router.data.path())?.1 == 0 {
+            ensure!(
+                Instant::now() < deadline,
+                "no checkpoint: {:?}",
+                files(router.data.path())?.keys()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let peerlink_tests::Router {
+            mut process, data: d, ..
+        } = router;
+        process.kill();
+        data.push(d);
+    }
+    let (first, second) = (data[0].path(), data[1].path());
+    let checkpoint = files(first)?
+        .into_keys()
+        .find(|n| n.starts_with("checkpoint-") && !n.ends_with(".tmp"))
+        .context("the first router wrote no checkpoint")?;
+    // The log of the checkpoint's generation (there may be none yet).
+    let log = checkpoint.replace("checkpoint-", "log-");
+    std::fs::copy(second.join("log-00000000000000000000"), first.join(log))?;
+    let before = files(first)?;
+
+    let data_dir = first.to_str().context("non-UTF-8 temp dir")?;
+    let args = ["router", "--listen", "127.0.0.1:0", "--data-dir", data_dir];
+    let mut router = peerlink_tests::command(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + peerlink_tests::WAIT;
+    let status = loop {
+        if let Some(status) = router.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            router.kill()?;
+            anyhow::bail!("the router started on {:?}", before.keys());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut router.stderr.take().context("stderr")?, &mut stderr)?;
+    ensure!(!status.success(), "the router started: {stderr}");
+    ensure!(
+        stderr.contains("is damaged") && stderr.contains("is numbered 1") && stderr.contains("log-"),
+        "unclear error: {stderr}"
+    );
+    ensure!(files(first)? == before, "the refused directory was changed");
+    Ok(())
+}
