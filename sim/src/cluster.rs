@@ -131,9 +131,9 @@ pub(crate) fn cluster_auth(key: ClusterKey, seed: u64) -> ClusterAuth {
 }
 
 /// How many bytes of log a simulated router writes before it asks for a
-/// checkpoint: drawn at each start between 1 and 32 KiB, so that every run
-/// crosses many checkpoints, at points that vary from seed to seed (a
-/// simulated run writes some 50 to 150 KiB of log per router).
+/// checkpoint: drawn at each start between 1 and 32 KiB, so that runs
+/// cross several checkpoints, at points that vary from seed to seed (at the
+/// earlier fixed 64 KiB, a run hardly ever reached one).
 pub(crate) fn checkpoint_after(rng: &mut impl Rng) -> u64 {
     1024 * rng.random_range(1..=32)
 }
