@@ -252,11 +252,7 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
         }
         "primary_crash" => {
             // Half the time, right after a client hears Sent.
-            let trigger = if rng.random_bool(0.5) {
-                Trigger::NextSent
-            } else {
-                Trigger::Now
-            };
+            let trigger = sent_or_now(&mut rng, 0.5);
             let delay = Duration::from_millis(rng.random_range(0..5));
             let down = secs(&mut rng, 1, 4);
             plan.push(fault(
@@ -456,11 +452,7 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
             };
             plan.push(fault(at, Trigger::Now, Duration::ZERO, action));
             let down = Duration::from_millis(rng.random_range(100..700));
-            let trigger = if rng.random_bool(0.5) {
-                Trigger::NextSent
-            } else {
-                Trigger::Now
-            };
+            let trigger = sent_or_now(&mut rng, 0.5);
             let host = Victim::Primary;
             let crash = if rng.random_bool(0.5) {
                 Action::CrashWipingDisk { host, down }
@@ -477,11 +469,7 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
             // come back one by one. Sometimes it happens twice.
             for _ in 0..rng.random_range(1..3) {
                 let at = secs(&mut rng, 3, 12);
-                let trigger = if rng.random_bool(0.7) {
-                    Trigger::NextSent
-                } else {
-                    Trigger::Now
-                };
+                let trigger = sent_or_now(&mut rng, 0.7);
                 for host in [RM].into_iter().chain(ROUTERS) {
                     let down = Duration::from_millis(rng.random_range(100..3_000));
                     let action = Action::Crash {
@@ -527,11 +515,7 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
             // store, and a backup takes over. Space is freed 1-4 s later
             // and the router is restarted. Half the time another router's
             // disk (or the same one's) fills up later too.
-            let trigger = if rng.random_bool(0.5) {
-                Trigger::NextSent
-            } else {
-                Trigger::Now
-            };
+            let trigger = sent_or_now(&mut rng, 0.5);
             let at = secs(&mut rng, 3, 8);
             let duration = secs(&mut rng, 1, 4);
             let host = Victim::Primary;
@@ -565,11 +549,7 @@ pub fn config(name: &str, seed: u64) -> Option<RunConfig> {
                     _ => Victim::Named(ROUTERS[rng.random_range(0..3)]),
                 };
                 let down = Duration::from_millis(rng.random_range(100..2_000));
-                let trigger = if rng.random_bool(0.5) {
-                    Trigger::NextSent
-                } else {
-                    Trigger::Now
-                };
+                let trigger = sent_or_now(&mut rng, 0.5);
                 plan.push(fault(at, trigger, Duration::ZERO, Action::Crash { host, down }));
                 at += Duration::from_millis(rng.random_range(0..1_200));
             }
@@ -670,6 +650,15 @@ pub fn run_scenario(name: &str, seed: u64) -> Result<Outcome, SimError> {
 /// The command that replays scenario `name` with `seed`, with its trace.
 pub fn replay_command(name: &str, seed: u64) -> String {
     format!("cargo run -p sim --release -- replay --scenario {name} --seed {seed}")
+}
+
+/// Right after the next Sent with probability `p`, else at once.
+fn sent_or_now(rng: &mut ChaCha8Rng, p: f64) -> Trigger {
+    if rng.random_bool(p) {
+        Trigger::NextSent
+    } else {
+        Trigger::Now
+    }
 }
 
 /// FNV-1a of a name, to give every scenario its own random stream.

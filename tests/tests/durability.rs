@@ -201,19 +201,34 @@ fn log_and_checkpoints(dir: &std::path::Path) -> Result<(Vec<u64>, usize)> {
     Ok((logs, checkpoints))
 }
 
+/// Registers `recipient` and takes it offline, then has `sender` send it
+/// `n` messages and waits until every one is Sent; returns the sender.
+fn queue_for_offline(
+    addr: &str,
+    dir: &std::path::Path,
+    sender: &str,
+    recipient: &str,
+    n: usize,
+) -> Result<Process> {
+    let mut offline = registered(recipient, addr, dir)?;
+    offline.kill();
+    let mut sending = registered(sender, addr, dir)?;
+    for k in 0..n {
+        sending.send(&format!(
+            "SEND_MSG {recipient} message number {k} to an offline peer"
+        ))?;
+    }
+    sending.expect_count("sent ", n)?;
+    Ok(sending)
+}
+
 #[test]
 fn a_router_checkpoints_as_its_log_grows_and_recovers_from_the_checkpoint() -> Result<()> {
     const CHECKPOINT_BYTES: u64 = 4096;
     let bytes = CHECKPOINT_BYTES.to_string();
     let router = peerlink_tests::Router::start(&["--checkpoint-bytes", &bytes])?;
     let dir = TempDir::new()?;
-    let mut bob = registered("bob", &router.addr, dir.path())?;
-    bob.kill();
-    let mut alice = registered("alice", &router.addr, dir.path())?;
-    for n in 0..150 {
-        alice.send(&format!("SEND_MSG bob message number {n} to an offline peer"))?;
-    }
-    alice.expect_count("sent ", 150)?;
+    let mut alice = queue_for_offline(&router.addr, dir.path(), "alice", "bob", 150)?;
     let sent = sent_seqs(&alice);
     alice.kill();
     let (logs, checkpoints) = log_and_checkpoints(router.data.path())?;
@@ -272,15 +287,7 @@ fn a_router_refuses_a_log_that_does_not_follow_from_its_checkpoint() -> Result<(
         (["--checkpoint-bytes", "1000000"], "carol", "dave"),
     ] {
         let router = peerlink_tests::Router::start(&flags)?;
-        let mut offline = registered(recipient, &router.addr, dir.path())?;
-        offline.kill();
-        let mut sender_process = registered(sender, &router.addr, dir.path())?;
-        for n in 0..60 {
-            sender_process.send(&format!(
-                "SEND_MSG {recipient} message number {n} to an offline peer"
-            ))?;
-        }
-        sender_process.expect_count("sent ", 60)?;
+        let mut sender_process = queue_for_offline(&router.addr, dir.path(), sender, recipient, 60)?;
         sender_process.kill();
         // The router's checkpoint is written in the background.
         let deadline = Instant::now() + peerlink_tests::WAIT;
