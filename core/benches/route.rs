@@ -131,7 +131,14 @@ impl Bench {
                 ServerFrame::Message { delivery, .. } | ServerFrame::Delivered { delivery, .. } => delivery,
                 _ => continue,
             };
-            self.feed(conn, ClientFrame::Ack { delivery }, written);
+            self.feed(
+                conn,
+                ClientFrame::Ack {
+                    delivery,
+                    through: None,
+                },
+                written,
+            );
         }
     }
 }

@@ -11,6 +11,10 @@ pub struct Bugs {
 
     /// The client hands every copy of a message to its application.
     pub recipient_keeps_duplicates: bool,
+    /// The client's acknowledgement of an item also covers the item after
+    /// it, which may still be on its way: a range that runs ahead of what
+    /// the client has.
+    pub client_acks_ahead: bool,
     /// The router reports Delivered as soon as it stores a message.
     pub delivered_on_enqueue: bool,
     /// A full mailbox drops its oldest message instead of refusing new ones.

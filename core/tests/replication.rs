@@ -366,7 +366,10 @@ impl Pair {
 
     fn ack(&mut self, client: usize) {
         if let Some(delivery) = self.unacked.get_mut(&client).and_then(VecDeque::pop_front) {
-            let frame = ClientFrame::Ack { delivery };
+            let frame = ClientFrame::Ack {
+                delivery,
+                through: None,
+            };
             self.p
                 .handle(self.now, RouterInput::Frame(ConnId(100 + client as u64), frame));
             self.pump();
@@ -599,6 +602,7 @@ fn an_entry_that_does_not_follow_from_the_state_makes_the_follower_resync() {
         change: peerlink_core::router::Change::Acked {
             peer: PeerId::new("nobody").unwrap(),
             delivery: peerlink_core::ids::DeliveryId(1),
+            through: None,
         },
     };
     pair.f.handle(pair.now, RouterInput::FromPrimary(bogus));

@@ -116,6 +116,20 @@ fn a_recipient_that_does_not_deduplicate_is_caught() {
 }
 
 #[test]
+fn an_acknowledgement_that_runs_ahead_of_the_client_is_caught() {
+    let bugs = Bugs {
+        client_acks_ahead: true,
+        ..Bugs::default()
+    };
+    // The item after the one received is often still on the wire when the
+    // router takes the range: its sender hears Delivered before the
+    // recipient has it (and a crash in between loses it).
+    caught(bugs, named("rolling_crashes"), |v| {
+        matches!(v, Violation::DeliveredWithoutReceipt { .. })
+    });
+}
+
+#[test]
 fn delivered_on_router_enqueue_is_caught() {
     let bugs = Bugs {
         delivered_on_enqueue: true,

@@ -222,7 +222,8 @@ fn received_messages_are_acknowledged_and_surfaced_once_in_order() {
     let out = h.frame(msg(1, 4));
     assert!(matches!(&events(&out)[..], [ClientEvent::Received { .. }]));
     assert!(out.contains(&ClientOutput::Transmit(ClientFrame::Ack {
-        delivery: DeliveryId(1)
+        delivery: DeliveryId(1),
+        through: None,
     })));
     let again = h.frame(msg(2, 4));
     assert!(
@@ -230,7 +231,8 @@ fn received_messages_are_acknowledged_and_surfaced_once_in_order() {
         "a duplicate is acknowledged but not surfaced"
     );
     assert!(again.contains(&ClientOutput::Transmit(ClientFrame::Ack {
-        delivery: DeliveryId(2)
+        delivery: DeliveryId(2),
+        through: None,
     })));
 }
 

@@ -243,6 +243,7 @@ mod tests {
             state.apply(&Change::Acked {
                 peer: name.clone(),
                 delivery: DeliveryId(1),
+                through: None,
             });
         }
         for g in 0..10 {

@@ -95,7 +95,7 @@ impl Router {
             ClientFrame::CreateGroup { req, group } => self.handle_create(conn, me, req, group),
             ClientFrame::JoinGroup { req, group } => self.handle_membership(conn, me, req, group, true),
             ClientFrame::LeaveGroup { req, group } => self.handle_membership(conn, me, req, group, false),
-            ClientFrame::Ack { delivery } => self.handle_ack(me, delivery),
+            ClientFrame::Ack { delivery, through } => self.handle_ack(conn, me, delivery, through),
             ClientFrame::Who { req, name } => self.handle_who(now, conn, req, name),
             ClientFrame::Peers {
                 req,
@@ -307,27 +307,55 @@ impl Router {
         self.send(conn, ServerFrame::Ok { req });
     }
 
-    fn handle_ack(&mut self, me: PeerId, delivery: DeliveryId) {
+    /// Acknowledges `delivery`, or every item from `delivery` to `through`,
+    /// of those pushed to `me`'s session and still in its mailbox, as one
+    /// change. Acknowledging what is gone already is not an error: acks are
+    /// idempotent.
+    fn handle_ack(&mut self, conn: ConnId, me: PeerId, delivery: DeliveryId, through: Option<DeliveryId>) {
+        let last = through.unwrap_or(delivery);
+        if last < delivery {
+            let message = format!("ack range ends at delivery {last}, before its first, {delivery}");
+            self.error(conn, None, ErrorCode::BadFrame, message);
+            return;
+        }
+        let Some(session) = self.sessions.get(&me) else {
+            return;
+        };
         let record = &self.state.peers[&me];
-        let Some(item) = record.mailbox.get(&delivery) else {
-            return; // Already acknowledged: acks are idempotent.
+        let mut acked = record
+            .mailbox
+            .range(delivery..=last)
+            .take_while(|(d, _)| **d < session.next_push);
+        let Some((&first, item)) = acked.next() else {
+            return;
         };
-        let sender = match item {
-            Item::Message { from, .. } => Some(from.clone()),
-            Item::Receipt { .. } => None,
+        let mut count = 1;
+        let mut end = first;
+        let mut senders: Vec<PeerId> = Vec::new();
+        let mut note_sender = |item: &Item| {
+            if let Item::Message { from, .. } = item {
+                if !senders.contains(from) {
+                    senders.push(from.clone());
+                }
+            }
         };
+        note_sender(item);
+        for (&d, item) in acked {
+            count += 1;
+            end = d;
+            note_sender(item);
+        }
         self.apply(Change::Acked {
             peer: me.clone(),
-            delivery,
+            delivery: first,
+            through: (end > first).then_some(end),
         });
         if let Some(session) = self.sessions.get_mut(&me) {
-            if delivery < session.next_push {
-                session.in_flight = session.in_flight.saturating_sub(1);
-            }
+            session.in_flight = session.in_flight.saturating_sub(count);
         }
         self.push(&me);
-        if let Some(sender) = sender {
-            self.push(&sender);
+        for sender in &senders {
+            self.push(sender);
         }
     }
 

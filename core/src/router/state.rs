@@ -144,13 +144,17 @@ pub enum Change {
         /// Why.
         code: ErrorCode,
     },
-    /// `peer` acknowledged a mailbox item; a message turns into a receipt
-    /// in its sender's mailbox.
+    /// `peer` acknowledged a mailbox item, or with `through` every item of
+    /// its mailbox from `delivery` to `through`; each message turns into a
+    /// receipt in its sender's mailbox, in delivery order.
     Acked {
         /// The mailbox's owner.
         peer: PeerId,
-        /// The item.
+        /// The (first) item; it is in the mailbox.
         delivery: DeliveryId,
+        /// The last item of a range, if there is more than one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        through: Option<DeliveryId>,
     },
     /// A group is created with its creator as the only member.
     GroupCreated {
@@ -242,10 +246,19 @@ impl State {
             Change::Rejected { from, .. } => {
                 registered(from)?;
             }
-            Change::Acked { peer, delivery } => {
+            Change::Acked {
+                peer,
+                delivery,
+                through,
+            } => {
                 if !registered(peer)?.mailbox.contains_key(delivery) {
                     return Err(Inconsistent(format!(
                         "it acknowledges delivery {delivery} to {peer}, which is not in the mailbox"
+                    )));
+                }
+                if through.is_some_and(|through| through < *delivery) {
+                    return Err(Inconsistent(format!(
+                        "it acknowledges a range of {peer}'s mailbox that ends before it begins"
                     )));
                 }
             }
@@ -311,27 +324,45 @@ impl State {
                     record.rejected.pop_first();
                 }
             }
-            Change::Acked { peer, delivery } => {
-                let record = self
-                    .peers
-                    .get_mut(peer)
-                    .expect("changes only name registered peers");
-                let Some(item) = record.mailbox.remove(delivery) else {
-                    debug_assert!(false, "acked an item that is not in the mailbox");
-                    return;
-                };
-                let weight = item.weight();
-                record.queued_bytes -= weight;
-                self.stored_bytes -= weight;
-                if let Item::Message { from, seq, to, .. } = item {
-                    record.queued_messages -= 1;
-                    if let Some(sender) = self.peers.get_mut(&from) {
-                        self.stored_bytes += sender.store(Item::Receipt {
-                            seq,
-                            to,
-                            by: peer.clone(),
-                        });
+            Change::Acked {
+                peer,
+                delivery,
+                through,
+            } => {
+                debug_assert!(
+                    self.peers
+                        .get(peer)
+                        .is_some_and(|r| r.mailbox.contains_key(delivery)),
+                    "acked an item that is not in the mailbox"
+                );
+                let last = through.unwrap_or(*delivery);
+                let mut next = *delivery;
+                loop {
+                    let record = self
+                        .peers
+                        .get_mut(peer)
+                        .expect("changes only name registered peers");
+                    let Some(&key) = record.mailbox.range(next..=last).next().map(|(key, _)| key) else {
+                        break;
+                    };
+                    let item = record.mailbox.remove(&key).expect("the key was just found");
+                    let weight = item.weight();
+                    record.queued_bytes -= weight;
+                    self.stored_bytes -= weight;
+                    if let Item::Message { from, seq, to, .. } = item {
+                        record.queued_messages -= 1;
+                        if let Some(sender) = self.peers.get_mut(&from) {
+                            self.stored_bytes += sender.store(Item::Receipt {
+                                seq,
+                                to,
+                                by: peer.clone(),
+                            });
+                        }
                     }
+                    if key >= last {
+                        break;
+                    }
+                    next = key.next();
                 }
             }
             Change::GroupCreated { group, creator } => {
@@ -486,6 +517,7 @@ mod tests {
                 Change::Acked {
                     peer: peer("c"),
                     delivery: DeliveryId(1),
+                    through: None,
                 },
                 "c, who is not registered",
             ),
@@ -493,6 +525,7 @@ mod tests {
                 Change::Acked {
                     peer: peer("b"),
                     delivery: DeliveryId(2),
+                    through: None,
                 },
                 "delivery 2 to b, which is not in the mailbox",
             ),
@@ -513,6 +546,7 @@ mod tests {
         let acked = Change::Acked {
             peer: peer("b"),
             delivery: DeliveryId(1),
+            through: None,
         };
         state.apply_checked(&acked).expect("follows");
         assert_eq!(state.peers[&peer("b")].queued_messages, 0);
@@ -545,6 +579,7 @@ mod tests {
         state.apply(&Change::Acked {
             peer: peer("b"),
             delivery: DeliveryId(1),
+            through: None,
         });
         state.apply(&Change::Rejected {
             from: peer("a"),

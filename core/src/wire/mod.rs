@@ -78,11 +78,18 @@ pub enum ClientFrame {
         /// The group to leave.
         group: GroupName,
     },
-    /// Confirms that the client has a mailbox item, which the router may now
-    /// forget. Acknowledging a message is what makes it Delivered.
+    /// Confirms that the client has a mailbox item — or, with `through`,
+    /// every item the router pushed to it on this connection from
+    /// `delivery` to `through` — which the router may now forget.
+    /// Acknowledging a message is what makes it Delivered. Items the router
+    /// has not pushed on this connection are not acknowledged by a range.
     Ack {
-        /// The mailbox item received.
+        /// The (first) mailbox item received.
         delivery: DeliveryId,
+        /// The last item of a range, if this acknowledges more than one;
+        /// not below `delivery`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        through: Option<DeliveryId>,
     },
     /// Keeps an idle connection alive; answered by `pong`.
     Ping {
@@ -764,6 +771,11 @@ mod tests {
             },
             ClientFrame::Ack {
                 delivery: DeliveryId(9),
+                through: None,
+            },
+            ClientFrame::Ack {
+                delivery: DeliveryId(9),
+                through: Some(DeliveryId(12)),
             },
         ];
         for frame in frames {

@@ -163,7 +163,10 @@ fn leave(req: ReqId, group: GroupName) -> ClientFrame {
 }
 
 fn ack(delivery: DeliveryId) -> ClientFrame {
-    ClientFrame::Ack { delivery }
+    ClientFrame::Ack {
+        delivery,
+        through: None,
+    }
 }
 
 /// The error codes among `outputs`.

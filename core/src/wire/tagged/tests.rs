@@ -66,6 +66,7 @@ fn a_tag_anywhere_reads_the_same_frame() {
     let acked = Change::Acked {
         peer: peer("bob"),
         delivery: DeliveryId(5),
+        through: None,
     };
     let line = serde_json::to_string(&acked).unwrap();
     assert_eq!(serde_json::from_str::<Change>(&line).unwrap(), acked);
