@@ -237,6 +237,68 @@ fn received_messages_are_acknowledged_and_surfaced_once_in_order() {
 }
 
 #[test]
+fn items_handled_before_the_driver_writes_share_one_acknowledgement() {
+    let mut h = Harness::connected();
+    let register = drain(&mut h.client);
+    register_reply(&mut h, &register, 1);
+    let msg = |delivery, seq| {
+        ClientInput::Frame(ServerFrame::Message {
+            delivery: DeliveryId(delivery),
+            from: peer("bob"),
+            seq: Seq(seq),
+            to: target("alice"),
+            body: format!("m{seq}"),
+        })
+    };
+    let receipt = |delivery| {
+        ClientInput::Frame(ServerFrame::Delivered {
+            delivery: DeliveryId(delivery),
+            seq: Seq(1),
+            to: target("bob"),
+            by: peer("bob"),
+        })
+    };
+    let frames = |outputs: &[ClientOutput]| -> Vec<ClientFrame> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                ClientOutput::Transmit(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let ack = |delivery, through: Option<u64>| ClientFrame::Ack {
+        delivery: DeliveryId(delivery),
+        through: through.map(DeliveryId),
+    };
+    // Three items (a duplicate and a receipt among them) before the driver
+    // takes the outputs: one frame for the three, and every event.
+    for input in [msg(3, 1), msg(4, 1), receipt(6)] {
+        h.client.handle(h.now, input);
+    }
+    let out = drain(&mut h.client);
+    assert_eq!(frames(&out), vec![ack(3, Some(6))]);
+    assert_eq!(events(&out).len(), 2, "the message once, and the receipt");
+    // A frame of another kind in between ends the run.
+    h.client.handle(h.now, msg(7, 2));
+    h.client.handle(
+        h.now,
+        ClientInput::Command(Command::Send {
+            to: target("bob"),
+            body: "hi".into(),
+        }),
+    );
+    h.client.handle(h.now, msg(8, 3));
+    let out = drain(&mut h.client);
+    let sent = frames(&out);
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!((&sent[0], &sent[2]), (&ack(7, None), &ack(8, None)));
+    // What the driver has taken is never widened.
+    let out = h.input(msg(9, 4));
+    assert_eq!(frames(&out), vec![ack(9, None)]);
+}
+
+#[test]
 fn a_receipt_before_the_sent_reply_reports_sent_first() {
     let mut h = Harness::connected();
     let register = drain(&mut h.client);

@@ -530,6 +530,14 @@ mod tests {
                 "delivery 2 to b, which is not in the mailbox",
             ),
             (
+                Change::Acked {
+                    peer: peer("b"),
+                    delivery: DeliveryId(1),
+                    through: Some(DeliveryId(0)),
+                },
+                "a range of b's mailbox that ends before it begins",
+            ),
+            (
                 Change::GroupCreated {
                     group: g,
                     creator: peer("b"),
@@ -550,6 +558,70 @@ mod tests {
         };
         state.apply_checked(&acked).expect("follows");
         assert_eq!(state.peers[&peer("b")].queued_messages, 0);
+    }
+
+    #[test]
+    fn a_range_acknowledgement_is_its_items_acknowledged_one_by_one() {
+        // b's mailbox: messages from a, c and b itself, a receipt, and a
+        // gap where an item was acknowledged already.
+        let mut state = State::default();
+        for name in ["a", "b", "c"] {
+            state.apply(&registered(name));
+        }
+        for (from, seq) in [("a", 1), ("c", 1), ("b", 1), ("a", 2), ("c", 2), ("a", 3)] {
+            state.apply(&message(from, seq, "b"));
+        }
+        state.apply(&message("b", 2, "a"));
+        state.apply(&Change::Acked {
+            peer: peer("a"),
+            delivery: DeliveryId(1),
+            through: None,
+        });
+        state.apply(&Change::Acked {
+            peer: peer("b"),
+            delivery: DeliveryId(4),
+            through: None,
+        });
+        let b = &state.peers[&peer("b")];
+        let items: Vec<DeliveryId> = b.mailbox.keys().copied().collect();
+        assert_eq!(items.len(), 6, "five messages and a receipt: {items:?}");
+
+        let (first, last) = (items[1], items[4]);
+        let mut one_by_one = state.clone();
+        for delivery in &items[1..=4] {
+            one_by_one.apply(&Change::Acked {
+                peer: peer("b"),
+                delivery: *delivery,
+                through: None,
+            });
+        }
+        let range = Change::Acked {
+            peer: peer("b"),
+            delivery: first,
+            through: Some(last),
+        };
+        state.apply_checked(&range).expect("follows");
+        assert_eq!(state, one_by_one);
+        let left: Vec<DeliveryId> = state.peers[&peer("b")].mailbox.keys().copied().collect();
+        assert_eq!(
+            left.len(),
+            3,
+            "the two outside the range and b's own receipt: {left:?}"
+        );
+        assert_eq!(left[..2], [items[0], items[5]]);
+    }
+
+    #[test]
+    fn an_acknowledgement_logged_before_ranges_still_reads() {
+        let line = r#"{"change":"acked","peer":"b","delivery":5}"#;
+        assert_eq!(
+            serde_json::from_str::<Change>(line).unwrap(),
+            Change::Acked {
+                peer: peer("b"),
+                delivery: DeliveryId(5),
+                through: None,
+            }
+        );
     }
 
     #[test]

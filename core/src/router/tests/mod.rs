@@ -728,6 +728,94 @@ fn pushes_stay_within_the_window_until_acknowledged() {
     assert_eq!(more.iter().map(|m| m.2).collect::<Vec<_>>(), vec![3]);
 }
 
+fn ack_range(delivery: DeliveryId, through: DeliveryId) -> ClientFrame {
+    ClientFrame::Ack {
+        delivery,
+        through: Some(through),
+    }
+}
+
+/// The changes among `outputs` that the router asks to persist.
+fn persisted_changes(outputs: &[RouterOutput]) -> Vec<Change> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            RouterOutput::Persist {
+                record: Record::Change { change, .. },
+                ..
+            } => Some(change.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_range_acknowledges_every_item_in_it_as_one_change() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    let mut pushed = Vec::new();
+    for seq in 1..=3 {
+        pushed.extend(messages(&h.send(1, seq, "bob", &seq.to_string()), 2));
+    }
+    let (first, last) = (pushed[0].0, pushed[2].0);
+    h.hold_persist = true;
+    let out = h.frame(2, ack_range(first, last));
+    assert_eq!(
+        persisted_changes(&out),
+        vec![Change::Acked {
+            peer: peer("bob"),
+            delivery: first,
+            through: Some(last),
+        }]
+    );
+    h.hold_persist = false;
+    for ticket in out.iter().filter_map(|o| match o {
+        RouterOutput::Persist { ticket, .. } => Some(*ticket),
+        _ => None,
+    }) {
+        h.router.handle(h.now, RouterInput::Persisted { ticket });
+    }
+    let out = h.drain();
+    let seqs: Vec<u64> = receipts(&out, 1).iter().map(|r| r.1).collect();
+    assert_eq!(seqs, vec![1, 2, 3], "a receipt for each, in order");
+    assert!(h.router.state().peers[&peer("bob")].mailbox.is_empty());
+}
+
+#[test]
+fn a_range_does_not_reach_items_not_yet_pushed() {
+    let mut h = Harness::with(RouterConfig {
+        push_window: 2,
+        ..RouterConfig::default()
+    });
+    h.online(1, "alice");
+    h.online(2, "bob");
+    let mut pushed = Vec::new();
+    for seq in 1..=5 {
+        pushed.extend(messages(&h.send(1, seq, "bob", &seq.to_string()), 2));
+    }
+    assert_eq!(pushed.len(), 2);
+    let out = h.frame(2, ack_range(pushed[0].0, DeliveryId(u64::MAX)));
+    let seqs: Vec<u64> = receipts(&out, 1).iter().map(|r| r.1).collect();
+    assert_eq!(seqs, vec![1, 2], "only what bob was given is delivered");
+    let more: Vec<u64> = messages(&out, 2).iter().map(|m| m.2).collect();
+    assert_eq!(more, vec![3, 4], "the window refills");
+    assert_eq!(h.router.state().peers[&peer("bob")].mailbox.len(), 3);
+}
+
+#[test]
+fn a_range_that_ends_before_it_begins_is_refused() {
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    let pushed = messages(&h.send(1, 1, "bob", "one"), 2);
+    let before = h.router.state().clone();
+    let out = h.frame(2, ack_range(pushed[0].0.next(), pushed[0].0));
+    assert_eq!(errors(&out), vec![ErrorCode::BadFrame]);
+    assert!(persisted_changes(&out).is_empty());
+    assert_eq!(h.router.state(), &before);
+}
+
 #[test]
 fn a_dropped_connection_gets_unacknowledged_items_again() {
     let mut h = Harness::new();
