@@ -109,7 +109,7 @@ pub(crate) struct Group {
 /// ships to its backups. Changes are produced only for requests that have
 /// been validated, so applying one cannot fail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(remote = "Self", rename_all = "snake_case")]
+#[serde(remote = "Self", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Change {
     /// A new peer claims its ID.
     Registered {
@@ -622,6 +622,15 @@ mod tests {
                 through: None,
             }
         );
+    }
+
+    #[test]
+    fn a_change_with_a_field_this_version_does_not_know_is_refused() {
+        // Ignoring it could misread the change, as a reader from before
+        // ranges would read a range as its first item alone.
+        let line = r#"{"change":"acked","peer":"b","delivery":5,"until":9}"#;
+        let error = serde_json::from_str::<Change>(line).unwrap_err();
+        assert!(error.to_string().contains("unknown field `until`"), "{error}");
     }
 
     #[test]
