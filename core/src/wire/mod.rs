@@ -81,8 +81,8 @@ pub enum ClientFrame {
     /// Confirms that the client has a mailbox item — or, with `through`,
     /// every item the router pushed to it on this connection from
     /// `delivery` to `through` — which the router may now forget.
-    /// Acknowledging a message is what makes it Delivered. Items the router
-    /// has not pushed on this connection are not acknowledged by a range.
+    /// Acknowledging a message is what makes it Delivered. An item the
+    /// router has not pushed on this connection is not acknowledged.
     Ack {
         /// The (first) mailbox item received.
         delivery: DeliveryId,
