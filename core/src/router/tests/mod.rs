@@ -795,6 +795,11 @@ fn a_range_does_not_reach_items_not_yet_pushed() {
         pushed.extend(messages(&h.send(1, seq, "bob", &seq.to_string()), 2));
     }
     assert_eq!(pushed.len(), 2);
+    let unpushed = h.frame(2, ack(pushed[1].0.next()));
+    assert!(
+        persisted_changes(&unpushed).is_empty() && receipts(&unpushed, 1).is_empty(),
+        "an item bob was not given is not acknowledged: {unpushed:?}"
+    );
     let out = h.frame(2, ack_range(pushed[0].0, DeliveryId(u64::MAX)));
     let seqs: Vec<u64> = receipts(&out, 1).iter().map(|r| r.1).collect();
     assert_eq!(seqs, vec![1, 2], "only what bob was given is delivered");
