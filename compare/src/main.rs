@@ -39,6 +39,11 @@ enum Broker {
         /// The server.
         #[arg(long, default_value = "127.0.0.1:4222")]
         url: String,
+        /// Copies of the stream (more than 1 needs a JetStream cluster of
+        /// at least that many servers); a publish is acknowledged once a
+        /// majority of them store it.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
     /// MQTT (Mosquitto): QoS 1 publishes, acknowledged by PUBACK.
     Mqtt {
@@ -66,7 +71,9 @@ fn micros(d: Duration) -> u64 {
 }
 
 async fn nats_publisher(url: String, n: usize, args: &Args, end: Instant) -> Result<Tally> {
-    let client = async_nats::connect(&url).await.context("cannot connect to NATS")?;
+    let client = async_nats::connect(&url)
+        .await
+        .context("cannot connect to NATS")?;
     let js = async_nats::jetstream::new(client);
     let payload = Bytes::from(vec![b'x'; args.size]);
     let subject = format!("bench.{n}");
@@ -143,7 +150,7 @@ async fn mqtt_publisher(host: String, port: u16, n: usize, args: &Args, end: Ins
 }
 
 async fn run(args: &Args) -> Result<()> {
-    if let Broker::Nats { url } = &args.broker {
+    if let Broker::Nats { url, replicas } = &args.broker {
         // A fresh file-storage stream for the run.
         let js = async_nats::jetstream::new(async_nats::connect(url).await?);
         let _ = js.delete_stream("BENCH").await;
@@ -151,6 +158,7 @@ async fn run(args: &Args) -> Result<()> {
             name: "BENCH".into(),
             subjects: vec!["bench.>".into()],
             storage: async_nats::jetstream::stream::StorageType::File,
+            num_replicas: *replicas,
             ..Default::default()
         })
         .await
@@ -160,7 +168,7 @@ async fn run(args: &Args) -> Result<()> {
     let end = start + Duration::from_secs(args.duration);
     let publishers = (0..args.publishers).map(|n| async move {
         match &args.broker {
-            Broker::Nats { url } => nats_publisher(url.clone(), n, args, end).await,
+            Broker::Nats { url, .. } => nats_publisher(url.clone(), n, args, end).await,
             Broker::Mqtt { host, port } => mqtt_publisher(host.clone(), *port, n, args, end).await,
         }
     });
@@ -184,6 +192,8 @@ async fn run(args: &Args) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run(&args))
 }
