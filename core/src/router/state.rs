@@ -587,6 +587,22 @@ mod tests {
         assert_eq!(items.len(), 6, "five messages and a receipt: {items:?}");
 
         let (first, last) = (items[1], items[4]);
+        let mut of_one = state.clone();
+        let range_of_one = Change::Acked {
+            peer: peer("b"),
+            delivery: first,
+            through: Some(first),
+        };
+        of_one
+            .apply_checked(&range_of_one)
+            .expect("a range of one item follows");
+        let mut single = state.clone();
+        single.apply(&Change::Acked {
+            peer: peer("b"),
+            delivery: first,
+            through: None,
+        });
+        assert_eq!(of_one, single);
         let mut one_by_one = state.clone();
         for delivery in &items[1..=4] {
             one_by_one.apply(&Change::Acked {

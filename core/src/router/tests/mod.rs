@@ -783,6 +783,26 @@ fn a_range_acknowledges_every_item_in_it_as_one_change() {
 }
 
 #[test]
+fn a_single_item_is_logged_without_a_range() {
+    // The record stays the one a router from before ranges wrote.
+    let mut h = Harness::new();
+    h.online(1, "alice");
+    h.online(2, "bob");
+    let pushed = messages(&h.send(1, 1, "bob", "one"), 2);
+    messages(&h.send(1, 2, "bob", "two"), 2);
+    h.hold_persist = true;
+    let out = h.frame(2, ack_range(pushed[0].0, pushed[0].0));
+    assert_eq!(
+        persisted_changes(&out),
+        vec![Change::Acked {
+            peer: peer("bob"),
+            delivery: pushed[0].0,
+            through: None,
+        }]
+    );
+}
+
+#[test]
 fn a_range_does_not_reach_items_not_yet_pushed() {
     let mut h = Harness::with(RouterConfig {
         push_window: 2,
