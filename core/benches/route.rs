@@ -7,7 +7,9 @@
 //! `delivered` receipt to the sender and the sender's `ack` of it. The first
 //! figure feeds the router frames directly; the second also decodes every
 //! client frame from its JSON line and encodes every server frame, as the
-//! drivers do.
+//! drivers do. The third feeds frames directly too, but every peer sends
+//! one message before any is acknowledged, and each peer then acknowledges
+//! what it was pushed with one range, as `peerlink client` does under load.
 //!
 //! Run with `cargo bench -p peerlink-core --bench route`.
 
@@ -15,10 +17,11 @@
 // machines, which this only drives.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use peerlink_core::ids::{ConnId, PeerId, ReqId, Secret, Seq, Target};
+use peerlink_core::ids::{ConnId, DeliveryId, PeerId, ReqId, Secret, Seq, Target};
 use peerlink_core::router::secrets::KdfParams;
 use peerlink_core::router::{Router, RouterConfig, RouterInput, RouterOutput};
 use peerlink_core::wire::{decode_client_frame, encode_frame, ClientFrame, ServerFrame};
@@ -141,10 +144,69 @@ impl Bench {
             );
         }
     }
+
+    /// Routes messages `n..n + PEERS`, one from each peer, all sent before
+    /// any is acknowledged; then each peer acknowledges what it was pushed
+    /// with one range, until nothing more is written.
+    fn route_run(&mut self, n: u64, body: &str, written: &mut Vec<(u64, ServerFrame)>) {
+        for m in n..n + PEERS {
+            let from = m % PEERS;
+            let to = (from + 1 + (m / PEERS) % (PEERS - 1)) % PEERS;
+            let send = ClientFrame::Send {
+                req: ReqId(m),
+                seq: Seq(m / PEERS + 1),
+                to: Target::from(peer(to)),
+                body: body.to_owned(),
+            };
+            self.feed(from, send, written);
+        }
+        loop {
+            let mut ranges: BTreeMap<u64, (DeliveryId, DeliveryId)> = BTreeMap::new();
+            for (conn, frame) in written.drain(..) {
+                if let ServerFrame::Message { delivery, .. } | ServerFrame::Delivered { delivery, .. } = frame
+                {
+                    let range = ranges.entry(conn).or_insert((delivery, delivery));
+                    range.0 = range.0.min(delivery);
+                    range.1 = range.1.max(delivery);
+                }
+            }
+            if ranges.is_empty() {
+                return;
+            }
+            for (conn, (first, last)) in ranges {
+                let ack = ClientFrame::Ack {
+                    delivery: first,
+                    through: (last > first).then_some(last),
+                };
+                self.feed(conn, ack, written);
+            }
+        }
+    }
 }
 
 fn peer(n: u64) -> PeerId {
     PeerId::new(format!("p{n}")).expect("valid")
+}
+
+/// Routes runs of [`PEERS`] messages, acknowledged in ranges, for [`RUN`];
+/// returns messages per second (router only).
+fn measure_runs() -> f64 {
+    let mut bench = Bench::new(false);
+    let body = "x".repeat(BODY);
+    let mut written = Vec::new();
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < RUN {
+        for _ in 0..BATCH / PEERS {
+            bench.route_run(n, &body, &mut written);
+            n += PEERS;
+        }
+    }
+    assert!(
+        bench.router.mailboxes_empty(),
+        "every message was delivered and acknowledged"
+    );
+    n as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Routes messages for [`RUN`] and returns messages per second.
@@ -172,13 +234,17 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         let mut bench = Bench::new(true);
         bench.route(0, "x", &mut Vec::new());
+        bench.route_run(1, "x", &mut Vec::new());
         assert!(bench.router.mailboxes_empty());
         return;
     }
     let routed = measure(false);
     let with_codec = measure(true);
+    let in_runs = measure_runs();
     println!(
-        "core route: {routed:.0} messages/s (router only), {with_codec:.0} messages/s (router + JSON codec)"
+        "core route: {routed:.0} messages/s (router only), {with_codec:.0} messages/s (router + JSON codec), {in_runs:.0} messages/s (router only, acknowledged in ranges)"
     );
-    println!("core_router_msgs_per_s={routed:.0} core_router_codec_msgs_per_s={with_codec:.0}");
+    println!(
+        "core_router_msgs_per_s={routed:.0} core_router_codec_msgs_per_s={with_codec:.0} core_router_ranges_msgs_per_s={in_runs:.0}"
+    );
 }
