@@ -593,6 +593,26 @@ fn all_mailboxes_together_are_bounded() {
 }
 
 #[test]
+fn a_message_that_fills_the_router_exactly_is_accepted() {
+    let mut h = Harness::with(RouterConfig {
+        storage_bytes: 2 * WEIGHT,
+        ..RouterConfig::default()
+    });
+    let body = "x".repeat(100);
+    h.online(1, "alice");
+    h.online(2, "bob");
+    h.router.handle(h.now, RouterInput::Disconnected(ConnId(2)));
+    assert_eq!(sent(&h.send(1, 1, "bob", &body)), vec![1]);
+    assert_eq!(
+        sent(&h.send(1, 2, "bob", &body)),
+        vec![2],
+        "the limit is inclusive"
+    );
+    assert_eq!(h.router.stored_bytes(), 2 * WEIGHT);
+    assert_eq!(errors(&h.send(1, 3, "bob", "x")), vec![ErrorCode::StorageFull]);
+}
+
+#[test]
 fn a_full_mailbox_refuses_the_message_instead_of_dropping_one() {
     let mut h = Harness::with(RouterConfig {
         mailbox_limit: 2,
