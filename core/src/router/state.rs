@@ -628,6 +628,75 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_counts_the_groups_it_created_or_belongs_to() {
+        let mut state = State::default();
+        for name in ["a", "b"] {
+            state.apply(&registered(name));
+        }
+        let g = |name: &str| GroupName::new(name).unwrap();
+        let counts = |state: &State| -> Vec<(String, usize)> {
+            state
+                .groups_of
+                .iter()
+                .map(|(peer, n)| (peer.to_string(), *n))
+                .collect()
+        };
+        let change = |state: &mut State, join: bool, group: &str, who: &str| {
+            let (group, peer) = (g(group), peer(who));
+            state.apply(&if join {
+                Change::Joined { group, peer }
+            } else {
+                Change::Left { group, peer }
+            });
+        };
+        for group in ["g1", "g2"] {
+            state.apply(&Change::GroupCreated {
+                group: g(group),
+                creator: peer("a"),
+            });
+        }
+        change(&mut state, true, "g1", "a");
+        change(&mut state, true, "g1", "b");
+        change(&mut state, true, "g1", "b");
+        change(&mut state, true, "g2", "b");
+        assert_eq!(
+            counts(&state),
+            [("a".into(), 2), ("b".into(), 2)],
+            "joining twice counts once"
+        );
+        change(&mut state, false, "g1", "b");
+        change(&mut state, false, "g1", "a");
+        assert_eq!(
+            counts(&state),
+            [("a".into(), 2), ("b".into(), 1)],
+            "a creator that leaves still counts the group it created"
+        );
+        change(&mut state, false, "g2", "b");
+        change(&mut state, true, "g1", "a");
+        assert_eq!(
+            counts(&state),
+            [("a".into(), 2)],
+            "a creator that comes back is not counted twice"
+        );
+    }
+
+    #[test]
+    fn only_the_newest_refusals_of_a_peer_are_remembered() {
+        let mut state = State::default();
+        state.apply(&registered("a"));
+        for seq in 1..=MAX_IN_FLIGHT + 2 {
+            state.apply(&Change::Rejected {
+                from: peer("a"),
+                seq: Seq(seq),
+                code: ErrorCode::MailboxFull,
+            });
+        }
+        let rejected = &state.peers[&peer("a")].rejected;
+        assert_eq!(rejected.len() as u64, MAX_IN_FLIGHT);
+        assert_eq!(rejected.keys().next(), Some(&Seq(3)), "the oldest are forgotten");
+    }
+
+    #[test]
     fn an_acknowledgement_logged_before_ranges_still_reads() {
         let line = r#"{"change":"acked","peer":"b","delivery":5}"#;
         assert_eq!(
