@@ -71,9 +71,7 @@ fn micros(d: Duration) -> u64 {
 }
 
 async fn nats_publisher(url: String, n: usize, args: &Args, end: Instant) -> Result<Tally> {
-    let client = async_nats::connect(&url)
-        .await
-        .context("cannot connect to NATS")?;
+    let client = async_nats::connect(&url).await.context("cannot connect to NATS")?;
     let js = async_nats::jetstream::new(client);
     let payload = Bytes::from(vec![b'x'; args.size]);
     let subject = format!("bench.{n}");
@@ -192,8 +190,6 @@ async fn run(args: &Args) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run(&args))
 }
