@@ -116,17 +116,22 @@ impl Bench {
         }
     }
 
-    /// Routes message number `n` all the way to the sender's receipt ack.
-    fn route(&mut self, n: u64, body: &str, written: &mut Vec<(u64, ServerFrame)>) {
-        let from = n % PEERS;
-        let to = (from + 1 + n % (PEERS - 1)) % PEERS;
+    /// Sends message number `n`, from peer `n % PEERS` to peer `to`; every
+    /// peer's sequence numbers run on by one each [`PEERS`] messages.
+    fn send(&mut self, n: u64, to: u64, body: &str, written: &mut Vec<(u64, ServerFrame)>) {
         let send = ClientFrame::Send {
             req: ReqId(n),
             seq: Seq(n / PEERS + 1),
             to: Target::from(peer(to)),
             body: body.to_owned(),
         };
-        self.feed(from, send, written);
+        self.feed(n % PEERS, send, written);
+    }
+
+    /// Routes message number `n` all the way to the sender's receipt ack.
+    fn route(&mut self, n: u64, body: &str, written: &mut Vec<(u64, ServerFrame)>) {
+        let from = n % PEERS;
+        self.send(n, (from + 1 + n % (PEERS - 1)) % PEERS, body, written);
         // Acknowledge every push (the message, then the receipt) until
         // nothing more is written.
         while let Some((conn, frame)) = written.pop() {
@@ -151,14 +156,7 @@ impl Bench {
     fn route_run(&mut self, n: u64, body: &str, written: &mut Vec<(u64, ServerFrame)>) {
         for m in n..n + PEERS {
             let from = m % PEERS;
-            let to = (from + 1 + (m / PEERS) % (PEERS - 1)) % PEERS;
-            let send = ClientFrame::Send {
-                req: ReqId(m),
-                seq: Seq(m / PEERS + 1),
-                to: Target::from(peer(to)),
-                body: body.to_owned(),
-            };
-            self.feed(from, send, written);
+            self.send(m, (from + 1 + (m / PEERS) % (PEERS - 1)) % PEERS, body, written);
         }
         loop {
             let mut ranges: BTreeMap<u64, (DeliveryId, DeliveryId)> = BTreeMap::new();

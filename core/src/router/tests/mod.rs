@@ -731,8 +731,9 @@ fn join_and_leave_are_idempotent() {
     assert!(messages(&out, 2).is_empty());
 }
 
-#[test]
-fn pushes_stay_within_the_window_until_acknowledged() {
+/// alice (connection 1) sends bob (connection 2) five messages, "1" to
+/// "5", with a push window of 2: the harness, and the two pushed.
+fn two_of_five_pushed_to_bob() -> (Harness, Vec<(DeliveryId, String, u64, String)>) {
     let mut h = Harness::with(RouterConfig {
         push_window: 2,
         ..RouterConfig::default()
@@ -744,6 +745,12 @@ fn pushes_stay_within_the_window_until_acknowledged() {
         pushed.extend(messages(&h.send(1, seq, "bob", &seq.to_string()), 2));
     }
     assert_eq!(pushed.len(), 2);
+    (h, pushed)
+}
+
+#[test]
+fn pushes_stay_within_the_window_until_acknowledged() {
+    let (mut h, pushed) = two_of_five_pushed_to_bob();
     let more = messages(&h.frame(2, ack(pushed[0].0)), 2);
     assert_eq!(more.iter().map(|m| m.2).collect::<Vec<_>>(), vec![3]);
 }
@@ -824,17 +831,7 @@ fn a_single_item_is_logged_without_a_range() {
 
 #[test]
 fn a_range_does_not_reach_items_not_yet_pushed() {
-    let mut h = Harness::with(RouterConfig {
-        push_window: 2,
-        ..RouterConfig::default()
-    });
-    h.online(1, "alice");
-    h.online(2, "bob");
-    let mut pushed = Vec::new();
-    for seq in 1..=5 {
-        pushed.extend(messages(&h.send(1, seq, "bob", &seq.to_string()), 2));
-    }
-    assert_eq!(pushed.len(), 2);
+    let (mut h, pushed) = two_of_five_pushed_to_bob();
     let unpushed = h.frame(2, ack(pushed[1].0.next()));
     assert!(
         persisted_changes(&unpushed).is_empty() && receipts(&unpushed, 1).is_empty(),
