@@ -231,13 +231,25 @@ fn a_router_checkpoints_as_its_log_grows_and_recovers_from_the_checkpoint() -> R
     let mut alice = queue_for_offline(&router.addr, dir.path(), "alice", "bob", 150)?;
     let sent = sent_seqs(&alice);
     alice.kill();
-    let (logs, checkpoints) = log_and_checkpoints(router.data.path())?;
-    ensure!(checkpoints == 1, "{checkpoints} checkpoints, logs {logs:?}");
     // The log only outgrows the threshold by what is appended while the
-    // router's checkpoint is on its way.
+    // router's checkpoint is on its way; on a loaded machine one may still
+    // be on its way when the last Sent arrives, so the disk gets a few
+    // seconds to settle within the bound (it never does if nothing cuts
+    // the log).
+    let settle_by = Instant::now() + Duration::from_secs(10);
+    let within = |logs: &[u64], checkpoints: usize| {
+        checkpoints == 1 && logs.len() <= 1 && logs.iter().all(|&len| len < 2 * CHECKPOINT_BYTES)
+    };
+    let (logs, checkpoints) = loop {
+        let (logs, checkpoints) = log_and_checkpoints(router.data.path())?;
+        if within(&logs, checkpoints) || Instant::now() >= settle_by {
+            break (logs, checkpoints);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     ensure!(
-        logs.len() <= 1 && logs.iter().all(|&len| len < 2 * CHECKPOINT_BYTES),
-        "log files of {logs:?} bytes with --checkpoint-bytes {CHECKPOINT_BYTES}"
+        within(&logs, checkpoints),
+        "{checkpoints} checkpoints, log files of {logs:?} bytes with --checkpoint-bytes {CHECKPOINT_BYTES}"
     );
 
     let peerlink_tests::Router {
