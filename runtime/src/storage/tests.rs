@@ -220,6 +220,16 @@ fn a_whole_record_that_does_not_follow_or_cannot_be_read_stops_the_router() {
             .contains("after LSN 2 is whole but cannot be read"),
         "{error}"
     );
+
+    // A known change with a field this version does not know (as a newer
+    // version might write) is refused too, not read without the field.
+    let mut disk = written(2, u64::MAX);
+    let newer = br#"{"epoch":1,"lsn":3,"change":{"change":"acked","peer":"alice","delivery":1,"until":5}}"#;
+    super::format::put_frame(disk.files.get_mut(LOG).unwrap(), newer);
+    let Err(error) = Store::open(disk, 42, u64::MAX) else {
+        panic!("a log with a field from a newer version was opened");
+    };
+    assert!(error.to_string().contains("unknown field `until`"), "{error}");
 }
 
 #[test]
