@@ -186,18 +186,22 @@ fn peer(n: u64) -> PeerId {
     PeerId::new(format!("p{n}")).expect("valid")
 }
 
-/// Routes runs of [`PEERS`] messages, acknowledged in ranges, for [`RUN`];
-/// returns messages per second (router only).
-fn measure_runs() -> f64 {
-    let mut bench = Bench::new(false);
+/// One step of a measurement: routes messages from number `n` on and
+/// returns how many.
+type Step = fn(&mut Bench, u64, &str, &mut Vec<(u64, ServerFrame)>) -> u64;
+
+/// Routes messages for [`RUN`], `step` at a time, and returns messages per
+/// second.
+fn measure(codec: bool, step: Step) -> f64 {
+    let mut bench = Bench::new(codec);
     let body = "x".repeat(BODY);
     let mut written = Vec::new();
     let started = Instant::now();
     let mut n = 0;
     while started.elapsed() < RUN {
-        for _ in 0..BATCH / PEERS {
-            bench.route_run(n, &body, &mut written);
-            n += PEERS;
+        let batch_end = n + BATCH;
+        while n < batch_end {
+            n += step(&mut bench, n, &body, &mut written);
         }
     }
     assert!(
@@ -207,24 +211,16 @@ fn measure_runs() -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Routes messages for [`RUN`] and returns messages per second.
-fn measure(codec: bool) -> f64 {
-    let mut bench = Bench::new(codec);
-    let body = "x".repeat(BODY);
-    let mut written = Vec::new();
-    let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < RUN {
-        for _ in 0..BATCH {
-            bench.route(n, &body, &mut written);
-            n += 1;
-        }
-    }
-    assert!(
-        bench.router.mailboxes_empty(),
-        "every message was delivered and acknowledged"
-    );
-    n as f64 / started.elapsed().as_secs_f64()
+/// One message, acknowledged item by item.
+fn one(bench: &mut Bench, n: u64, body: &str, written: &mut Vec<(u64, ServerFrame)>) -> u64 {
+    bench.route(n, body, written);
+    1
+}
+
+/// One message from every peer, acknowledged in ranges.
+fn run_of_peers(bench: &mut Bench, n: u64, body: &str, written: &mut Vec<(u64, ServerFrame)>) -> u64 {
+    bench.route_run(n, body, written);
+    PEERS
 }
 
 fn main() {
@@ -236,9 +232,9 @@ fn main() {
         assert!(bench.router.mailboxes_empty());
         return;
     }
-    let routed = measure(false);
-    let with_codec = measure(true);
-    let in_runs = measure_runs();
+    let routed = measure(false, one);
+    let with_codec = measure(true, one);
+    let in_runs = measure(false, run_of_peers);
     println!(
         "core route: {routed:.0} messages/s (router only), {with_codec:.0} messages/s (router + JSON codec), {in_runs:.0} messages/s (router only, acknowledged in ranges)"
     );
