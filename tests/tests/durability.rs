@@ -201,6 +201,21 @@ fn log_and_checkpoints(dir: &std::path::Path) -> Result<(Vec<u64>, usize)> {
     Ok((logs, checkpoints))
 }
 
+/// Calls `probe` every 50 ms until it returns `Some` or `within` has
+/// passed; returns its last answer.
+fn poll<T>(within: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<Option<T>> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = probe()? {
+            return Ok(Some(found));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Registers `recipient` and takes it offline, then has `sender` send it
 /// `n` messages and waits until every one is Sent; returns the sender.
 fn queue_for_offline(
@@ -236,19 +251,16 @@ fn a_router_checkpoints_as_its_log_grows_and_recovers_from_the_checkpoint() -> R
     // be on its way when the last Sent arrives, so the disk gets a few
     // seconds to settle within the bound (it never does if nothing cuts
     // the log).
-    let settle_by = Instant::now() + Duration::from_secs(10);
     let within = |logs: &[u64], checkpoints: usize| {
         checkpoints == 1 && logs.len() <= 1 && logs.iter().all(|&len| len < 2 * CHECKPOINT_BYTES)
     };
-    let (logs, checkpoints) = loop {
+    let settled = poll(Duration::from_secs(10), || {
         let (logs, checkpoints) = log_and_checkpoints(router.data.path())?;
-        if within(&logs, checkpoints) || Instant::now() >= settle_by {
-            break (logs, checkpoints);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        Ok(within(&logs, checkpoints).then_some(()))
+    })?;
+    let (logs, checkpoints) = log_and_checkpoints(router.data.path())?;
     ensure!(
-        within(&logs, checkpoints),
+        settled.is_some() && within(&logs, checkpoints),
         "{checkpoints} checkpoints, log files of {logs:?} bytes with --checkpoint-bytes {CHECKPOINT_BYTES}"
     );
 
@@ -302,14 +314,15 @@ fn a_router_refuses_a_log_that_does_not_follow_from_its_checkpoint() -> Result<(
         let mut sender_process = queue_for_offline(&router.addr, dir.path(), sender, recipient, 60)?;
         sender_process.kill();
         // The router's checkpoint is written in the background.
-        let deadline = Instant::now() + peerlink_tests::WAIT;
-        while flags[1] == "4096" && log_and_checkpoints(router.data.path())?.1 == 0 {
+        if flags[1] == "4096" {
+            let written = poll(peerlink_tests::WAIT, || {
+                Ok((log_and_checkpoints(router.data.path())?.1 > 0).then_some(()))
+            })?;
             ensure!(
-                Instant::now() < deadline,
+                written.is_some(),
                 "no checkpoint: {:?}",
                 files(router.data.path())?.keys()
             );
-            std::thread::sleep(Duration::from_millis(50));
         }
         let peerlink_tests::Router {
             mut process, data: d, ..
@@ -318,9 +331,12 @@ fn a_router_refuses_a_log_that_does_not_follow_from_its_checkpoint() -> Result<(
         data.push(d);
     }
     let (first, second) = (data[0].path(), data[1].path());
+    // The newest checkpoint, the one recovery starts from: a router killed
+    // between a checkpoint's rename and the removal of the one before
+    // leaves two (names sort by generation).
     let checkpoint = files(first)?
         .into_keys()
-        .find(|n| n.starts_with("checkpoint-") && !n.ends_with(".tmp"))
+        .rfind(|n| n.starts_with("checkpoint-") && !n.ends_with(".tmp"))
         .context("the first router wrote no checkpoint")?;
     // The log of the checkpoint's generation (there may be none yet).
     let log = checkpoint.replace("checkpoint-", "log-");
@@ -333,16 +349,9 @@ fn a_router_refuses_a_log_that_does_not_follow_from_its_checkpoint() -> Result<(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    let deadline = Instant::now() + peerlink_tests::WAIT;
-    let status = loop {
-        if let Some(status) = router.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            router.kill()?;
-            anyhow::bail!("the router started on {:?}", before.keys());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(status) = poll(peerlink_tests::WAIT, || Ok(router.try_wait()?))? else {
+        router.kill()?;
+        anyhow::bail!("the router started on {:?}", before.keys());
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut router.stderr.take().context("stderr")?, &mut stderr)?;
